@@ -1,0 +1,1 @@
+"""Preflight's protocol client: simulated participants, reused by the load tester."""

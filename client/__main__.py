@@ -1,0 +1,44 @@
+"""`python -m client walk`: one simulated participant through a running server."""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+
+from .participant import walk
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m client", description="Preflight protocol client.")
+    commands = parser.add_subparsers(dest="command", required=True)
+    w = commands.add_parser("walk", help="walk one simulated desktop-Chromium participant through the experiment")
+    w.add_argument("--url", default="ws://127.0.0.1:8888/ws", help="the server's WebSocket URL (default: %(default)s)")
+    w.add_argument("--participant-id", default=None, help="participant id to send in hello (default: server assigns)")
+    w.add_argument("--steps", type=int, default=5, help="game events per game scene (default: %(default)s)")
+    w.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for any reply (default: %(default)s)")
+    args = parser.parse_args(argv)
+
+    path: list[str] = ["connected"]
+
+    def on_state(state: str) -> None:
+        if path[-1] != state:
+            path.append(state)
+            print(state, flush=True)
+
+    print("connected", flush=True)
+    try:
+        end = asyncio.run(walk(args.url, participant_id=args.participant_id, steps=args.steps,
+                               timeout=args.timeout, on_state=on_state))
+    except (OSError, ConnectionError, RuntimeError, asyncio.TimeoutError) as exc:
+        print(f"python -m client: error: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 1
+    print("path: " + " → ".join(path))
+    if end["outcome"] == "completed":
+        print(f"completion code: {end.get('completion_code')}")
+        return 0
+    print(f"excluded: {end.get('reason')}")
+    return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

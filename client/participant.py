@@ -1,0 +1,99 @@
+"""An asyncio participant over a real WebSocket, speaking the `/ws` protocol."""
+from __future__ import annotations
+
+import asyncio
+from typing import Any, Callable
+
+from tornado.websocket import WebSocketClientConnection, websocket_connect
+
+from server import protocol
+
+DESKTOP_CHROMIUM = {
+    "user_agent": "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/156.0.0.0 Safari/537.36",
+    "screen_width": 1920, "screen_height": 1080, "device_pixel_ratio": 1, "webassembly": True,
+    "touch": False, "max_touch_points": 0, "hardware_concurrency": 8, "language": "en-US", "platform": "Linux x86_64",
+}
+
+
+class ProtocolClient:
+    """One connection: send maps, read maps, each read bounded by a timeout."""
+
+    def __init__(self, conn: WebSocketClientConnection, timeout: float) -> None:
+        self.conn = conn
+        self.timeout = timeout
+
+    @classmethod
+    async def connect(cls, url: str, *, timeout: float = 10.0, user_agent: str | None = None) -> "ProtocolClient":
+        from tornado.httpclient import HTTPRequest
+
+        headers = {"User-Agent": user_agent or DESKTOP_CHROMIUM["user_agent"]}
+        conn = await asyncio.wait_for(websocket_connect(HTTPRequest(url, headers=headers)), timeout)
+        return cls(conn, timeout)
+
+    async def send(self, message: dict[str, Any]) -> None:
+        await self.conn.write_message(protocol.encode(message), binary=True)
+
+    async def send_raw(self, frame: bytes | str) -> None:
+        await self.conn.write_message(frame, binary=isinstance(frame, bytes))
+
+    async def recv(self) -> dict[str, Any] | None:
+        """The next message, or None once the server has closed the connection."""
+        frame = await asyncio.wait_for(self.conn.read_message(), self.timeout)
+        return None if frame is None else protocol.msgpack.unpackb(frame, raw=False)
+
+    async def recv_until(self, accept: Callable[[dict[str, Any]], bool]) -> list[dict[str, Any]]:
+        """Messages up to and including the first one `accept` takes."""
+        seen = []
+        while True:
+            message = await self.recv()
+            if message is None:
+                raise ConnectionError(f"closed by server ({self.conn.close_code} {self.conn.close_reason}); saw {seen}")
+            seen.append(message)
+            if accept(message):
+                return seen
+
+    async def until_type(self, kind: str) -> dict[str, Any]:
+        return (await self.recv_until(lambda m: m["type"] == kind))[-1]
+
+    async def until_state(self, name: str) -> dict[str, Any]:
+        return (await self.recv_until(lambda m: m["type"] == "state" and m["state"] == name))[-1]
+
+    def close(self) -> None:
+        self.conn.close()
+
+
+async def walk(url: str, *, facts: dict[str, Any] | None = None, participant_id: str | None = None,
+               steps: int = 5, timeout: float = 10.0, on_state: Callable[[str], None] = lambda s: None) -> dict[str, Any]:
+    """One simulated participant from `hello` to the end scene; returns the end scene's message."""
+    client = await ProtocolClient.connect(url, timeout=timeout)
+    try:
+        hello: dict[str, Any] = {"type": "hello"}
+        if participant_id:
+            hello["participant_id"] = participant_id
+        await client.send(hello)
+        config = await client.until_type("experiment_config")
+        await client.send({"type": "screening", "facts": facts or DESKTOP_CHROMIUM})
+        if config["pyodide_config"]["needs_pyodide"]:
+            await client.send({"type": "preload", "status": "loading", "stage": "runtime", "elapsed_ms": 0})
+            await client.send({"type": "preload", "status": "ready", "elapsed_ms": 1})
+        scene: dict[str, Any] = {}
+        while True:
+            message = await client.recv()
+            if message is None:
+                raise ConnectionError(f"closed by server ({client.conn.close_code} {client.conn.close_reason})")
+            if message["type"] == "activate_scene":
+                scene = message
+            elif message["type"] == "error":
+                raise RuntimeError(f"server refused a message: {message}")
+            elif message["type"] == "state":
+                on_state(message["state"])
+                if message["state"] in ("completed", "excluded"):
+                    return {**scene, "outcome": message["state"], "reason": message.get("reason")}
+                if message["state"] == "in_game":
+                    for step in range(steps):
+                        await client.send({"type": "game_event", "step": step, "action": step % 4, "reward": -0.01})
+                    await client.send({"type": "game_over", "steps": steps, "score": 1.0})
+                elif message["may_advance"]:
+                    await client.send({"type": "advance"})
+    finally:
+        client.close()

@@ -1,0 +1,1 @@
+"""Experiments that ship with Preflight; `gridworld` is what `python -m server` serves by default."""

@@ -1,0 +1,269 @@
+"""The experiment model: scenes, wrappers, entry screening rules.
+
+A researcher declares an `Experiment` in a Python file; the server gives each
+participant their own order of it, from a seed recorded with their data.
+"""
+from __future__ import annotations
+
+import random
+import re
+from dataclasses import dataclass, field
+from functools import cached_property
+from typing import Any, Iterator, Union
+
+
+@dataclass(frozen=True)
+class StartScene:
+    """The welcome page; screening and the Python preload run while it is shown."""
+
+    scene_id: str = "start"
+    title: str = "Welcome"
+    html: str = ""
+    scene_type = "start"
+
+    def payload(self) -> dict[str, Any]:
+        return {"title": self.title, "html": self.html}
+
+
+@dataclass(frozen=True)
+class StaticScene:
+    """A page of HTML: instructions, consent, a debrief."""
+
+    scene_id: str
+    html: str
+    title: str = ""
+    scene_type = "static"
+
+    def payload(self) -> dict[str, Any]:
+        return {"title": self.title, "html": self.html}
+
+
+@dataclass(frozen=True)
+class GymScene:
+    """A game whose environment (`module:factory`) runs in Python in the page."""
+
+    scene_id: str
+    environment: str
+    run_through_pyodide: bool = True
+    packages_to_install: tuple[str, ...] = ()
+    episodes: int = 1
+    max_steps: int = 200
+    fps: int = 10
+    title: str = ""
+    html: str = ""
+    scene_type = "game"
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "packages_to_install", tuple(self.packages_to_install))
+        if not re.fullmatch(r"[A-Za-z_][\w.]*:[A-Za-z_]\w*", self.environment):
+            raise ValueError(f"GymScene {self.scene_id!r}: environment must be 'module:factory', got {self.environment!r}")
+        if self.episodes < 1 or self.max_steps < 1 or self.fps < 1:
+            raise ValueError(f"GymScene {self.scene_id!r}: episodes, max_steps and fps must be at least 1")
+
+    def payload(self) -> dict[str, Any]:
+        return {
+            "title": self.title, "html": self.html, "environment": self.environment,
+            "run_through_pyodide": self.run_through_pyodide,
+            "packages_to_install": list(self.packages_to_install),
+            "episodes": self.episodes, "max_steps": self.max_steps, "fps": self.fps,
+        }
+
+
+@dataclass(frozen=True)
+class EndScene:
+    """The last page: the completion code and, optionally, where to send the participant."""
+
+    scene_id: str = "end"
+    html: str = "Thank you for taking part."
+    completion_code: str | None = None
+    redirect_url: str | None = None
+    scene_type = "end"
+
+    def payload(self) -> dict[str, Any]:
+        return {"html": self.html, "completion_code": self.completion_code, "redirect_url": self.redirect_url}
+
+
+Scene = Union[StartScene, StaticScene, GymScene, EndScene]
+
+
+@dataclass(frozen=True)
+class RandomizeOrder:
+    """Shuffle the wrapped scenes for each participant, keeping the first `keep_n`."""
+
+    scenes: tuple["Node", ...]
+    keep_n: int | None = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "scenes", tuple(self.scenes))
+        if self.keep_n is not None and not 0 < self.keep_n <= len(self.scenes):
+            raise ValueError(f"RandomizeOrder: keep_n must be between 1 and {len(self.scenes)}, got {self.keep_n}")
+
+    def unfold(self, rng: random.Random) -> list[Scene]:
+        order = list(self.scenes)
+        rng.shuffle(order)
+        return [scene for node in order[: self.keep_n] for scene in _unfold(node, rng)]
+
+
+@dataclass(frozen=True)
+class RepeatScene:
+    """Show the wrapped scene (or wrapper) `times` times in a row."""
+
+    scene: "Node"
+    times: int
+
+    def __post_init__(self) -> None:
+        if self.times < 1:
+            raise ValueError(f"RepeatScene: times must be at least 1, got {self.times}")
+
+    def unfold(self, rng: random.Random) -> list[Scene]:
+        return [scene for _ in range(self.times) for scene in _unfold(self.scene, rng)]
+
+
+Node = Union[Scene, RandomizeOrder, RepeatScene]
+WRAPPERS = (RandomizeOrder, RepeatScene)
+SCENES = (StartScene, StaticScene, GymScene, EndScene)
+
+
+def _unfold(node: Node, rng: random.Random) -> list[Scene]:
+    return node.unfold(rng) if isinstance(node, WRAPPERS) else [node]
+
+
+def _leaves(node: Node) -> Iterator[Scene]:
+    if isinstance(node, RandomizeOrder):
+        for child in node.scenes:
+            yield from _leaves(child)
+    elif isinstance(node, RepeatScene):
+        yield from _leaves(node.scene)
+    else:
+        yield node
+
+
+@dataclass(frozen=True)
+class Placed:
+    """One scene in one participant's order; repeats get their own instance id."""
+
+    instance_id: str
+    scene: Scene
+
+    @property
+    def scene_type(self) -> str:
+        return self.scene.scene_type
+
+
+_MOBILE = re.compile(r"Mobi|Android|iPhone|iPad|iPod")
+
+
+def browser_of(user_agent: str) -> str:
+    """The browser family a User-Agent names; order matters, as most UAs claim to be several."""
+    for token, name in (("Edg/", "edge"), ("OPR/", "opera"), ("Firefox/", "firefox"),
+                        ("Chrome/", "chrome"), ("Chromium/", "chrome"), ("Safari/", "safari")):
+        if token in user_agent:
+            return name
+    return "other"
+
+
+@dataclass(frozen=True)
+class ScreeningRules:
+    """Entry rules, judged by the server; the page only reports what it measured."""
+
+    browsers: tuple[str, ...] | None = None
+    allow_mobile: bool = True
+    min_width: int = 0
+    min_height: int = 0
+    require_webassembly: bool = True
+    max_rtt_ms: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.browsers is not None:
+            object.__setattr__(self, "browsers", tuple(b.lower() for b in self.browsers))
+
+    def evaluate(self, facts: dict[str, Any], user_agent: str, rtt_ms: float | None) -> tuple[str, ...]:
+        """The reasons to exclude; empty means the participant passed."""
+        reasons = []
+        browser = browser_of(user_agent)
+        if self.browsers is not None and browser not in self.browsers:
+            reasons.append(f"browser:{browser}")
+        if not self.allow_mobile and _MOBILE.search(user_agent):
+            reasons.append("mobile")
+        if facts.get("screen_width", 0) < self.min_width or facts.get("screen_height", 0) < self.min_height:
+            reasons.append("screen_too_small")
+        if self.require_webassembly and facts.get("webassembly") is not True:
+            reasons.append("no_webassembly")
+        if self.max_rtt_ms is not None:
+            if rtt_ms is None:
+                reasons.append("rtt_unmeasured")
+            elif rtt_ms > self.max_rtt_ms:
+                reasons.append("rtt_too_high")
+        return tuple(reasons)
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "browsers": list(self.browsers) if self.browsers is not None else None,
+            "allow_mobile": self.allow_mobile, "min_width": self.min_width, "min_height": self.min_height,
+            "require_webassembly": self.require_webassembly, "max_rtt_ms": self.max_rtt_ms,
+        }
+
+
+@dataclass(frozen=True)
+class Experiment:
+    """A whole study: a StartScene first, an EndScene last, anything in between."""
+
+    name: str
+    scenes: tuple[Node, ...]
+    screening: ScreeningRules = field(default_factory=ScreeningRules)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "scenes", tuple(self.scenes))
+        for node in self.scenes:
+            for leaf in _leaves(node) if isinstance(node, (*SCENES, *WRAPPERS)) else [node]:
+                if not isinstance(leaf, SCENES):
+                    raise TypeError(f"experiment {self.name!r}: {leaf!r} is not a scene or a scene wrapper")
+        if len(self.scenes) < 2 or not isinstance(self.scenes[0], StartScene) or not isinstance(self.scenes[-1], EndScene):
+            raise ValueError(f"experiment {self.name!r} must begin with a StartScene and end with an EndScene")
+        leaves = list(self.leaves())
+        if sum(isinstance(s, StartScene) for s in leaves) != 1 or sum(isinstance(s, EndScene) for s in leaves) != 1:
+            raise ValueError(f"experiment {self.name!r} must have exactly one StartScene and one EndScene")
+        ids = [s.scene_id for s in leaves]
+        duplicates = sorted({i for i in ids if ids.count(i) > 1 and not _same_scene(leaves, i)})
+        if duplicates:
+            raise ValueError(f"experiment {self.name!r}: scene ids used by different scenes: {', '.join(duplicates)}")
+
+    def leaves(self) -> Iterator[Scene]:
+        """Every scene the experiment can show, wrapped ones included, each once per mention."""
+        for node in self.scenes:
+            yield from _leaves(node)
+
+    @cached_property
+    def pyodide_config(self) -> dict[str, Any]:
+        """What the page must preload, read from every scene without unfolding any wrapper."""
+        games = [s for s in self.leaves() if isinstance(s, GymScene) and s.run_through_pyodide]
+        packages = sorted({p for g in games for p in g.packages_to_install})
+        return {"needs_pyodide": bool(games), "packages_to_install": packages}
+
+    def plan(self, seed: int) -> tuple[Placed, ...]:
+        """This participant's scene order; the same seed always gives the same order."""
+        rng = random.Random(seed)
+        scenes = [scene for node in self.scenes for scene in _unfold(node, rng)]
+        seen: dict[str, int] = {}
+        placed = []
+        for scene in scenes:
+            seen[scene.scene_id] = seen.get(scene.scene_id, 0) + 1
+            n = seen[scene.scene_id]
+            placed.append(Placed(scene.scene_id if n == 1 else f"{scene.scene_id}#{n}", scene))
+        return tuple(placed)
+
+    def describe(self) -> dict[str, Any]:
+        """The definition as plain data, stored with the participants' records."""
+        return {"name": self.name, "scenes": [_describe(n) for n in self.scenes], "screening": self.screening.describe()}
+
+
+def _same_scene(leaves: list[Scene], scene_id: str) -> bool:
+    return len({id(s) for s in leaves if s.scene_id == scene_id}) == 1
+
+
+def _describe(node: Node) -> dict[str, Any]:
+    if isinstance(node, RandomizeOrder):
+        return {"randomize_order": [_describe(n) for n in node.scenes], "keep_n": node.keep_n}
+    if isinstance(node, RepeatScene):
+        return {"repeat": _describe(node.scene), "times": node.times}
+    return {"scene_id": node.scene_id, "scene_type": node.scene_type, **node.payload()}

@@ -1,0 +1,216 @@
+"""The `/ws` wire format: message schema, encode/decode and error codes, as pure functions.
+
+Every frame is one binary msgpack map with a string `type`. Nothing here touches a
+socket or a session, so the server, the protocol client and the load tester share it.
+"""
+from __future__ import annotations
+
+import enum
+import re
+from dataclasses import dataclass
+from typing import Any, Callable, Mapping
+
+import msgpack
+
+
+class Code(str, enum.Enum):
+    """Why a message was refused; the socket stays open and the session's state is unchanged."""
+
+    BAD_MESSAGE = "bad_message"  # not msgpack, not a map, no `type`, or a field of the wrong type
+    UNKNOWN_TYPE = "unknown_type"  # a `type` this protocol does not define
+    GATED = "gated"  # the lifecycle allows it, but not yet: preflight unsettled or runtime not ready
+    NOT_ALLOWED = "not_allowed"  # the current state does not accept this message at all
+    BAD_TOKEN = "bad_token"  # a resume token that matches no session
+
+
+class Close(enum.IntEnum):
+    """WebSocket close codes the server uses for abuse (RFC 6455 section 7.4.1)."""
+
+    POLICY = 1008  # too many refused messages in a row
+    TOO_LARGE = 1009  # a frame above the configured maximum (Tornado closes with this itself)
+
+
+@dataclass(frozen=True)
+class Refusal:
+    """A refused message, as a value: the handler turns it into an `error` reply."""
+
+    code: Code
+    message: str
+
+
+CLIENT_TYPES = ("hello", "screening", "preload", "advance", "game_event", "game_over")
+SERVER_TYPES = ("experiment_config", "activate_scene", "state", "error")
+PRELOAD_STATUSES = ("loading", "ready", "error")
+
+PARTICIPANT_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
+TOKEN = re.compile(r"[A-Za-z0-9_-]{16,128}")
+MAX_TEXT = 2048
+MAX_PARAMS = 32
+
+Validator = Callable[[Any], "str | None"]
+
+
+def _text(limit: int = MAX_TEXT) -> Validator:
+    def check(value: Any) -> str | None:
+        if not isinstance(value, str):
+            return "must be a string"
+        return None if len(value) <= limit else f"longer than {limit} characters"
+
+    return check
+
+
+def _pattern(regex: re.Pattern[str], what: str) -> Validator:
+    def check(value: Any) -> str | None:
+        if isinstance(value, str) and regex.fullmatch(value):
+            return None
+        return f"must be {what}"
+
+    return check
+
+
+def _number(value: Any) -> str | None:
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and value >= 0
+    return None if ok else "must be a non-negative number"
+
+
+def _count(value: Any) -> str | None:
+    ok = isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 2**31
+    return None if ok else "must be a non-negative integer"
+
+
+def _flag(value: Any) -> str | None:
+    return None if isinstance(value, bool) else "must be true or false"
+
+
+def _one_of(*choices: str) -> Validator:
+    def check(value: Any) -> str | None:
+        return None if value in choices else "must be one of " + ", ".join(choices)
+
+    return check
+
+
+def _params(value: Any) -> str | None:
+    if not isinstance(value, dict) or len(value) > MAX_PARAMS:
+        return f"must be a map of at most {MAX_PARAMS} strings"
+    for key, item in value.items():
+        if not isinstance(key, str) or len(key) > 64 or not isinstance(item, str) or len(item) > 256:
+            return "must map short string names to strings of at most 256 characters"
+    if "PROLIFIC_PID" in value and not PARTICIPANT_ID.fullmatch(value["PROLIFIC_PID"]):
+        return "PROLIFIC_PID must be 1-64 letters, digits, '-' or '_'"
+    return None
+
+
+FACTS: dict[str, Validator] = {
+    "user_agent": _text(512),
+    "screen_width": _count,
+    "screen_height": _count,
+    "device_pixel_ratio": _number,
+    "webassembly": _flag,
+    "touch": _flag,
+    "max_touch_points": _count,
+    "hardware_concurrency": _count,
+    "language": _text(64),
+    "platform": _text(64),
+}
+"""Facts the page measures; other keys are kept as data if they are plain scalars."""
+
+
+def _facts(value: Any) -> str | None:
+    if not isinstance(value, dict) or len(value) > 64:
+        return "must be a map of at most 64 facts"
+    for key, item in value.items():
+        if not isinstance(key, str) or len(key) > 64:
+            return "must have short string names"
+        check = FACTS.get(key)
+        if check is not None:
+            problem = check(item)
+            if problem:
+                return f"{key} {problem}"
+        elif not (item is None or isinstance(item, (bool, int, float)) or (isinstance(item, str) and len(item) <= 512)):
+            return f"{key} must be a plain value"
+    return None
+
+
+@dataclass(frozen=True)
+class Schema:
+    fields: Mapping[str, Validator]
+    required: tuple[str, ...] = ()
+    open: bool = False  # research data: extra fields are kept as sent
+
+
+SCHEMAS: dict[str, Schema] = {
+    "hello": Schema({
+        "participant_id": _pattern(PARTICIPANT_ID, "1-64 letters, digits, '-' or '_'"),
+        "resume_token": _pattern(TOKEN, "a session token"),
+        "params": _params,
+    }),
+    "screening": Schema({"facts": _facts}, required=("facts",)),
+    "preload": Schema({
+        "status": _one_of(*PRELOAD_STATUSES),
+        "stage": _text(64),
+        "elapsed_ms": _number,
+        "error": _text(),
+        "package": _text(128),
+        "done": _count,
+        "total": _count,
+    }, required=("status",)),
+    "advance": Schema({}),
+    "game_event": Schema({}, open=True),
+    "game_over": Schema({}, open=True),
+}
+
+
+def decode(frame: bytes | str) -> dict[str, Any] | Refusal:
+    """Parse and validate one client frame; a Refusal says exactly what is wrong."""
+    if isinstance(frame, str):
+        return Refusal(Code.BAD_MESSAGE, "frames must be binary msgpack, not text")
+    try:
+        message = msgpack.unpackb(frame, raw=False, strict_map_key=True)
+    except Exception as exc:  # msgpack raises several unrelated types for broken input
+        return Refusal(Code.BAD_MESSAGE, f"not a msgpack message ({type(exc).__name__})")
+    if not isinstance(message, dict):
+        return Refusal(Code.BAD_MESSAGE, "a message must be a map")
+    kind = message.get("type")
+    if not isinstance(kind, str):
+        return Refusal(Code.BAD_MESSAGE, "a message needs a string 'type'")
+    schema = SCHEMAS.get(kind)
+    if schema is None:
+        return Refusal(Code.UNKNOWN_TYPE, f"unknown message type {kind[:64]!r}")
+    for name in schema.required:
+        if name not in message:
+            return Refusal(Code.BAD_MESSAGE, f"{kind}: missing field {name!r}")
+    for name, value in message.items():
+        if name == "type":
+            continue
+        check = schema.fields.get(name)
+        if check is None:
+            if schema.open:
+                continue
+            return Refusal(Code.BAD_MESSAGE, f"{kind}: unexpected field {str(name)[:64]!r}")
+        problem = check(value)
+        if problem:
+            return Refusal(Code.BAD_MESSAGE, f"{kind}: {name} {problem}")
+    return message
+
+
+def encode(message: Mapping[str, Any]) -> bytes:
+    return msgpack.packb(message, use_bin_type=True)
+
+
+def error(refusal: Refusal, state: str) -> dict[str, Any]:
+    return {"type": "error", "code": refusal.code.value, "message": refusal.message, "state": state}
+
+
+def state(name: str, may_advance: bool, **detail: Any) -> dict[str, Any]:
+    return {"type": "state", "state": name, "may_advance": may_advance, **detail}
+
+
+def experiment_config(*, session_token: str, participant_id: str, entry_screening: dict[str, Any],
+                      pyodide_config: dict[str, Any], scene_count: int) -> dict[str, Any]:
+    return {"type": "experiment_config", "session_token": session_token, "participant_id": participant_id,
+            "entry_screening": entry_screening, "pyodide_config": pyodide_config, "scene_count": scene_count}
+
+
+def activate_scene(scene_id: str, scene_type: str, index: int, count: int, payload: dict[str, Any]) -> dict[str, Any]:
+    return {"type": "activate_scene", "scene_id": scene_id, "scene_type": scene_type, "index": index,
+            "count": count, **payload}

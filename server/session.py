@@ -1,0 +1,247 @@
+"""One participant's session: the model the shared lifecycle machine drives.
+
+It holds the participant's data and the callbacks the lifecycle table names; it
+knows nothing about sockets: messages leave through `emit`, records through `sink`.
+"""
+from __future__ import annotations
+
+import secrets
+import time
+from dataclasses import dataclass
+from typing import Any, Callable, Protocol
+
+from statemachine import RegionGuards, SessionMachine, top_state
+
+from . import protocol
+from .experiment import Experiment, Placed
+
+Emit = Callable[[dict[str, Any]], None]
+Sink = Callable[[dict[str, Any]], None]
+
+
+class Clock(Protocol):
+    """What timers need; Tornado's IOLoop is one."""
+
+    def call_later(self, delay: float, callback: Callable[[], None]) -> object: ...
+
+    def remove_timeout(self, timeout: object) -> None: ...
+
+
+@dataclass(frozen=True)
+class Timeouts:
+    screening: float = 60.0
+    preload: float = 300.0
+
+
+def _drop(record: dict[str, Any]) -> None:
+    pass
+
+
+class Session(RegionGuards):
+    """A participant's place in the lifecycle and everything they produced on the way."""
+
+    __slots__ = ("state", "session_id", "machine", "experiment", "runtime_config", "timeouts", "clock", "emit", "sink",
+                 "token", "user_agent", "rtt_ms", "participant_id", "params", "seed", "plan", "index",
+                 "facts", "verdict", "runtime", "outcome", "history", "_timers", "_published")
+
+    def __init__(self, machine: SessionMachine, experiment: Experiment, clock: Clock, emit: Emit, *,
+                 runtime_config: dict[str, Any] | None = None, timeouts: Timeouts = Timeouts(),
+                 sink: Sink = _drop, user_agent: str = "", session_id: str = "") -> None:
+        self.session_id = session_id or secrets.token_hex(8)
+        self.machine = machine
+        self.experiment = experiment
+        self.runtime_config = runtime_config if runtime_config is not None else experiment.pyodide_config
+        self.timeouts = timeouts
+        self.clock = clock
+        self.emit = emit
+        self.sink = sink
+        self.token = secrets.token_urlsafe(24)
+        self.user_agent = user_agent
+        self.rtt_ms: float | None = None
+        self.participant_id: str | None = None
+        self.params: dict[str, str] = {}
+        self.seed: int | None = None
+        self.plan: tuple[Placed, ...] = ()
+        self.index = 0
+        self.facts: dict[str, Any] = {}
+        self.verdict: tuple[str, ...] = ()
+        self.runtime = "pending"
+        self.outcome: str | None = None
+        self.history: list[tuple[float, str, str, str]] = []
+        self._timers: dict[str, object] = {}
+        self._published: dict[str, Any] | None = None
+        machine.add_model(self)
+
+    # -- driving --------------------------------------------------------------------------
+
+    def fire(self, trigger: str, *args: Any) -> bool | None:
+        """True: moved; False: a guard held it back; None: not accepted in this state."""
+        return self.machine.fire(self, trigger, *args)
+
+    def close(self) -> None:
+        """Detach from the machine when the socket is gone; the outcome is final from here."""
+        for name in list(self._timers):
+            self._cancel(name)
+        self.machine.remove_model(self)
+        self.outcome = self.outcome or "abandoned"
+        self.record("closed", outcome=self.outcome, state=self.snapshot()["state"])
+
+    def record(self, kind: str, **fields: Any) -> None:
+        self.sink({"kind": kind, "t": time.monotonic(), "wall": time.time(), **fields})
+
+    def snapshot(self) -> dict[str, Any]:
+        """The `state` message the participant's page would show now."""
+        name, regions = top_state(self.state)
+        detail: dict[str, Any] = {"scene_id": self.plan[self.index].instance_id if self.plan else None}
+        if regions:
+            detail["regions"] = regions
+        if self.verdict and name in ("preflight", "excluded"):
+            detail["reason"] = ",".join(self.verdict)
+        return protocol.state(name, self.machine.allows(self, "advance"), **detail)
+
+    # -- callbacks the lifecycle table names ---------------------------------------------------
+
+    def begin(self, event: Any) -> None:
+        hello = event.args[0]
+        self.params = dict(hello.get("params") or {})
+        self.participant_id = hello.get("participant_id") or self.params.get("PROLIFIC_PID") or secrets.token_hex(8)
+        self.seed = secrets.randbits(32)
+        self.plan = self.experiment.plan(self.seed)
+        self.record("begin", participant_id=self.participant_id, params=self.params, seed=self.seed,
+                    order=[p.instance_id for p in self.plan], user_agent=self.user_agent)
+        self.emit(protocol.experiment_config(
+            session_token=self.token, participant_id=self.participant_id,
+            entry_screening=self.experiment.screening.describe(), pyodide_config=self.runtime_config,
+            scene_count=len(self.plan)))
+        self._activate()
+
+    def skip_preload(self, event: Any) -> None:
+        self.fire("skip_preload")
+
+    def settle(self, event: Any) -> None:
+        self.fire("settle")
+
+    def judge_screening(self, event: Any) -> None:
+        self.facts = event.args[0]["facts"]
+        self.verdict = self.experiment.screening.evaluate(self.facts, self.user_agent, self.rtt_ms)
+        self.record("screening", facts=self.facts, rtt_ms=self.rtt_ms, verdict=list(self.verdict))
+
+    def screening_ok(self, event: Any) -> bool:
+        return not self.verdict
+
+    def screening_timed_out(self, event: Any) -> None:
+        self.verdict = ("timeout",)
+        self.record("screening", facts={}, rtt_ms=self.rtt_ms, verdict=["timeout"])
+
+    def reports_loading(self, event: Any) -> bool:
+        return event.args[0]["status"] == "loading"
+
+    def reports_ready(self, event: Any) -> bool:
+        return event.args[0]["status"] == "ready"
+
+    def reports_error(self, event: Any) -> bool:
+        return event.args[0]["status"] == "error"
+
+    def note_preload(self, event: Any) -> None:
+        report = {k: v for k, v in event.args[0].items() if k != "type"}
+        self.record("preload", **report)
+
+    def preload_timed_out(self, event: Any) -> None:
+        self.record("preload", status="error", error="timeout")
+
+    def runtime_is_ready(self, event: Any) -> None:
+        self.runtime = "ready"
+
+    def runtime_is_error(self, event: Any) -> None:
+        self.runtime = "error"
+
+    def runtime_is_skipped(self, event: Any) -> None:
+        self.runtime = "skipped"
+
+    def runtime_not_needed(self, event: Any) -> bool:
+        return not self.runtime_config["needs_pyodide"]
+
+    def runtime_available(self, event: Any) -> bool:
+        return self.runtime in ("ready", "error", "skipped")
+
+    def exclude(self, event: Any) -> None:
+        self.outcome = "excluded"
+
+    def _next_type(self) -> str | None:
+        nxt = self.index + 1
+        return self.plan[nxt].scene_type if nxt < len(self.plan) else None
+
+    def next_is_game(self, event: Any) -> bool:
+        return self._next_type() == "game"
+
+    def next_is_static(self, event: Any) -> bool:
+        return self._next_type() == "static"
+
+    def next_is_end(self, event: Any) -> bool:
+        return self._next_type() == "end"
+
+    def activate_next(self, event: Any) -> None:
+        self.index += 1
+        if self.plan[self.index].scene_type == "end":
+            self.outcome = "completed"
+        self._activate()
+
+    def note_game_event(self, event: Any) -> None:
+        self.record("game_event", scene_id=self.plan[self.index].instance_id,
+                    data={k: v for k, v in event.args[0].items() if k != "type"})
+
+    def note_game_over(self, event: Any) -> None:
+        self.record("game_over", scene_id=self.plan[self.index].instance_id,
+                    data={k: v for k, v in event.args[0].items() if k != "type"})
+
+    def start_screening_timer(self, event: Any) -> None:
+        self._start("screening", self.timeouts.screening, "screening_timeout")
+
+    def cancel_screening_timer(self, event: Any) -> None:
+        self._cancel("screening")
+
+    def start_preload_timer(self, event: Any) -> None:
+        self._start("preload", self.timeouts.preload, "preload_timeout")
+
+    def cancel_preload_timer(self, event: Any) -> None:
+        self._cancel("preload")
+
+    def record_transition(self, event: Any) -> None:
+        transition = event.transition
+        if transition.dest is None:
+            return
+        entry = (time.monotonic(), event.event.name, transition.source, transition.dest)
+        self.history.append(entry)
+        self.record("transition", event=entry[1], source=entry[2], dest=entry[3])
+
+    def publish_state(self, event: Any) -> None:
+        if event.transition.dest is not None:
+            self.publish(event)
+
+    def publish(self, event: Any = None) -> None:
+        """Send the participant's state unless it is exactly what they were last sent."""
+        snap = self.snapshot()
+        if snap != self._published:
+            self._published = snap
+            self.emit(snap)
+
+    # -- helpers ----------------------------------------------------------------------------
+
+    def _activate(self) -> None:
+        placed = self.plan[self.index]
+        self.record("scene", scene_id=placed.instance_id, scene_type=placed.scene_type, index=self.index)
+        self.emit(protocol.activate_scene(placed.instance_id, placed.scene_type, self.index, len(self.plan),
+                                          placed.scene.payload()))
+
+    def _start(self, name: str, delay: float, trigger: str) -> None:
+        self._cancel(name)
+        self._timers[name] = self.clock.call_later(delay, lambda: self._expire(name, trigger))
+
+    def _expire(self, name: str, trigger: str) -> None:
+        self._timers.pop(name, None)
+        self.fire(trigger)
+
+    def _cancel(self, name: str) -> None:
+        handle = self._timers.pop(name, None)
+        if handle is not None:
+            self.clock.remove_timeout(handle)

@@ -1,0 +1,229 @@
+"""The participant lifecycle, declared once as data.
+
+The server drives sessions with it, the diagrams are drawn from it and the tests
+walk it; nothing else in the project knows which state allows what.
+"""
+from __future__ import annotations
+
+from typing import Any, Iterator
+
+from transitions import MachineError
+from transitions.extensions.nesting import HierarchicalMachine, NestedState
+
+SEPARATOR = "."
+"""Joins nested state names; `_` (the library default) would split `in_game` in two."""
+
+
+def _in(*path: str) -> str:
+    return SEPARATOR.join(path)
+
+
+SCREENING = _in("preflight", "screening")
+PRELOADING = _in("preflight", "preloading")
+
+STATES: list[Any] = [
+    "connected",
+    {
+        "name": "preflight",
+        "parallel": [
+            {
+                "name": "screening",
+                "initial": "checking",
+                "on_enter": "start_screening_timer",
+                "children": [
+                    {"name": "checking", "on_exit": "cancel_screening_timer"},
+                    {"name": "passed", "final": True},
+                    {"name": "failed", "final": True},
+                ],
+            },
+            {
+                "name": "preloading",
+                "initial": "idle",
+                "on_enter": "start_preload_timer",
+                "on_exit": "cancel_preload_timer",
+                "children": [
+                    "idle",
+                    "loading",
+                    {"name": "ready", "final": True, "on_enter": ["cancel_preload_timer", "runtime_is_ready"]},
+                    {"name": "error", "final": True, "on_enter": ["cancel_preload_timer", "runtime_is_error"]},
+                    {"name": "skipped", "final": True, "on_enter": ["cancel_preload_timer", "runtime_is_skipped"]},
+                ],
+            },
+        ],
+    },
+    "ready",
+    "in_game",
+    {"name": "completed", "final": True},
+    {"name": "excluded", "final": True},
+]
+
+_PRELOAD_PENDING = [_in(PRELOADING, "idle"), _in(PRELOADING, "loading")]
+
+TRANSITIONS: list[dict[str, Any]] = [
+    # The first message opens the preflight: screening and preloading run side by side.
+    {"trigger": "hello", "source": "connected", "dest": "preflight", "before": "begin", "after": "skip_preload"},
+    {"trigger": "skip_preload", "source": _in(PRELOADING, "idle"), "dest": _in(PRELOADING, "skipped"),
+     "conditions": "runtime_not_needed", "after": "settle"},
+    # Screening: the server judges the page's facts; silence ends in failure.
+    {"trigger": "screening", "source": _in(SCREENING, "checking"), "dest": _in(SCREENING, "passed"),
+     "prepare": "judge_screening", "conditions": "screening_ok", "after": "settle"},
+    {"trigger": "screening", "source": _in(SCREENING, "checking"), "dest": _in(SCREENING, "failed"),
+     "after": "settle"},
+    {"trigger": "screening_timeout", "source": _in(SCREENING, "checking"), "dest": _in(SCREENING, "failed"),
+     "before": "screening_timed_out", "after": "settle"},
+    # Preloading: the page reports its progress; silence ends in error, which never traps anyone.
+    {"trigger": "preload", "source": _in(PRELOADING, "idle"), "dest": _in(PRELOADING, "loading"),
+     "conditions": "reports_loading", "before": "note_preload"},
+    {"trigger": "preload", "source": _in(PRELOADING, "loading"), "dest": None,
+     "conditions": "reports_loading", "before": "note_preload"},
+    {"trigger": "preload", "source": _PRELOAD_PENDING, "dest": _in(PRELOADING, "ready"),
+     "conditions": "reports_ready", "before": "note_preload", "after": "settle"},
+    {"trigger": "preload", "source": _PRELOAD_PENDING, "dest": _in(PRELOADING, "error"),
+     "conditions": "reports_error", "before": "note_preload", "after": "settle"},
+    {"trigger": "preload_timeout", "source": _PRELOAD_PENDING, "dest": _in(PRELOADING, "error"),
+     "before": "preload_timed_out", "after": "settle"},
+    # The preflight settles by itself once both regions have an answer.
+    {"trigger": "settle", "source": "preflight", "dest": "excluded", "conditions": "screening_failed",
+     "before": "exclude"},
+    {"trigger": "settle", "source": "preflight", "dest": "ready",
+     "conditions": ["screening_passed", "preload_settled"]},
+    # The gate: an advance before the preflight has settled is refused, never queued.
+    {"trigger": "advance", "source": "preflight", "dest": "ready",
+     "conditions": ["screening_passed", "preload_settled"]},
+    {"trigger": "advance", "source": "ready", "dest": "in_game",
+     "conditions": ["next_is_game", "runtime_available"], "before": "activate_next"},
+    {"trigger": "advance", "source": "ready", "dest": "completed", "conditions": "next_is_end",
+     "before": "activate_next"},
+    {"trigger": "advance", "source": "ready", "dest": None, "conditions": "next_is_static",
+     "before": "activate_next", "after": "publish"},
+    # The game: events are research data; game_over hands control back to the participant.
+    {"trigger": "game_event", "source": "in_game", "dest": None, "before": "note_game_event"},
+    {"trigger": "preload", "source": "in_game", "dest": None, "before": "note_preload"},
+    {"trigger": "game_over", "source": "in_game", "dest": "ready", "before": "note_game_over"},
+]
+
+INITIAL = "connected"
+FINAL_STATES = frozenset({"completed", "excluded"})
+
+GUARD_LABELS: dict[str, str] = {
+    "runtime_not_needed": "experiment needs no Python",
+    "screening_ok": "facts meet the entry rules",
+    "reports_loading": "page reports loading",
+    "reports_ready": "page reports ready",
+    "reports_error": "page reports an error",
+    "screening_failed": "screening failed",
+    "screening_passed": "screening passed",
+    "preload_settled": "Python ready, failed or not needed",
+    "next_is_game": "next scene is a game",
+    "runtime_available": "Python ready or failed (the game loads it itself)",
+    "next_is_end": "next scene is the end",
+    "next_is_static": "next scene is a page",
+}
+"""What each guard means, in the words the diagrams use."""
+
+
+class _State(NestedState):
+    separator = SEPARATOR
+
+
+class SessionMachine(HierarchicalMachine):
+    """One machine for every session: models attach and detach in O(1), by identity.
+
+    The library's own `add_model` scans a list (O(N), compared with `==`) and binds
+    a dozen convenience partials on every model; sessions need neither.
+    """
+
+    state_cls = _State
+
+    def __init__(self) -> None:
+        super().__init__(
+            model=None,
+            states=STATES,
+            transitions=TRANSITIONS,
+            initial=INITIAL,
+            auto_transitions=False,
+            send_event=True,
+            before_state_change="record_transition",
+            after_state_change="publish_state",
+        )
+        self._attached: dict[int, Any] = {}
+
+    def add_model(self, model: Any, initial: Any = None) -> None:
+        """Attach `model` in the initial state; attaching the same object twice is a no-op."""
+        for mod in model if isinstance(model, list) else [model]:
+            if id(mod) not in self._attached:
+                self.set_state(INITIAL, mod)
+                self._attached[id(mod)] = mod
+
+    def remove_model(self, model: Any) -> None:
+        for mod in model if isinstance(model, list) else [model]:
+            self._attached.pop(id(mod), None)
+
+    @property
+    def attached(self) -> int:
+        return len(self._attached)
+
+    def fire(self, model: Any, trigger: str, *args: Any) -> bool | None:
+        """Fire `trigger`: True if it moved, False if a guard held it back, None if the state has no such trigger."""
+        try:
+            return self.trigger_event(model, trigger, *args)
+        except MachineError:
+            return None
+
+    def allows(self, model: Any, trigger: str) -> bool:
+        """Whether `trigger` would pass its guards now (no side effects run)."""
+        return bool(self._can_trigger(model, trigger))
+
+
+def state_names() -> list[str]:
+    """Every state's full name, parents included, in declaration order."""
+    out: list[str] = []
+
+    def walk(items: list[Any], prefix: tuple[str, ...]) -> None:
+        for item in items:
+            name = item if isinstance(item, str) else item["name"]
+            out.append(_in(*prefix, name))
+            if isinstance(item, dict):
+                walk(item.get("parallel") or item.get("children") or [], prefix + (name,))
+
+    walk(STATES, ())
+    return out
+
+
+def triggers() -> list[str]:
+    """Every trigger in the table, in declaration order."""
+    return list(dict.fromkeys(t["trigger"] for t in TRANSITIONS))
+
+
+class RegionGuards:
+    """Guards that read the preflight's regions; they live beside the table that names those states."""
+
+    state: Any
+
+    def screening_passed(self, event: Any = None) -> bool:
+        return _in(SCREENING, "passed") in self.state
+
+    def screening_failed(self, event: Any = None) -> bool:
+        return _in(SCREENING, "failed") in self.state
+
+    def preload_settled(self, event: Any = None) -> bool:
+        return any(_in(PRELOADING, s) in self.state for s in ("ready", "error", "skipped"))
+
+
+def top_state(state: str | list[Any]) -> tuple[str, dict[str, str]]:
+    """The top-level state and, inside the parallel preflight, each region's own state."""
+    if isinstance(state, str):
+        return state.split(SEPARATOR, 1)[0], {}
+    regions = {}
+    for leaf in _flatten(state):
+        parts = leaf.split(SEPARATOR)
+        regions[parts[1]] = SEPARATOR.join(parts[2:])
+    return leaf.split(SEPARATOR, 1)[0], regions
+
+
+def _flatten(state: Any) -> Iterator[str]:
+    if isinstance(state, str):
+        yield state
+    else:
+        for item in state:
+            yield from _flatten(item)

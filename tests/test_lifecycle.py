@@ -1,0 +1,202 @@
+"""The lifecycle on plain sessions: no network, a hand-driven clock."""
+from __future__ import annotations
+
+import pytest
+
+from client.participant import DESKTOP_CHROMIUM
+from server.examples.gridworld import experiment as example
+from server.session import Session, Timeouts
+from statemachine import FINAL_STATES, SEPARATOR, TRANSITIONS, SessionMachine, state_names, triggers
+from statemachine.lifecycle import top_state
+
+CHROME_UA = DESKTOP_CHROMIUM["user_agent"]
+CLIENT_TRIGGERS = ["hello", "screening", "preload", "advance", "game_event", "game_over"]
+
+
+class HandClock:
+    """Timers that fire only when the test says so."""
+
+    def __init__(self) -> None:
+        self.pending: dict[int, tuple[float, object]] = {}
+        self._next = 0
+
+    def call_later(self, delay, callback):
+        self._next += 1
+        self.pending[self._next] = (delay, callback)
+        return self._next
+
+    def remove_timeout(self, handle):
+        self.pending.pop(handle, None)
+
+    def fire_all(self):
+        for handle in list(self.pending):
+            _, callback = self.pending.pop(handle)
+            callback()
+
+
+@pytest.fixture
+def machine():
+    return SessionMachine()
+
+
+@pytest.fixture
+def clock():
+    return HandClock()
+
+
+def new_session(machine, clock, experiment=example, ua=CHROME_UA):
+    sent: list[dict] = []
+    session = Session(machine, experiment, clock, sent.append, user_agent=ua, timeouts=Timeouts(1, 1))
+    session.rtt_ms = 5.0
+    return session, sent
+
+
+def msg(kind, **fields):
+    return {"type": kind, **fields}
+
+
+SCREEN = msg("screening", facts=DESKTOP_CHROMIUM)
+LOADING = msg("preload", status="loading", stage="runtime")
+READY = msg("preload", status="ready")
+
+
+def drive(session, steps):
+    for trigger, message in steps:
+        assert session.fire(trigger, message), (trigger, session.state)
+
+
+# Each reachable situation, with the steps that lead there.
+SITUATIONS = {
+    "connected": [],
+    "preflight/checking+idle": [("hello", msg("hello"))],
+    "preflight/passed+loading": [("hello", msg("hello")), ("screening", SCREEN), ("preload", LOADING)],
+    "ready/start": [("hello", msg("hello")), ("screening", SCREEN), ("preload", READY)],
+    "ready/instructions": [("hello", msg("hello")), ("screening", SCREEN), ("preload", READY),
+                           ("advance", msg("advance"))],
+    "in_game": [("hello", msg("hello")), ("screening", SCREEN), ("preload", READY), ("advance", msg("advance")),
+                ("advance", msg("advance"))],
+    "completed": [("hello", msg("hello")), ("screening", SCREEN), ("preload", READY), ("advance", msg("advance")),
+                  ("advance", msg("advance")), ("game_over", msg("game_over")), ("advance", msg("advance"))],
+}
+
+
+def accepted_triggers(state) -> set[str]:
+    """What the table says a state accepts: transitions whose source is the state or one of its parents."""
+    leaves = [state] if isinstance(state, str) else state
+    sources = {SEPARATOR.join(leaf.split(SEPARATOR)[:n]) for leaf in leaves for n in range(1, leaf.count(SEPARATOR) + 2)}
+    return {t["trigger"] for t in TRANSITIONS
+            if sources & set(t["source"] if isinstance(t["source"], list) else [t["source"]])}
+
+
+def test_states_keep_the_names_they_were_given(machine):
+    assert "in_game" in machine.states and "in" not in machine.states
+    assert set(state_names()) == set(machine.get_nested_state_names())
+
+
+def test_every_trigger_in_the_table_is_an_event_of_the_machine(machine):
+    assert set(triggers()) == set(machine.events)
+
+
+def _refused_pairs() -> list[tuple[str, str]]:
+    pairs = []
+    for situation, steps in SITUATIONS.items():
+        session, _ = new_session(SessionMachine(), HandClock())
+        drive(session, steps)
+        pairs += [(situation, t) for t in CLIENT_TRIGGERS if t not in accepted_triggers(session.state)]
+    return pairs
+
+
+@pytest.mark.parametrize("situation, trigger", _refused_pairs())
+def test_every_message_the_state_does_not_accept_is_refused_without_a_change(machine, clock, situation, trigger):
+    session, sent = new_session(machine, clock)
+    drive(session, SITUATIONS[situation])
+    before, history = session.state, list(session.history)
+    message = {"hello": msg("hello"), "screening": SCREEN, "preload": READY}.get(trigger, msg(trigger))
+    assert session.fire(trigger, message) is None
+    assert session.state == before and session.history == history
+
+
+def test_a_participant_walks_the_whole_lifecycle(machine, clock):
+    session, sent = new_session(machine, clock)
+    drive(session, SITUATIONS["completed"])
+    assert [(h[2].split(SEPARATOR)[0], h[3].split(SEPARATOR)[0]) for h in session.history] == [
+        ("connected", "preflight"), ("preflight", "preflight"), ("preflight", "preflight"), ("preflight", "ready"),
+        ("ready", "in_game"), ("in_game", "ready"), ("ready", "completed")]
+    times = [h[0] for h in session.history]
+    assert times == sorted(times)
+    assert session.outcome == "completed" and session.state in FINAL_STATES
+    assert not clock.pending
+    assert [m["scene_type"] for m in sent if m["type"] == "activate_scene"] == ["start", "static", "game", "end"]
+
+
+def test_advance_during_preflight_is_held_by_its_guards(machine, clock):
+    session, _ = new_session(machine, clock)
+    drive(session, SITUATIONS["preflight/passed+loading"])
+    state = session.state
+    assert session.fire("advance", msg("advance")) is False
+    assert session.state == state
+
+
+def test_each_state_message_is_sent_once(machine, clock):
+    session, sent = new_session(machine, clock)
+    drive(session, SITUATIONS["ready/start"])
+    states = [m for m in sent if m["type"] == "state"]
+    assert all(a != b for a, b in zip(states, states[1:]))
+    assert states[-1]["state"] == "ready" and states[-1]["may_advance"] is True
+
+
+def test_screening_silence_excludes_with_reason_timeout(machine, clock):
+    session, sent = new_session(machine, clock)
+    drive(session, [("hello", msg("hello")), ("preload", READY)])
+    clock.fire_all()
+    assert session.state == "excluded" and session.verdict == ("timeout",)
+    assert sent[-1]["state"] == "excluded" and sent[-1]["reason"] == "timeout"
+    assert not clock.pending
+
+
+def test_preload_silence_is_an_error_that_still_lets_the_participant_play(machine, clock):
+    session, _ = new_session(machine, clock)
+    drive(session, [("hello", msg("hello")), ("screening", SCREEN), ("preload", LOADING)])
+    clock.fire_all()
+    assert session.state == "ready" and session.runtime == "error"
+    drive(session, [("advance", msg("advance")), ("advance", msg("advance"))])
+    assert session.state == "in_game"
+
+
+def test_a_reported_preload_stage_does_not_restart_the_timer(machine, clock):
+    session, _ = new_session(machine, clock)
+    drive(session, [("hello", msg("hello")), ("preload", LOADING)])
+    pending = dict(clock.pending)
+    drive(session, [("preload", LOADING), ("preload", LOADING)])
+    assert clock.pending == pending
+
+
+def test_closing_cancels_timers_and_detaches(machine, clock):
+    session, _ = new_session(machine, clock)
+    drive(session, [("hello", msg("hello"))])
+    assert machine.attached == 1 and clock.pending
+    session.close()
+    assert machine.attached == 0 and not clock.pending and session.outcome == "abandoned"
+
+
+def test_sessions_attach_by_identity_even_when_they_compare_equal(machine, clock):
+    class Equal(Session):
+        __slots__ = ()
+
+        def __eq__(self, other):
+            return True
+
+        __hash__ = object.__hash__
+
+    a = Equal(machine, example, clock, lambda m: None)
+    b = Equal(machine, example, clock, lambda m: None)
+    assert machine.attached == 2
+    a.fire("hello", msg("hello"))
+    assert top_state(a.state)[0] == "preflight" and b.state == "connected"
+    machine.remove_model(a)
+    assert machine.attached == 1
+
+
+def test_no_convenience_methods_are_bound_on_sessions(machine, clock):
+    session, _ = new_session(machine, clock)
+    assert not hasattr(session, "to") and not hasattr(session, "is_ready") and not hasattr(session, "may_advance")

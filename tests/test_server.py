@@ -1,0 +1,164 @@
+"""Participants over a real WebSocket against the real app."""
+from __future__ import annotations
+
+import msgpack
+import pytest
+
+from client.participant import DESKTOP_CHROMIUM, walk
+from server.experiment import EndScene, Experiment, StartScene
+from server.session import Timeouts
+from server.store import read_records
+
+LOADING = {"type": "preload", "status": "loading", "stage": "runtime", "elapsed_ms": 10}
+
+
+async def start(connect, **hello):
+    client = await connect()
+    await client.send({"type": "hello", **hello})
+    config = await client.until_type("experiment_config")
+    await client.until_state("preflight")
+    return client, config
+
+
+@pytest.mark.gen_test
+async def test_full_walk_reaches_the_completion_code(ws_url, config):
+    path = []
+    end = await walk(ws_url, on_state=path.append, participant_id="walker-1")
+    assert end["outcome"] == "completed"
+    assert end["completion_code"] == "PREFLIGHT-EXAMPLE"
+    assert [s for i, s in enumerate(path) if i == 0 or path[i - 1] != s] == \
+        ["preflight", "ready", "in_game", "ready", "completed"]
+    [log] = (config.data_dir / "sessions").iterdir()
+    kinds = [r["kind"] for r in read_records(log)]
+    assert {"begin", "screening", "preload", "scene", "transition", "game_event", "game_over"} <= set(kinds)
+    assert kinds[-1] == "closed" or "closed" not in kinds
+
+
+@pytest.mark.gen_test
+async def test_hello_gets_the_experiment_config_then_the_start_scene(connect):
+    client = await connect()
+    await client.send({"type": "hello", "params": {"PROLIFIC_PID": "abc123", "STUDY_ID": "s1"}})
+    config, scene, state = await client.recv(), await client.recv(), await client.recv()
+    assert config["type"] == "experiment_config" and config["participant_id"] == "abc123"
+    assert config["pyodide_config"] == {"needs_pyodide": True, "packages_to_install": ["preflight-gridworld"]}
+    assert len(config["session_token"]) >= 32
+    assert (scene["type"], scene["scene_type"]) == ("activate_scene", "start")
+    assert state == {"type": "state", "state": "preflight", "may_advance": False, "scene_id": "start",
+                     "regions": {"screening": "checking", "preloading": "idle"}}
+
+
+@pytest.mark.gen_test
+async def test_advance_while_loading_is_gated_and_changes_nothing(connect):
+    client, _ = await start(connect)
+    await client.send({"type": "screening", "facts": DESKTOP_CHROMIUM})
+    await client.send(LOADING)
+    before = await client.until_state("preflight")
+    while before["regions"]["preloading"] != "loading":
+        before = await client.until_state("preflight")
+    await client.send({"type": "advance"})
+    refused = await client.recv()
+    assert refused["type"] == "error" and refused["code"] == "gated" and refused["state"] == "preflight"
+    await client.send({"type": "preload", "status": "ready"})
+    after = await client.until_state("ready")
+    assert after["may_advance"] is True
+
+
+@pytest.mark.gen_test
+async def test_a_game_cannot_be_entered_before_the_runtime_is_ready(connect):
+    client, _ = await start(connect)
+    await client.send({"type": "screening", "facts": DESKTOP_CHROMIUM})
+    await client.until_state("preflight")
+    for forged in ({"type": "game_event", "step": 0}, {"type": "game_over"}, {"type": "advance"}):
+        await client.send(forged)
+        reply = await client.recv()
+        assert reply["type"] == "error" and reply["state"] == "preflight"
+        assert reply["code"] == ("gated" if forged["type"] == "advance" else "not_allowed")
+
+
+@pytest.mark.gen_test
+async def test_a_failed_screening_excludes_with_the_reason(connect):
+    client = await connect(user_agent="Mozilla/5.0 (iPhone; CPU iPhone OS 17_0) Mobile/15E148 Safari/604.1")
+    await client.send({"type": "hello"})
+    await client.until_state("preflight")
+    await client.send({"type": "screening", "facts": {**DESKTOP_CHROMIUM, "screen_width": 390, "touch": True}})
+    excluded = await client.until_state("excluded")
+    assert excluded["reason"] == "mobile,screen_too_small"
+    await client.send({"type": "advance"})
+    assert (await client.recv())["code"] == "not_allowed"
+
+
+@pytest.mark.gen_test
+@pytest.mark.config(timeouts=Timeouts(screening=30, preload=0.2))
+async def test_silent_preload_times_out_into_error_and_the_gate_opens(connect):
+    client, _ = await start(connect)
+    await client.send({"type": "screening", "facts": DESKTOP_CHROMIUM})
+    await client.send(LOADING)
+    timed_out = await client.until_state("ready")
+    assert timed_out["may_advance"] is True
+
+
+@pytest.mark.gen_test
+@pytest.mark.config(timeouts=Timeouts(screening=0.2, preload=30))
+async def test_silent_screening_times_out_into_exclusion(connect):
+    client, _ = await start(connect)
+    await client.send({"type": "preload", "status": "ready"})
+    excluded = await client.until_state("excluded")
+    assert excluded["reason"] == "timeout"
+
+
+@pytest.mark.gen_test
+@pytest.mark.parametrize("frame, code", [
+    (b"\xc1", "bad_message"),
+    (msgpack.packb([1, 2, 3]), "bad_message"),
+    (msgpack.packb({"kind": "hello"}), "bad_message"),
+    (msgpack.packb({"type": 7}), "bad_message"),
+    (msgpack.packb({"type": "hello", "participant_id": "../../etc"}), "bad_message"),
+    (msgpack.packb({"type": "screening", "facts": {"screen_width": "wide"}}), "bad_message"),
+    (msgpack.packb({"type": "preload", "status": "done"}), "bad_message"),
+    (msgpack.packb({"type": "teleport"}), "unknown_type"),
+    (msgpack.packb({"type": "hello", "resume_token": "x" * 32}), "bad_token"),
+    ("{\"type\": \"hello\"}", "bad_message"),
+])
+async def test_bad_frames_are_refused_and_the_server_keeps_serving(connect, ws_url, frame, code):
+    client = await connect()
+    await client.send_raw(frame)
+    refused = await client.recv()
+    assert refused["type"] == "error" and refused["code"] == code and refused["state"] == "connected"
+    assert "Traceback" not in refused["message"]
+    await client.send({"type": "hello"})
+    assert (await client.recv())["type"] == "experiment_config"
+    assert (await walk(ws_url))["outcome"] == "completed"
+
+
+@pytest.mark.gen_test
+async def test_persistent_abuse_closes_the_connection_with_a_reason(connect, config):
+    client = await connect()
+    for _ in range(config.max_refusals):
+        await client.send_raw(b"\xc1")
+    replies = [await client.recv() for _ in range(config.max_refusals)]
+    assert all(r["code"] == "bad_message" for r in replies)
+    assert await client.recv() is None
+    assert client.conn.close_code == 1008 and "refused" in client.conn.close_reason
+
+
+@pytest.mark.gen_test
+async def test_an_oversized_frame_closes_with_1009(connect, config):
+    client = await connect()
+    await client.send({"type": "game_event", "blob": "x" * (config.max_message_bytes + 1)})
+    assert await client.recv() is None
+    assert client.conn.close_code == 1009
+
+
+@pytest.mark.gen_test
+@pytest.mark.config(experiment=Experiment("plain", [StartScene(), EndScene(completion_code="P")]))
+async def test_an_experiment_without_python_skips_the_preload(connect):
+    client = await connect()
+    await client.send({"type": "hello"})
+    state = await client.until_state("preflight")
+    assert state["regions"]["preloading"] == "skipped"
+    await client.send({"type": "screening", "facts": DESKTOP_CHROMIUM})
+    await client.until_state("ready")
+    await client.send({"type": "advance"})
+    end = await client.until_type("activate_scene")
+    assert end["scene_type"] == "end" and end["completion_code"] == "P"
+    await client.until_state("completed")
