@@ -5,16 +5,41 @@ PY := $(VENV)/bin/python
 ARGS ?=
 PYTEST_ARGS ?=
 
-.PHONY: serve test bench clean
+WHEELHOUSE := build/wheelhouse
+GAME := server/examples/gridworld_env
+RUNTIME := node_modules/.installed $(WHEELHOUSE)/.done
 
-serve: $(VENV)/.installed
+.PHONY: serve test bench wheelhouse browser clean
+
+serve: $(VENV)/.installed $(RUNTIME)
 	$(PY) -m server $(ARGS)
 
-test: $(VENV)/.installed
+test: $(VENV)/.installed $(RUNTIME) browser
 	$(PY) -m pytest $(PYTEST_ARGS)
 
-bench: $(VENV)/.installed
+bench: $(VENV)/.installed $(RUNTIME) browser
 	$(PY) bench/machine.py
+	$(PY) bench/browser.py
+
+wheelhouse: $(WHEELHOUSE)/.done
+
+# The Pyodide core and msgpack for the page, from the npm registry (package-lock.json pins them).
+node_modules/.installed: package.json package-lock.json
+	npm ci --no-audit --no-fund
+	touch $@
+
+# micropip (and packaging) from PyPI, plus the example game built as a real wheel, for our own index.
+$(WHEELHOUSE)/.done: $(VENV)/.installed $(GAME)/pyproject.toml $(GAME)/preflight_gridworld/__init__.py
+	mkdir -p $(WHEELHOUSE)
+	$(VENV)/bin/pip download --quiet --no-deps --only-binary=:all: --python-version 3.14 \
+		--dest $(WHEELHOUSE) micropip==0.11.1 packaging==26.1
+	$(VENV)/bin/pip wheel --quiet --no-deps --wheel-dir $(WHEELHOUSE) ./$(GAME)
+	rm -rf $(GAME)/build $(GAME)/*.egg-info
+	touch $@
+
+# Browser tests drive Debian's chromium (Playwright never downloads a browser here).
+browser:
+	@test -x /usr/bin/chromium || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; }
 
 $(VENV)/.installed: setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -23,4 +48,4 @@ $(VENV)/.installed: setup.cfg pyproject.toml
 	touch $@
 
 clean:
-	rm -rf $(VENV) data *.egg-info
+	rm -rf $(VENV) data build node_modules *.egg-info

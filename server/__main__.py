@@ -9,6 +9,7 @@ from pathlib import Path
 
 from .app import Config, make_app
 from .loader import DEFAULT, ExperimentError, load_experiment
+from .runtime import RuntimeSetupError
 from .session import Timeouts
 
 
@@ -37,6 +38,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--ping-timeout", type=_positive, default=Config.ping_timeout,
                         help="seconds without a pong before a connection is dropped; at most the ping interval "
                              "(default: %(default)s)")
+    parser.add_argument("--pyodide-dir", type=Path, default=Config.pyodide_dir,
+                        help="a local Pyodide distribution to serve: the npm core (default: %(default)s) or a "
+                             "copy of the full release, for binary packages such as numpy")
+    parser.add_argument("--pyodide-url", default=None,
+                        help="load Pyodide from this URL instead of serving it (a distribution you host)")
+    parser.add_argument("--wheelhouse", type=Path, default=Config.wheelhouse,
+                        help="directory of wheels served as the package index micropip installs from "
+                             "(default: %(default)s)")
     args = parser.parse_args(argv)
     if args.ping_timeout > args.ping_interval:
         parser.error(f"--ping-timeout ({args.ping_timeout}) cannot exceed --ping-interval ({args.ping_interval})")
@@ -52,14 +61,19 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     config = Config(experiment=experiment, data_dir=args.data_dir, host=args.host, port=args.port,
                     timeouts=Timeouts(screening=args.screening_timeout, preload=args.preload_timeout),
-                    ping_interval=args.ping_interval, ping_timeout=args.ping_timeout)
+                    ping_interval=args.ping_interval, ping_timeout=args.ping_timeout,
+                    pyodide_dir=args.pyodide_dir, pyodide_url=args.pyodide_url, wheelhouse=args.wheelhouse)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     logging.getLogger("transitions").setLevel(logging.WARNING)
     return asyncio.run(_serve(config))
 
 
 async def _serve(config: Config) -> int:
-    app = make_app(config)
+    try:
+        app = make_app(config)
+    except RuntimeSetupError as exc:
+        print(f"python -m server: error: {exc}", file=sys.stderr)
+        return 2
     try:
         app.listen(config.port, config.host)
     except OSError as exc:

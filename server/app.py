@@ -16,6 +16,8 @@ from statemachine import SessionMachine
 from . import __version__, protocol
 from .experiment import Experiment
 from .protocol import Close, Code, Refusal
+from .runtime import (DEFAULT_PYODIDE_DIR, DEFAULT_WHEELHOUSE, MSGPACK_DIR, SimpleIndex, VersionedFiles,
+                      load_runtime)
 from .session import Emit, Session, Timeouts
 from .store import DataStore, SessionLog
 
@@ -33,6 +35,11 @@ class Config:
     ping_timeout: float = 15.0  # Tornado caps it at the interval
     max_message_bytes: int = 64 * 1024
     max_refusals: int = 20
+    pyodide_dir: Path = DEFAULT_PYODIDE_DIR
+    pyodide_url: str | None = None  # a Pyodide distribution hosted elsewhere (e.g. the full release)
+    wheelhouse: Path = DEFAULT_WHEELHOUSE
+
+CLIENT_DIR = Path(__file__).resolve().parent.parent / "client" / "web"
 
 
 class Study:
@@ -42,10 +49,11 @@ class Study:
         self.config = config
         self.machine = SessionMachine()
         self.store = DataStore(config.data_dir)
-        self.runtime_config = dict(config.experiment.pyodide_config)
+        self.runtime = load_runtime(config.pyodide_dir, config.wheelhouse, config.pyodide_url)
+        self.runtime_config = {**config.experiment.pyodide_config, **self.runtime.page_config()}
         self.store.describe_study({
             "wall": time.time(), "preflight_version": __version__,
-            "experiment": config.experiment.describe(), "runtime": self.runtime_config,
+            "experiment": config.experiment.describe(), "runtime": self.runtime.describe(),
         })
 
     def open(self, emit: Emit, user_agent: str) -> Session:
@@ -108,11 +116,32 @@ class ParticipantSocket(tornado.websocket.WebSocketHandler):
             self.session = None
 
 
+class ParticipantPage(tornado.web.RequestHandler):
+    """`/`: the participant's page; URL parameters (PROLIFIC_PID, ...) are read by the page itself."""
+
+    def get(self) -> None:
+        self.set_header("Cache-Control", "no-cache")
+        self.render(str(CLIENT_DIR / "index.html"))
+
+
 def make_app(config: Config) -> tornado.web.Application:
     """The whole server for one study; tests and `python -m server` both start it this way."""
     study = Study(config)
+    routes: list[Any] = [
+        (r"/", ParticipantPage),
+        (r"/ws", ParticipantSocket, {"study": study}),
+        (r"/client/(.*)", tornado.web.StaticFileHandler, {"path": str(CLIENT_DIR)}),
+        (r"/vendor/msgpack/(.*)", tornado.web.StaticFileHandler, {"path": str(MSGPACK_DIR)}),
+        (r"/simple/?", SimpleIndex, {"runtime": study.runtime}),
+        (r"/simple/([^/]+)/?", SimpleIndex, {"runtime": study.runtime}),
+        (r"/wheels/(.*)", tornado.web.StaticFileHandler, {"path": str(config.wheelhouse)}),
+    ]
+    if study.runtime.pyodide_dir is not None:
+        routes.append((rf"/pyodide/{study.runtime.version}/(.*)", VersionedFiles,
+                       {"path": str(study.runtime.pyodide_dir)}))
     return tornado.web.Application(
-        [(r"/ws", ParticipantSocket, {"study": study})],
+        routes,
+        compress_response=True,
         websocket_ping_interval=config.ping_interval,
         websocket_ping_timeout=config.ping_timeout,
         websocket_max_message_size=config.max_message_bytes,

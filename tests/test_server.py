@@ -40,7 +40,10 @@ async def test_hello_gets_the_experiment_config_then_the_start_scene(connect):
     await client.send({"type": "hello", "params": {"PROLIFIC_PID": "abc123", "STUDY_ID": "s1"}})
     config, scene, state = await client.recv(), await client.recv(), await client.recv()
     assert config["type"] == "experiment_config" and config["participant_id"] == "abc123"
-    assert config["pyodide_config"] == {"needs_pyodide": True, "packages_to_install": ["preflight-gridworld"]}
+    runtime = config["pyodide_config"]
+    assert runtime["needs_pyodide"] is True and runtime["packages_to_install"] == ["preflight-gridworld"]
+    assert runtime["pyodide_url"] == "/pyodide/314.0.7/" and runtime["index_url"] == "/simple/{package_name}/"
+    assert runtime["lock"]["packages"]["micropip"]["file_name"] == "micropip-0.11.1-py3-none-any.whl"
     assert len(config["session_token"]) >= 32
     assert (scene["type"], scene["scene_type"]) == ("activate_scene", "start")
     assert state == {"type": "state", "state": "preflight", "may_advance": False, "scene_id": "start",

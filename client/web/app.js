@@ -1,0 +1,162 @@
+// The participant's page: a view of the session the server drives.
+// It reports facts and preload progress; the server decides screening, gating and the next scene.
+import { encode, decode } from "/vendor/msgpack/index.mjs";
+import { Runtime } from "/client/runtime.js";
+import { playGame } from "/client/game.js";
+
+const $ = (id) => document.getElementById(id);
+const STAGES = {
+  runtime: [0.05, "Loading the Python runtime"],
+  micropip: [0.55, "Loading the package installer"],
+  packages: [0.65, "Installing packages"],
+  preparing: [0.95, "Preparing the game"],
+};
+const WAITING = {
+  checking: "Checking that your browser can run this study…",
+  idle: "Waiting for Python to start loading…",
+  loading: "Python is still loading; you can continue once it is ready.",
+};
+
+const preflight = (window.__preflight = { states: [], errors: [], runtime: null, firstFrameAt: null, firstStepAt: null });
+const params = Object.fromEntries(new URLSearchParams(location.search));
+const socket = new WebSocket(`${location.protocol === "https:" ? "wss" : "ws"}://${location.host}/ws`);
+socket.binaryType = "arraybuffer";
+const send = (message) => socket.readyState === WebSocket.OPEN && socket.send(encode(message));
+preflight.send = send;
+
+let runtime = null, scene = null, progressTimer = null;
+
+socket.onopen = () => send({ type: "hello", params });
+socket.onclose = (event) => notice(`Connection closed (${event.code}${event.reason ? ": " + event.reason : ""}). Please reload the page.`);
+socket.onmessage = (event) => {
+  const message = decode(new Uint8Array(event.data));
+  ({ experiment_config: onConfig, activate_scene: onScene, state: onState, error: onError })[message.type]?.(message);
+};
+
+function onConfig(config) {
+  preflight.config = config;
+  send({ type: "screening", facts: screeningFacts() });
+  if (config.pyodide_config.needs_pyodide) {
+    runtime = preflight.runtime = new Runtime(config.pyodide_config, reportPreload);
+    runtime.load().catch(() => {});  // an error is reported and shown; the game retries the load itself
+  }
+}
+
+function screeningFacts() {
+  return {
+    user_agent: navigator.userAgent, screen_width: screen.width, screen_height: screen.height,
+    device_pixel_ratio: window.devicePixelRatio, webassembly: typeof WebAssembly === "object",
+    touch: "ontouchstart" in window, max_touch_points: navigator.maxTouchPoints || 0,
+    hardware_concurrency: navigator.hardwareConcurrency || 0, language: navigator.language || "",
+    platform: navigator.platform || "",
+  };
+}
+
+function reportPreload(report) {
+  send({ type: "preload", ...report });
+  showProgress(report);
+}
+
+function showProgress(report) {
+  const box = $("progress");
+  box.hidden = false;
+  clearInterval(progressTimer);
+  const since = performance.now() - (report.elapsed_ms || 0);
+  const tick = () => ($("progress-time").textContent = `(${((performance.now() - since) / 1000).toFixed(1)} s)`);
+  if (report.status === "loading") {
+    const [share, text] = STAGES[report.stage] || [0, "Loading"];
+    const k = report.total ? report.done / report.total : 0;
+    $("progress-fill").style.width = `${Math.round(100 * (share + (report.stage === "packages" ? 0.3 * k : 0)))}%`;
+    $("progress-text").textContent = report.stage === "packages"
+      ? `${text} (${report.done + 1} of ${report.total}: ${report.package})` : text;
+    tick();
+    progressTimer = setInterval(tick, 100);
+  } else if (report.status === "ready") {
+    $("progress-fill").style.width = "100%";
+    $("progress-text").textContent = "Python is ready";
+    $("progress-time").textContent = `(${(report.elapsed_ms / 1000).toFixed(1)} s)`;
+  } else {
+    box.classList.add("error");
+    $("progress-text").textContent = "Python could not be prepared in advance. You can still continue: the game will try again when it starts.";
+    $("progress-time").textContent = "";
+  }
+}
+
+function onScene(message) {
+  scene = message;
+  $("title").textContent = message.title || "";
+  $("content").innerHTML = message.html || "";
+  $("game").hidden = message.scene_type !== "game";
+  $("advance").hidden = message.scene_type === "end";
+  $("advance").textContent = message.scene_type === "start" ? "Start" : "Continue";
+  if (message.scene_type !== "start") $("progress").hidden = message.scene_type !== "game" || runtime?.status === "ready";
+  if (message.scene_type === "end") showEnd(message);
+}
+
+function showEnd(message) {
+  const end = document.createElement("p");
+  if (message.completion_code) {
+    end.innerHTML = 'Your completion code: <span class="code" id="completion-code"></span>';
+    end.querySelector("#completion-code").textContent = message.completion_code;
+  }
+  $("content").append(end);
+  if (message.redirect_url) {
+    const link = document.createElement("a");
+    link.href = message.redirect_url;
+    link.textContent = "Return to the study platform";
+    $("content").append(link);
+  }
+}
+
+function onState(message) {
+  preflight.states.push(message);
+  preflight.state = message;
+  $("advance").disabled = !message.may_advance;
+  $("waiting").textContent = message.may_advance ? "" : waitingText(message);
+  if (message.state === "in_game" && scene?.scene_type === "game") startGame(scene);
+}
+
+function waitingText(message) {
+  if (message.state === "excluded") {
+    return "Sorry, this study cannot run in your browser or on your device, so you cannot take part this time.";
+  }
+  if (message.state === "preflight") {
+    const { screening, preloading } = message.regions;
+    return WAITING[screening === "checking" ? "checking" : preloading] || "";
+  }
+  if (message.state === "in_game") return "Use the arrow keys to move.";
+  return "";
+}
+
+async function startGame(gameScene) {
+  $("advance").disabled = true;
+  try {
+    const pyodide = await gameRuntime(gameScene);
+    await playGame(pyodide, gameScene, $("game"), send);
+  } catch (err) {
+    notice(`The game could not run: ${String(err.message || err).split("\n").pop()}`);
+    send({ type: "game_over", failed: true, error: String(err.message || err).slice(0, 500) });
+  }
+}
+
+// The preloaded instance when there is one; only a failed preload makes the game load Python itself.
+function gameRuntime(gameScene) {
+  if (!gameScene.run_through_pyodide) return Promise.resolve(null);
+  runtime ??= preflight.runtime = new Runtime(preflight.config.pyodide_config, reportPreload);
+  return runtime.load();
+}
+
+function onError(message) {
+  preflight.errors.push(message);
+  if (message.code !== "gated") notice(`The server refused a message (${message.code}): ${message.message}`);
+}
+
+function notice(text) {
+  $("notice").hidden = false;
+  $("notice").textContent = text;
+}
+
+$("advance").addEventListener("click", () => {
+  $("advance").disabled = true;
+  send({ type: "advance" });
+});
