@@ -53,7 +53,7 @@ class Detached(Session):
     __slots__ = ()
 
     def __init__(self, machine) -> None:
-        add, machine.add_model = machine.add_model, lambda model: None
+        machine.add_model = lambda model: None
         try:
             super().__init__(machine, experiment, Clock(), lambda m: None)
         finally:

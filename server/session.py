@@ -95,7 +95,7 @@ class Session(RegionGuards):
         detail: dict[str, Any] = {"scene_id": self.plan[self.index].instance_id if self.plan else None}
         if regions:
             detail["regions"] = regions
-        if self.verdict and name in ("preflight", "excluded"):
+        if self.verdict:
             detail["reason"] = ",".join(self.verdict)
         return protocol.state(name, self.machine.allows(self, "advance"), **detail)
 
@@ -182,9 +182,10 @@ class Session(RegionGuards):
 
     def activate_next(self, event: Any) -> None:
         self.index += 1
-        if self.plan[self.index].scene_type == "end":
-            self.outcome = "completed"
         self._activate()
+
+    def complete(self, event: Any) -> None:
+        self.outcome = "completed"
 
     def note_game_event(self, event: Any) -> None:
         self.record("game_event", scene_id=self.plan[self.index].instance_id,

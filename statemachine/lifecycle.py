@@ -53,8 +53,8 @@ STATES: list[Any] = [
     },
     "ready",
     "in_game",
-    {"name": "completed", "final": True},
-    {"name": "excluded", "final": True},
+    {"name": "completed", "final": True, "on_enter": "complete"},
+    {"name": "excluded", "final": True, "on_enter": "exclude"},
 ]
 
 _PRELOAD_PENDING = [_in(PRELOADING, "idle"), _in(PRELOADING, "loading")]
@@ -83,8 +83,7 @@ TRANSITIONS: list[dict[str, Any]] = [
     {"trigger": "preload_timeout", "source": _PRELOAD_PENDING, "dest": _in(PRELOADING, "error"),
      "before": "preload_timed_out", "after": "settle"},
     # The preflight settles by itself once both regions have an answer.
-    {"trigger": "settle", "source": "preflight", "dest": "excluded", "conditions": "screening_failed",
-     "before": "exclude"},
+    {"trigger": "settle", "source": "preflight", "dest": "excluded", "conditions": "screening_failed"},
     {"trigger": "settle", "source": "preflight", "dest": "ready",
      "conditions": ["screening_passed", "preload_settled"]},
     # The gate: an advance before the preflight has settled is refused, never queued.
