@@ -60,6 +60,7 @@ function reportPreload(report) {
 function showProgress(report) {
   const box = $("progress");
   box.hidden = false;
+  box.classList.toggle("error", report.status === "error");
   clearInterval(progressTimer);
   const since = performance.now() - (report.elapsed_ms || 0);
   const tick = () => ($("progress-time").textContent = `(${((performance.now() - since) / 1000).toFixed(1)} s)`);
@@ -76,7 +77,6 @@ function showProgress(report) {
     $("progress-text").textContent = "Python is ready";
     $("progress-time").textContent = `(${(report.elapsed_ms / 1000).toFixed(1)} s)`;
   } else {
-    box.classList.add("error");
     $("progress-text").textContent = "Python could not be prepared in advance. You can still continue: the game will try again when it starts.";
     $("progress-time").textContent = "";
   }
@@ -124,15 +124,18 @@ function waitingText(message) {
     const { screening, preloading } = message.regions;
     return WAITING[screening === "checking" ? "checking" : preloading] || "";
   }
-  if (message.state === "in_game") return "Use the arrow keys to move.";
   return "";
 }
 
 async function startGame(gameScene) {
   $("advance").disabled = true;
   try {
+    $("waiting").textContent = runtime?.status === "ready" ? "" : "Preparing the game…";
     const pyodide = await gameRuntime(gameScene);
+    $("progress").hidden = true;
+    $("waiting").textContent = "Use the arrow keys to move.";
     await playGame(pyodide, gameScene, $("game"), send);
+    $("waiting").textContent = "";
   } catch (err) {
     notice(`The game could not run: ${String(err.message || err).split("\n").pop()}`);
     send({ type: "game_over", failed: true, error: String(err.message || err).slice(0, 500) });
