@@ -6,19 +6,14 @@ One server and one browser serve the whole module; each test opens its own conte
 from __future__ import annotations
 
 import os
-import socket
-import subprocess
-import sys
-import time
-from pathlib import Path
 from urllib.parse import urlparse
 
 import pytest
 from playwright.sync_api import Route, sync_playwright
 
 from server.store import read_records
+from tests.support import served
 
-ROOT = Path(__file__).resolve().parent.parent
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
@@ -27,32 +22,12 @@ LOAD_TIMEOUT_MS = 90_000
 STEP_TIMEOUT_MS = 10_000
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     """`python -m server` on the built-in example, pinging every second so a dead page is dropped fast."""
-    port = free_port()
     data = tmp_path_factory.mktemp("data")
-    log = data.parent / "server.log"
-    with open(log, "w") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "server", "--port", str(port), "--data-dir", str(data),
-             "--ping-interval", str(PING_SECONDS), "--ping-timeout", str(PING_SECONDS)],
-            cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)
-    deadline = time.monotonic() + 30
-    while "Participant URL" not in log.read_text() and proc.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.05)
-    if "Participant URL" not in log.read_text():
-        proc.kill()
-        pytest.fail(f"server did not start: {log.read_text()}")
-    yield {"url": f"http://127.0.0.1:{port}/", "data": data, "log": log}
-    proc.terminate()
-    proc.wait(timeout=10)
+    with served(data, "--ping-interval", str(PING_SECONDS), "--ping-timeout", str(PING_SECONDS)) as url:
+        yield {"url": url, "data": data}
 
 
 @pytest.fixture(scope="module")
