@@ -7,6 +7,7 @@ from typing import Any, Callable
 from tornado.websocket import WebSocketClientConnection, websocket_connect
 
 from server import protocol
+from statemachine import FINAL_STATES
 
 DESKTOP_CHROMIUM = {
     "user_agent": "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/156.0.0.0 Safari/537.36",
@@ -87,7 +88,7 @@ async def walk(url: str, *, facts: dict[str, Any] | None = None, participant_id:
                 raise RuntimeError(f"server refused a message: {message}")
             elif message["type"] == "state":
                 on_state(message["state"])
-                if message["state"] in ("completed", "excluded"):
+                if message["state"] in FINAL_STATES:
                     return {**scene, "outcome": message["state"], "reason": message.get("reason")}
                 if message["state"] == "in_game":
                     for step in range(steps):

@@ -31,7 +31,6 @@ async def test_full_walk_reaches_the_completion_code(ws_url, config):
     [log] = (config.data_dir / "sessions").iterdir()
     kinds = [r["kind"] for r in read_records(log)]
     assert {"begin", "screening", "preload", "scene", "transition", "game_event", "game_over"} <= set(kinds)
-    assert kinds[-1] == "closed" or "closed" not in kinds
 
 
 @pytest.mark.gen_test
