@@ -22,12 +22,14 @@ class ProtocolClient:
     def __init__(self, conn: WebSocketClientConnection, timeout: float) -> None:
         self.conn = conn
         self.timeout = timeout
+        self.last_seq = 0
 
     @classmethod
-    async def connect(cls, url: str, *, timeout: float = 10.0, user_agent: str | None = None) -> "ProtocolClient":
+    async def connect(cls, url: str, *, timeout: float = 10.0, user_agent: str | None = None,
+                      headers: dict[str, str] | None = None) -> "ProtocolClient":
         from tornado.httpclient import HTTPRequest
 
-        headers = {"User-Agent": user_agent or DESKTOP_CHROMIUM["user_agent"]}
+        headers = {"User-Agent": user_agent or DESKTOP_CHROMIUM["user_agent"], **(headers or {})}
         conn = await asyncio.wait_for(websocket_connect(HTTPRequest(url, headers=headers)), timeout)
         return cls(conn, timeout)
 
@@ -40,7 +42,15 @@ class ProtocolClient:
     async def recv(self) -> dict[str, Any] | None:
         """The next message, or None once the server has closed the connection."""
         frame = await asyncio.wait_for(self.conn.read_message(), self.timeout)
-        return None if frame is None else protocol.msgpack.unpackb(frame, raw=False)
+        if frame is None:
+            return None
+        message = protocol.msgpack.unpackb(frame, raw=False)
+        self.last_seq = max(self.last_seq, message.get("seq", 0))
+        return message
+
+    async def ack(self) -> None:
+        """Tell the server everything received so far arrived, so it need not hold it for a resume."""
+        await self.send({"type": "ack", "seq": self.last_seq})
 
     async def recv_until(self, accept: Callable[[dict[str, Any]], bool]) -> list[dict[str, Any]]:
         """Messages up to and including the first one `accept` takes."""

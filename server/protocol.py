@@ -20,14 +20,18 @@ class Code(str, enum.Enum):
     UNKNOWN_TYPE = "unknown_type"  # a `type` this protocol does not define
     GATED = "gated"  # the lifecycle allows it, but not yet: preflight unsettled or runtime not ready
     NOT_ALLOWED = "not_allowed"  # the current state does not accept this message at all
-    BAD_TOKEN = "bad_token"  # a resume token that matches no session
+    BAD_TOKEN = "bad_token"  # a resume token that matches no session (unknown, or the session has ended)
+    TOO_LARGE = "too_large"  # a frame above the configured maximum (far above it, the connection is closed)
+    RATE_LIMITED = "rate_limited"  # more messages per second than the configured limit
+    ALREADY_PARTICIPATED = "already_participated"  # this participant id has a session in progress or finished
 
 
 class Close(enum.IntEnum):
     """WebSocket close codes the server uses for abuse (RFC 6455 section 7.4.1)."""
 
     POLICY = 1008  # too many refused messages in a row
-    TOO_LARGE = 1009  # a frame above the configured maximum (Tornado closes with this itself)
+    TOO_LARGE = 1009  # a frame far above the configured maximum (Tornado closes with this itself)
+    TAKEN_OVER = 4001  # the same session was resumed from another connection (a second tab); the newest wins
 
 
 @dataclass(frozen=True)
@@ -38,7 +42,7 @@ class Refusal:
     message: str
 
 
-CLIENT_TYPES = ("hello", "screening", "preload", "advance", "game_event", "game_over")
+CLIENT_TYPES = ("hello", "ack", "screening", "preload", "advance", "game_event", "game_over")
 SERVER_TYPES = ("experiment_config", "activate_scene", "state", "error")
 PRELOAD_STATUSES = ("loading", "ready", "error")
 
@@ -46,6 +50,8 @@ PARTICIPANT_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
 TOKEN = re.compile(r"[A-Za-z0-9_-]{16,128}")
 MAX_TEXT = 2048
 MAX_PARAMS = 32
+MAX_DEPTH = 8
+MAX_ITEMS = 4096
 
 Validator = Callable[[Any], "str | None"]
 
@@ -131,19 +137,43 @@ def _facts(value: Any) -> str | None:
     return None
 
 
+def _plain(value: Any) -> str | None:
+    """Research data may be any JSON-like value, but not a bomb: bounded depth and size, no msgpack extensions."""
+    stack, items = [(value, 0)], 0
+    while stack:
+        item, depth = stack.pop()
+        items += 1
+        if items > MAX_ITEMS:
+            return f"holds more than {MAX_ITEMS} values"
+        if isinstance(item, (dict, list)):
+            if depth >= MAX_DEPTH:
+                return f"is nested deeper than {MAX_DEPTH} levels"
+            if isinstance(item, dict):
+                if not all(isinstance(k, str) for k in item):
+                    return "must have string keys"
+                stack.extend((v, depth + 1) for v in item.values())
+            else:
+                stack.extend((v, depth + 1) for v in item)
+        elif not (item is None or isinstance(item, (bool, int, float, str))):
+            return f"must be plain data, not {type(item).__name__}"
+    return None
+
+
 @dataclass(frozen=True)
 class Schema:
     fields: Mapping[str, Validator]
     required: tuple[str, ...] = ()
-    open: bool = False  # research data: extra fields are kept as sent
+    open: bool = False  # research data: extra fields are kept as sent, if they are plain data
 
 
 SCHEMAS: dict[str, Schema] = {
     "hello": Schema({
         "participant_id": _pattern(PARTICIPANT_ID, "1-64 letters, digits, '-' or '_'"),
         "resume_token": _pattern(TOKEN, "a session token"),
+        "last_seq": _count,
         "params": _params,
     }),
+    "ack": Schema({"seq": _count}, required=("seq",)),
     "screening": Schema({"facts": _facts}, required=("facts",)),
     "preload": Schema({
         "status": _one_of(*PRELOAD_STATUSES),
@@ -168,8 +198,8 @@ def decode(frame: bytes | str) -> dict[str, Any] | Refusal:
         message = msgpack.unpackb(frame, raw=False, strict_map_key=True)
     except Exception as exc:  # msgpack raises several unrelated types for broken input
         return Refusal(Code.BAD_MESSAGE, f"not a msgpack message ({type(exc).__name__})")
-    if not isinstance(message, dict):
-        return Refusal(Code.BAD_MESSAGE, "a message must be a map")
+    if not isinstance(message, dict) or not all(isinstance(k, str) for k in message):
+        return Refusal(Code.BAD_MESSAGE, "a message must be a map with string keys")
     kind = message.get("type")
     if not isinstance(kind, str):
         return Refusal(Code.BAD_MESSAGE, "a message needs a string 'type'")
@@ -184,9 +214,9 @@ def decode(frame: bytes | str) -> dict[str, Any] | Refusal:
             continue
         check = schema.fields.get(name)
         if check is None:
-            if schema.open:
-                continue
-            return Refusal(Code.BAD_MESSAGE, f"{kind}: unexpected field {str(name)[:64]!r}")
+            if not schema.open:
+                return Refusal(Code.BAD_MESSAGE, f"{kind}: unexpected field {str(name)[:64]!r}")
+            check = _plain
         problem = check(value)
         if problem:
             return Refusal(Code.BAD_MESSAGE, f"{kind}: {name} {problem}")

@@ -5,8 +5,10 @@ knows nothing about sockets: messages leave through `emit`, records through `sin
 """
 from __future__ import annotations
 
+import hashlib
 import secrets
 import time
+from collections import deque
 from dataclasses import dataclass
 from typing import Any, Callable, Protocol
 
@@ -31,6 +33,42 @@ class Clock(Protocol):
 class Timeouts:
     screening: float = 60.0
     preload: float = 300.0
+    grace: float = 120.0  # how long a dropped participant may take to come back
+
+
+def token_digest(token: str) -> str:
+    """Sessions are found by a digest of their token, so the data directory never holds a usable token."""
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+class Outbox:
+    """Numbers the messages that move a participant on and keeps them until acknowledged, for resending on resume."""
+
+    __slots__ = ("seq", "unacked")
+    LIMIT = 64
+
+    def __init__(self) -> None:
+        self.seq = 0
+        self.unacked: deque[dict[str, Any]] = deque(maxlen=self.LIMIT)
+
+    def number(self, message: dict[str, Any]) -> dict[str, Any]:
+        self.seq += 1
+        numbered = {**message, "seq": self.seq}
+        self.unacked.append(numbered)
+        return numbered
+
+    def ack(self, seq: int) -> None:
+        while self.unacked and self.unacked[0]["seq"] <= seq:
+            self.unacked.popleft()
+
+    def since(self, seq: int) -> list[dict[str, Any]] | None:
+        """What a client that has seen up to `seq` missed; None when some of it is no longer held."""
+        if seq > self.seq:
+            return None
+        self.ack(seq)
+        if seq < self.seq and (not self.unacked or self.unacked[0]["seq"] != seq + 1):
+            return None
+        return list(self.unacked)
 
 
 def _drop(record: dict[str, Any]) -> None:
@@ -40,22 +78,27 @@ def _drop(record: dict[str, Any]) -> None:
 class Session(RegionGuards):
     """A participant's place in the lifecycle and everything they produced on the way."""
 
-    __slots__ = ("state", "session_id", "machine", "experiment", "runtime_config", "timeouts", "clock", "emit", "sink",
-                 "token", "user_agent", "rtt_ms", "participant_id", "params", "seed", "plan", "index",
-                 "facts", "verdict", "runtime", "outcome", "history", "_timers", "_published")
+    __slots__ = ("state", "session_id", "machine", "experiment", "runtime_config", "timeouts", "clock", "send", "sink",
+                 "persist", "token", "digest", "user_agent", "rtt_ms", "participant_id", "params", "seed", "plan",
+                 "index", "facts", "verdict", "runtime", "outcome", "place", "outbox", "ended", "history", "_timers",
+                 "_published", "_persisted")
 
-    def __init__(self, machine: SessionMachine, experiment: Experiment, clock: Clock, emit: Emit, *,
+    def __init__(self, machine: SessionMachine, experiment: Experiment, clock: Clock, send: Emit | None = None, *,
                  runtime_config: dict[str, Any] | None = None, timeouts: Timeouts = Timeouts(),
-                 sink: Sink = _drop, user_agent: str = "", session_id: str = "") -> None:
+                 sink: Sink = _drop, persist: Sink = _drop, ended: Callable[["Session"], None] = lambda s: None,
+                 user_agent: str = "", session_id: str = "") -> None:
         self.session_id = session_id or secrets.token_hex(8)
         self.machine = machine
         self.experiment = experiment
         self.runtime_config = runtime_config if runtime_config is not None else experiment.pyodide_config
         self.timeouts = timeouts
         self.clock = clock
-        self.emit = emit
+        self.send = send
         self.sink = sink
+        self.persist = persist
+        self.ended = ended
         self.token = secrets.token_urlsafe(24)
+        self.digest = token_digest(self.token)
         self.user_agent = user_agent
         self.rtt_ms: float | None = None
         self.participant_id: str | None = None
@@ -67,9 +110,12 @@ class Session(RegionGuards):
         self.verdict: tuple[str, ...] = ()
         self.runtime = "pending"
         self.outcome: str | None = None
+        self.place: Any = None
+        self.outbox = Outbox()
         self.history: list[tuple[float, str, str, str]] = []
         self._timers: dict[str, object] = {}
         self._published: dict[str, Any] | None = None
+        self._persisted: dict[str, Any] | None = None
         machine.add_model(self)
 
     # -- driving --------------------------------------------------------------------------
@@ -78,13 +124,75 @@ class Session(RegionGuards):
         """True: moved; False: a guard held it back; None: not accepted in this state."""
         return self.machine.fire(self, trigger, *args)
 
+    def emit(self, message: dict[str, Any]) -> None:
+        """Number the message and hand it to the connection, if there is one; it stays held until acknowledged."""
+        numbered = self.outbox.number(message)
+        if self.send is not None:
+            self.send(numbered)
+
+    def attach(self, send: Emit, token: str, last_seq: int) -> None:
+        """A connection came back with the token: send what it missed, or all it needs to redraw, then resume."""
+        self.send = send
+        self.token = token
+        self.record("resumed", last_seq=last_seq)
+        missed = self.outbox.since(last_seq)
+        if missed is None:
+            self.outbox.ack(self.outbox.seq)
+            self.emit(self._config_message())
+            self._emit_scene()
+        else:
+            for message in missed:
+                send(message)
+        self._published = None
+        self.fire("resume")
+        self.publish()
+
+    def detach(self) -> bool:
+        """The connection dropped: park the session for the grace period; False when it has nothing to come back to."""
+        self.send = None
+        return self.fire("drop") is True
+
     def close(self) -> None:
-        """Detach from the machine when the socket is gone; the outcome is final from here."""
+        """Detach from the machine for good; the outcome is final from here."""
         for name in list(self._timers):
             self._cancel(name)
         self.machine.remove_model(self)
         self.outcome = self.outcome or "abandoned"
         self.record("closed", outcome=self.outcome, state=self.snapshot()["state"])
+        self._save()
+
+    def saved(self) -> dict[str, Any]:
+        """What survives a server restart: enough to put the participant back exactly where they were."""
+        return {"session_id": self.session_id, "digest": self.digest, "participant_id": self.participant_id,
+                "params": self.params, "seed": self.seed, "order": [p.instance_id for p in self.plan],
+                "index": self.index, "facts": self.facts, "verdict": list(self.verdict), "runtime": self.runtime,
+                "outcome": self.outcome, "state": self.state, "place": self.place, "seq": self.outbox.seq,
+                "user_agent": self.user_agent, "rtt_ms": self.rtt_ms}
+
+    @classmethod
+    def restore(cls, saved: dict[str, Any], machine: SessionMachine, experiment: Experiment, clock: Clock,
+                **kwargs: Any) -> "Session":
+        """A session from before a restart, parked as if its connection had just dropped."""
+        self = cls(machine, experiment, clock, session_id=saved["session_id"], user_agent=saved["user_agent"], **kwargs)
+        self.digest = saved["digest"]
+        self.participant_id = saved["participant_id"]
+        self.params = saved["params"]
+        self.seed = saved["seed"]
+        self.plan = experiment.plan(self.seed)
+        if [p.instance_id for p in self.plan] != saved["order"]:
+            machine.remove_model(self)
+            raise ValueError(f"session {self.session_id}: the experiment no longer gives this participant the same scenes")
+        self.index = saved["index"]
+        self.facts = saved["facts"]
+        self.verdict = tuple(saved["verdict"])
+        self.runtime = saved["runtime"]
+        self.rtt_ms = saved["rtt_ms"]
+        self.outbox.seq = saved["seq"]
+        self.place = saved["place"] if saved["state"] == "disconnected" else saved["state"]
+        machine.set_state("disconnected", self)
+        self.start_grace_timer(None)
+        self.record("restored", place=self.place)
+        return self
 
     def record(self, kind: str, **fields: Any) -> None:
         self.sink({"kind": kind, "t": time.monotonic(), "wall": time.time(), **fields})
@@ -99,20 +207,22 @@ class Session(RegionGuards):
             detail["reason"] = ",".join(self.verdict)
         return protocol.state(name, self.machine.allows(self, "advance"), **detail)
 
+    @staticmethod
+    def claimed_participant(hello: dict[str, Any]) -> str | None:
+        """The participant id a `hello` names, if any; otherwise `begin` makes one up."""
+        return hello.get("participant_id") or (hello.get("params") or {}).get("PROLIFIC_PID")
+
     # -- callbacks the lifecycle table names ---------------------------------------------------
 
     def begin(self, event: Any) -> None:
         hello = event.args[0]
         self.params = dict(hello.get("params") or {})
-        self.participant_id = hello.get("participant_id") or self.params.get("PROLIFIC_PID") or secrets.token_hex(8)
+        self.participant_id = self.claimed_participant(hello) or secrets.token_hex(8)
         self.seed = secrets.randbits(32)
         self.plan = self.experiment.plan(self.seed)
         self.record("begin", participant_id=self.participant_id, params=self.params, seed=self.seed,
                     order=[p.instance_id for p in self.plan], user_agent=self.user_agent)
-        self.emit(protocol.experiment_config(
-            session_token=self.token, participant_id=self.participant_id,
-            entry_screening=self.experiment.screening.describe(), pyodide_config=self.runtime_config,
-            scene_count=len(self.plan)))
+        self.emit(self._config_message())
         self._activate()
 
     def skip_preload(self, event: Any) -> None:
@@ -187,6 +297,28 @@ class Session(RegionGuards):
     def complete(self, event: Any) -> None:
         self.outcome = "completed"
 
+    def abandon(self, event: Any) -> None:
+        self.outcome = "abandoned"
+        self.ended(self)
+
+    def remember_place(self, event: Any) -> None:
+        self.place = self.state
+
+    def restore_place(self, event: Any) -> None:
+        """Re-entering a state starts it afresh; put back the regions and timers it had when the socket dropped."""
+        self.machine.set_state(self.place, self)
+        if not self.screening_pending():
+            self._cancel("screening")
+        if not self.preload_pending():
+            self._cancel("preload")
+        self.place = None
+
+    def start_grace_timer(self, event: Any) -> None:
+        self._start("grace", self.timeouts.grace, "grace_expired")
+
+    def cancel_grace_timer(self, event: Any) -> None:
+        self._cancel("grace")
+
     def note_game_event(self, event: Any) -> None:
         self.record("game_event", scene_id=self.plan[self.index].instance_id,
                     data={k: v for k, v in event.args[0].items() if k != "type"})
@@ -220,7 +352,10 @@ class Session(RegionGuards):
             self.publish(event)
 
     def publish(self, event: Any = None) -> None:
-        """Send the participant's state unless it is exactly what they were last sent."""
+        """Save the session, and send the participant's state unless it is exactly what they were last sent."""
+        self._save()
+        if self.send is None:
+            return
         snap = self.snapshot()
         if snap != self._published:
             self._published = snap
@@ -231,8 +366,24 @@ class Session(RegionGuards):
     def _activate(self) -> None:
         placed = self.plan[self.index]
         self.record("scene", scene_id=placed.instance_id, scene_type=placed.scene_type, index=self.index)
+        self._emit_scene()
+
+    def _emit_scene(self) -> None:
+        placed = self.plan[self.index]
         self.emit(protocol.activate_scene(placed.instance_id, placed.scene_type, self.index, len(self.plan),
                                           placed.scene.payload()))
+
+    def _config_message(self) -> dict[str, Any]:
+        return protocol.experiment_config(
+            session_token=self.token, participant_id=self.participant_id,
+            entry_screening=self.experiment.screening.describe(), pyodide_config=self.runtime_config,
+            scene_count=len(self.plan))
+
+    def _save(self) -> None:
+        saved = self.saved()
+        if saved != self._persisted:
+            self._persisted = saved
+            self.persist(saved)
 
     def _start(self, name: str, delay: float, trigger: str) -> None:
         self._cancel(name)

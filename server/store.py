@@ -14,18 +14,19 @@ import msgpack
 
 
 class SessionLog:
-    """The sink a session writes its records to."""
+    """The sink a session writes its records to; closed while the session is parked, reopened by the next record."""
 
     __slots__ = ("path", "_file", "_pack")
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        self._file: BinaryIO | None = open(path, "ab", buffering=0)
+        self._file: BinaryIO | None = None
         self._pack = msgpack.Packer(use_bin_type=True).pack
 
     def __call__(self, record: dict[str, Any]) -> None:
-        if self._file is not None:
-            self._file.write(self._pack(record))
+        if self._file is None:
+            self._file = open(self.path, "ab", buffering=0)
+        self._file.write(self._pack(record))
 
     def close(self) -> None:
         if self._file is not None:
@@ -46,12 +47,31 @@ class DataStore:
         with open(self.root / "study.msgpack", "ab", buffering=0) as f:
             f.write(msgpack.packb(description, use_bin_type=True))
 
-    def open_session(self) -> tuple[str, SessionLog]:
-        while True:
-            session_id = secrets.token_hex(8)
-            path = self.sessions / f"{session_id}.msgpack"
-            if not path.exists():
-                return session_id, SessionLog(path)
+    def open_session(self, session_id: str | None = None) -> tuple[str, SessionLog]:
+        """A new session's log, or, given its id, the log of a session carried over from before a restart."""
+        while session_id is None:
+            candidate = secrets.token_hex(8)
+            if not (self.sessions / f"{candidate}.msgpack").exists():
+                session_id = candidate
+        return session_id, SessionLog(self.sessions / f"{session_id}.msgpack")
+
+    def save_snapshot(self, saved: dict[str, Any]) -> None:
+        """Replace a session's snapshot atomically: a kill leaves the old one or the new one, never half of each."""
+        path = self.sessions / f"{saved['session_id']}.state"
+        tmp = path.with_suffix(".state.tmp")
+        with open(tmp, "wb", buffering=0) as f:
+            f.write(msgpack.packb(saved, use_bin_type=True))
+        os.replace(tmp, path)
+
+    def snapshots(self) -> Iterator[dict[str, Any]]:
+        """Every session's last snapshot; unreadable ones are skipped (and reported by the caller)."""
+        for path in sorted(self.sessions.glob("*.state")):
+            try:
+                saved = msgpack.unpackb(path.read_bytes(), raw=False, strict_map_key=False)
+            except (OSError, ValueError, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError):
+                continue
+            if isinstance(saved, dict) and "session_id" in saved:
+                yield saved
 
 
 def read_records(path: os.PathLike[str] | str) -> Iterator[dict[str, Any]]:

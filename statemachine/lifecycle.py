@@ -55,7 +55,12 @@ STATES: list[Any] = [
     "in_game",
     {"name": "completed", "final": True, "on_enter": "complete"},
     {"name": "excluded", "final": True, "on_enter": "exclude"},
+    {"name": "disconnected", "on_enter": "start_grace_timer", "on_exit": "cancel_grace_timer"},
+    {"name": "abandoned", "final": True, "on_enter": "abandon"},
 ]
+
+RESUMABLE = ("preflight", "ready", "in_game")
+"""Where a participant can be when their connection drops; before `hello` there is nothing to resume."""
 
 _PRELOAD_PENDING = [_in(PRELOADING, "idle"), _in(PRELOADING, "loading")]
 
@@ -99,10 +104,15 @@ TRANSITIONS: list[dict[str, Any]] = [
     {"trigger": "game_event", "source": "in_game", "dest": None, "before": "note_game_event"},
     {"trigger": "preload", "source": "in_game", "dest": None, "before": "note_preload"},
     {"trigger": "game_over", "source": "in_game", "dest": "ready", "before": "note_game_over"},
+    # The connection: a dropped socket parks the session; its token brings it back exactly where it was.
+    {"trigger": "drop", "source": list(RESUMABLE), "dest": "disconnected", "before": "remember_place"},
+    *({"trigger": "resume", "source": "disconnected", "dest": place, "conditions": f"left_{place}",
+       "after": "restore_place"} for place in RESUMABLE),
+    {"trigger": "grace_expired", "source": "disconnected", "dest": "abandoned"},
 ]
 
 INITIAL = "connected"
-FINAL_STATES = frozenset({"completed", "excluded"})
+FINAL_STATES = frozenset({"completed", "excluded", "abandoned"})
 
 GUARD_LABELS: dict[str, str] = {
     "runtime_not_needed": "experiment needs no Python",
@@ -117,6 +127,7 @@ GUARD_LABELS: dict[str, str] = {
     "runtime_available": "Python ready or failed (the game loads it itself)",
     "next_is_end": "next scene is the end",
     "next_is_static": "next scene is a page",
+    **{f"left_{place}": f"was in {place} when the connection dropped" for place in RESUMABLE},
 }
 """What each guard means, in the words the diagrams use."""
 
@@ -195,9 +206,25 @@ def triggers() -> list[str]:
 
 
 class RegionGuards:
-    """Guards that read the preflight's regions; they live beside the table that names those states."""
+    """Guards that read the preflight's regions and a parked session's place; they live beside the table."""
 
     state: Any
+    place: Any
+
+    def left_preflight(self, event: Any = None) -> bool:
+        return top_state(self.place)[0] == "preflight"
+
+    def left_ready(self, event: Any = None) -> bool:
+        return top_state(self.place)[0] == "ready"
+
+    def left_in_game(self, event: Any = None) -> bool:
+        return top_state(self.place)[0] == "in_game"
+
+    def screening_pending(self, event: Any = None) -> bool:
+        return _in(SCREENING, "checking") in self.state
+
+    def preload_pending(self, event: Any = None) -> bool:
+        return any(s in self.state for s in _PRELOAD_PENDING)
 
     def screening_passed(self, event: Any = None) -> bool:
         return _in(SCREENING, "passed") in self.state

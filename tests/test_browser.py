@@ -106,7 +106,7 @@ def test_a_participant_walks_from_the_url_to_the_completion_code_offline(server,
     assert offsite(context.requests) == []
     assert any("/pyodide/314.0.7/pyodide.asm.wasm" in u for u in context.requests)
 
-    [records] = [r for r in map(list, map(read_records, (server["data"] / "sessions").iterdir()))
+    [records] = [r for r in map(list, map(read_records, (server["data"] / "sessions").glob("*.msgpack")))
                  if r[1].get("participant_id") == "pw-walker"]
     preload = [r for r in records if r["kind"] == "preload"]
     assert [r.get("stage", r["status"]) for r in preload] == ["runtime", "micropip", "packages", "preparing", "ready"]

@@ -32,4 +32,4 @@ def test_the_client_walks_a_served_experiment_to_completion(tmp_path):
     assert walked.returncode == 0, walked.stderr
     assert "path: connected → preflight → ready → in_game → ready → completed" in walked.stdout
     assert "completion code: PREFLIGHT-EXAMPLE" in walked.stdout
-    assert len(list((data / "sessions").iterdir())) == 1
+    assert len(list((data / "sessions").glob("*.msgpack"))) == 1

@@ -200,3 +200,71 @@ def test_sessions_attach_by_identity_even_when_they_compare_equal(machine, clock
 def test_no_convenience_methods_are_bound_on_sessions(machine, clock):
     session, _ = new_session(machine, clock)
     assert not hasattr(session, "to") and not hasattr(session, "is_ready") and not hasattr(session, "may_advance")
+
+
+@pytest.mark.parametrize("situation", ["preflight/checking+idle", "preflight/passed+loading", "ready/instructions",
+                                       "in_game"])
+def test_a_dropped_session_resumes_exactly_where_it_was(machine, clock, situation):
+    session, sent = new_session(machine, clock)
+    drive(session, SITUATIONS[situation])
+    state, index, timers = session.state, session.index, sorted(session._timers)
+    assert session.detach() is True
+    assert session.state == "disconnected" and sorted(session._timers) == ["grace"]
+    session.attach(sent.append, session.token, session.outbox.seq)
+    assert session.state == state and session.index == index and sorted(session._timers) == timers
+    assert [h[2:] for h in session.history[-2:]] == [(top_state(state)[0], "disconnected"),
+                                                     ("disconnected", top_state(state)[0])]
+
+
+@pytest.mark.parametrize("situation", ["connected", "completed"])
+def test_a_session_with_nothing_to_come_back_to_is_not_parked(machine, clock, situation):
+    session, _ = new_session(machine, clock)
+    drive(session, SITUATIONS[situation])
+    assert session.detach() is False and session.state != "disconnected"
+
+
+def test_the_grace_period_ends_in_abandoned(machine, clock):
+    ended = []
+    session, _ = new_session(machine, clock)
+    session.ended = ended.append
+    drive(session, SITUATIONS["ready/start"])
+    session.detach()
+    clock.fire_all()
+    assert session.state == "abandoned" and session.outcome == "abandoned" and ended == [session]
+    assert session.fire("resume") is None
+
+
+def test_resume_resends_exactly_what_was_not_acknowledged(machine, clock):
+    session, sent = new_session(machine, clock)
+    drive(session, SITUATIONS["ready/start"])
+    session.outbox.ack(2)
+    session.detach()
+    again: list[dict] = []
+    session.attach(again.append, session.token, 2)
+    assert again[:-1] == sent[2:]
+    assert again[-1]["type"] == "state" and again[-1]["seq"] == sent[-1]["seq"] + 1
+
+
+def test_a_reloaded_page_gets_everything_it_needs_to_redraw(machine, clock):
+    session, sent = new_session(machine, clock)
+    drive(session, SITUATIONS["ready/instructions"])
+    session.outbox.ack(session.outbox.seq)
+    session.detach()
+    again: list[dict] = []
+    session.attach(again.append, session.token, 0)
+    assert [m["type"] for m in again] == ["experiment_config", "activate_scene", "state"]
+    assert again[1]["scene_id"] == "instructions" and again[2]["state"] == "ready"
+    assert [m["seq"] for m in again] == list(range(sent[-1]["seq"] + 1, sent[-1]["seq"] + 4))
+
+
+def test_a_restored_session_is_parked_where_its_snapshot_left_it(machine, clock):
+    saved: list[dict] = []
+    session, _ = new_session(machine, clock)
+    session.persist = saved.append
+    drive(session, SITUATIONS["in_game"])
+    other = SessionMachine()
+    restored = Session.restore(saved[-1], other, example, HandClock())
+    assert restored.state == "disconnected" and restored.place == "in_game"
+    assert [p.instance_id for p in restored.plan] == [p.instance_id for p in session.plan]
+    restored.attach(lambda m: None, session.token, 0)
+    assert restored.state == "in_game" and restored.index == session.index

@@ -28,7 +28,7 @@ async def test_full_walk_reaches_the_completion_code(ws_url, config):
     assert end["completion_code"] == "PREFLIGHT-EXAMPLE"
     assert [s for i, s in enumerate(path) if i == 0 or path[i - 1] != s] == \
         ["preflight", "ready", "in_game", "ready", "completed"]
-    [log] = (config.data_dir / "sessions").iterdir()
+    [log] = (config.data_dir / "sessions").glob("*.msgpack")
     kinds = [r["kind"] for r in read_records(log)]
     assert {"begin", "screening", "preload", "scene", "transition", "game_event", "game_over"} <= set(kinds)
 
@@ -46,7 +46,8 @@ async def test_hello_gets_the_experiment_config_then_the_start_scene(connect):
     assert len(config["session_token"]) >= 32
     assert (scene["type"], scene["scene_type"]) == ("activate_scene", "start")
     assert state == {"type": "state", "state": "preflight", "may_advance": False, "scene_id": "start",
-                     "regions": {"screening": "checking", "preloading": "idle"}}
+                     "regions": {"screening": "checking", "preloading": "idle"}, "seq": 3}
+    assert [config["seq"], scene["seq"]] == [1, 2]
 
 
 @pytest.mark.gen_test
@@ -144,9 +145,12 @@ async def test_persistent_abuse_closes_the_connection_with_a_reason(connect, con
 
 
 @pytest.mark.gen_test
-async def test_an_oversized_frame_closes_with_1009(connect, config):
+async def test_an_oversized_frame_is_refused_and_a_huge_one_closes_with_1009(connect, config):
     client = await connect()
     await client.send({"type": "game_event", "blob": "x" * (config.max_message_bytes + 1)})
+    refused = await client.recv()
+    assert refused["code"] == "too_large" and refused["state"] == "connected"
+    await client.send({"type": "game_event", "blob": "x" * (4 * config.max_message_bytes + 1)})
     assert await client.recv() is None
     assert client.conn.close_code == 1009
 

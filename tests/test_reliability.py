@@ -1,0 +1,198 @@
+"""Dropped connections, second tabs, returning participants and hostile frames, over real sockets."""
+from __future__ import annotations
+
+import asyncio
+
+import msgpack
+import pytest
+from tornado.httpclient import HTTPClientError
+
+from client.participant import DESKTOP_CHROMIUM, walk
+from server.session import Timeouts
+from server.store import read_records
+
+READY = {"type": "preload", "status": "ready"}
+
+
+async def to_ready(connect, **hello):
+    client = await connect()
+    await client.send({"type": "hello", **hello})
+    config = await client.until_type("experiment_config")
+    await client.send({"type": "screening", "facts": DESKTOP_CHROMIUM})
+    await client.send(READY)
+    await client.until_state("ready")
+    return client, config["session_token"]
+
+
+async def closed(client) -> None:
+    """Hang up and give the server the moment it needs to notice."""
+    client.close()
+    for _ in range(100):
+        await asyncio.sleep(0.01)
+
+
+@pytest.mark.gen_test
+async def test_a_participant_who_drops_resumes_the_same_state_scene_and_order(connect, app):
+    client, token = await to_ready(connect)
+    await client.send({"type": "advance"})
+    scene = await client.until_type("activate_scene")
+    await client.until_state("ready")
+    study = app.settings["study"]
+    [session] = study.sessions.values()
+    order = [p.instance_id for p in session.plan]
+    await closed(client)
+    assert session.state == "disconnected"
+
+    back = await connect()
+    await back.send({"type": "hello", "resume_token": token, "last_seq": client.last_seq})
+    state = await back.until_state("ready")
+    assert state["scene_id"] == scene["scene_id"] == "instructions"
+    assert [p.instance_id for p in session.plan] == order and session.state == "ready"
+    await back.send({"type": "advance"})
+    assert (await back.until_type("activate_scene"))["scene_type"] == "game"
+
+
+@pytest.mark.gen_test
+async def test_messages_missed_while_away_are_resent_with_their_numbers(connect):
+    client, token = await to_ready(connect)
+    await client.send({"type": "advance"})
+    await client.until_state("ready")
+    seen = client.last_seq
+    await closed(client)
+
+    back = await connect()
+    await back.send({"type": "hello", "resume_token": token, "last_seq": 2})
+    resent = await back.recv_until(lambda m: m.get("seq") == seen)
+    assert [m["seq"] for m in resent] == list(range(3, seen + 1))
+
+
+@pytest.mark.gen_test
+async def test_a_reloaded_page_is_sent_its_config_scene_and_state_again(connect):
+    client, token = await to_ready(connect)
+    await client.ack()
+    await closed(client)
+    back = await connect()
+    await back.send({"type": "hello", "resume_token": token, "last_seq": 0})
+    config, scene, state = await back.recv(), await back.recv(), await back.recv()
+    assert (config["type"], scene["type"], state["type"]) == ("experiment_config", "activate_scene", "state")
+    assert config["session_token"] == token and scene["scene_id"] == "start" and state["state"] == "ready"
+
+
+@pytest.mark.gen_test
+@pytest.mark.config(timeouts=Timeouts(grace=0.2))
+async def test_after_the_grace_period_the_session_is_abandoned_and_recorded(connect, config):
+    client, token = await to_ready(connect, participant_id="leaver")
+    await closed(client)
+    await asyncio.sleep(0.4)
+    back = await connect()
+    await back.send({"type": "hello", "resume_token": token})
+    assert (await back.recv())["code"] == "bad_token"
+    [log] = (config.data_dir / "sessions").glob("*.msgpack")
+    assert list(read_records(log))[-1]["outcome"] == "abandoned"
+    await back.send({"type": "hello", "participant_id": "leaver"})
+    assert (await back.recv())["type"] == "experiment_config"
+
+
+@pytest.mark.gen_test
+async def test_a_second_tab_with_the_token_takes_over_and_the_first_is_closed(connect, app):
+    first, token = await to_ready(connect)
+    second = await connect()
+    await second.send({"type": "hello", "resume_token": token, "last_seq": first.last_seq})
+    assert (await second.until_state("ready"))["may_advance"] is True
+    assert await first.recv() is None
+    assert first.conn.close_code == 4001
+    await second.send({"type": "advance"})
+    assert (await second.until_type("activate_scene"))["scene_id"] == "instructions"
+    assert len(app.settings["study"].links) == 1
+
+
+@pytest.mark.gen_test
+async def test_a_participant_id_cannot_start_twice(connect, ws_url):
+    assert (await walk(ws_url, participant_id="done-1"))["outcome"] == "completed"
+    again = await connect()
+    await again.send({"type": "hello", "params": {"PROLIFIC_PID": "done-1"}})
+    refused = await again.recv()
+    assert refused["code"] == "already_participated" and "completed" in refused["message"]
+
+    busy, _ = await to_ready(connect, participant_id="busy-1")
+    other = await connect()
+    await other.send({"type": "hello", "participant_id": "busy-1"})
+    assert (await other.recv())["code"] == "already_participated"
+
+
+@pytest.mark.gen_test
+async def test_excluded_participants_cannot_try_again(connect):
+    client = await connect(user_agent="Mozilla/5.0 (iPhone; CPU iPhone OS 17_0) Mobile/15E148 Safari/604.1")
+    await client.send({"type": "hello", "participant_id": "phone-1"})
+    await client.send({"type": "screening", "facts": {**DESKTOP_CHROMIUM, "touch": True, "max_touch_points": 5}})
+    await client.send(READY)
+    assert (await client.until_state("excluded"))["reason"]
+    await closed(client)
+    again = await connect()
+    await again.send({"type": "hello", "participant_id": "phone-1"})
+    assert (await again.recv())["code"] == "already_participated"
+
+
+@pytest.mark.gen_test
+@pytest.mark.config(messages_per_second=10.0)
+async def test_a_flood_is_rate_limited_then_closed_and_others_are_unaffected(connect, ws_url):
+    client, _ = await to_ready(connect)
+    for _ in range(60):
+        await client.send({"type": "game_event"})
+    codes = []
+    while (reply := await client.recv()) is not None:
+        codes.append(reply["code"])
+    assert "rate_limited" in codes and set(codes) <= {"rate_limited", "not_allowed"}
+    assert client.conn.close_code == 1008
+    assert (await walk(ws_url))["outcome"] == "completed"
+
+
+@pytest.mark.gen_test
+@pytest.mark.parametrize("payload, problem", [
+    ({"data": [[[[[[[[[[1]]]]]]]]]]}, "nested deeper"),
+    ({"data": msgpack.ExtType(5, b"x")}, "plain data"),
+    ({"data": b"raw bytes"}, "plain data"),
+    ({"data": list(range(5000))}, "more than"),
+])
+async def test_game_data_must_be_plain_and_bounded(connect, payload, problem):
+    client, _ = await to_ready(connect)
+    await client.send({"type": "advance"})
+    await client.send({"type": "advance"})
+    await client.until_state("in_game")
+    await client.send_raw(msgpack.packb({"type": "game_event", **payload}, use_bin_type=True))
+    refused = await client.recv()
+    assert refused["code"] == "bad_message" and problem in refused["message"] and refused["state"] == "in_game"
+    await client.send({"type": "game_event", "step": 1, "data": {"ok": [1, 2.5, "x", None, True]}})
+    await client.send({"type": "game_over"})
+    assert (await client.until_state("ready"))["may_advance"] is True
+
+
+@pytest.mark.gen_test
+@pytest.mark.config(allowed_origins=("https://study.example.org",))
+async def test_only_allowed_origins_may_open_a_socket(connect, ws_url):
+    with pytest.raises(HTTPClientError) as refused:
+        await connect(headers={"Origin": "https://evil.example.com"})
+    assert refused.value.code == 403
+    allowed = await connect(headers={"Origin": "https://study.example.org"})
+    await allowed.send({"type": "hello"})
+    assert (await allowed.recv())["type"] == "experiment_config"
+
+
+@pytest.mark.gen_test
+@pytest.mark.parametrize("path", ["/client/../server/app.py", "/client/%2e%2e/setup.cfg", "/wheels/..%2f..%2fsetup.cfg",
+                                  "/pyodide/314.0.7/../../package.json", "/vendor/msgpack/../../../README.md"])
+async def test_static_routes_do_not_leave_their_directories(http_client, http_port, path):
+    with pytest.raises(HTTPClientError) as refused:
+        await http_client.fetch(f"http://127.0.0.1:{http_port}{path}")
+    assert refused.value.code in (403, 404)
+
+
+@pytest.mark.gen_test
+async def test_tokens_are_unguessable_and_never_written_to_disk(connect, config):
+    tokens = []
+    for n in range(3):
+        _, token = await to_ready(connect, participant_id=f"tok-{n}")
+        tokens.append(token)
+    assert len(set(tokens)) == 3 and all(len(t) >= 32 for t in tokens)
+    on_disk = b"".join(p.read_bytes() for p in config.data_dir.rglob("*") if p.is_file())
+    assert not any(t.encode() in on_disk for t in tokens)
