@@ -33,6 +33,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="seconds a page has to report its screening facts (default: %(default)s)")
     parser.add_argument("--preload-timeout", type=_positive, default=Timeouts.preload,
                         help="seconds a page has to report its Python runtime ready or failed (default: %(default)s)")
+    parser.add_argument("--grace", type=_positive, default=Timeouts.grace,
+                        help="seconds a dropped participant has to reconnect before the session is abandoned "
+                             "(default: %(default)s)")
+    parser.add_argument("--rate-limit", type=_positive, default=Config.messages_per_second,
+                        help="messages per second one connection may send, with bursts of twice as many "
+                             "(default: %(default)s)")
+    parser.add_argument("--max-message-bytes", type=int, default=Config.max_message_bytes,
+                        help="larger frames are refused; frames over 4x this close the connection "
+                             "(default: %(default)s)")
+    parser.add_argument("--allow-origin", action="append", default=[], metavar="ORIGIN",
+                        help="a page origin besides the server's own that may open /ws, e.g. "
+                             "https://study.example.org (repeatable)")
     parser.add_argument("--ping-interval", type=_positive, default=Config.ping_interval,
                         help="seconds between WebSocket pings (default: %(default)s)")
     parser.add_argument("--ping-timeout", type=_positive, default=Config.ping_timeout,
@@ -47,6 +59,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="directory of wheels served as the package index micropip installs from "
                              "(default: %(default)s)")
     args = parser.parse_args(argv)
+    if args.max_message_bytes < 1024:
+        parser.error(f"--max-message-bytes must be at least 1024, got {args.max_message_bytes}")
+    for origin in args.allow_origin:
+        if not origin.startswith(("http://", "https://")) or origin.count("/") != 2:
+            parser.error(f"--allow-origin takes an origin such as https://study.example.org, got {origin!r}")
     if args.ping_timeout > args.ping_interval:
         parser.error(f"--ping-timeout ({args.ping_timeout}) cannot exceed --ping-interval ({args.ping_interval})")
     return args
@@ -60,7 +77,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"python -m server: error: {exc}", file=sys.stderr)
         return 2
     config = Config(experiment=experiment, data_dir=args.data_dir, host=args.host, port=args.port,
-                    timeouts=Timeouts(screening=args.screening_timeout, preload=args.preload_timeout),
+                    timeouts=Timeouts(screening=args.screening_timeout, preload=args.preload_timeout, grace=args.grace),
+                    messages_per_second=args.rate_limit, max_message_bytes=args.max_message_bytes,
+                    allowed_origins=tuple(args.allow_origin),
                     ping_interval=args.ping_interval, ping_timeout=args.ping_timeout,
                     pyodide_dir=args.pyodide_dir, pyodide_url=args.pyodide_url, wheelhouse=args.wheelhouse)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")

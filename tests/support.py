@@ -18,21 +18,29 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-@contextmanager
-def served(data_dir: Path, *flags: str) -> Iterator[str]:
-    """Run `python -m server` on a free port until the block ends; yields the participant URL."""
-    port = free_port()
-    log = data_dir.parent / f"server-{port}.log"
+def start_server(data_dir: Path, *flags: str, port: int | None = None) -> tuple[subprocess.Popen, str]:
+    """Start `python -m server` and wait until it serves; the caller stops it."""
+    port = port or free_port()
+    log = data_dir.parent / f"server-{port}-{time.monotonic_ns()}.log"
     with open(log, "w") as out:
         proc = subprocess.Popen([sys.executable, "-m", "server", "--port", str(port), "--data-dir", str(data_dir),
                                  *flags], cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 30
+    while "Participant URL" not in log.read_text() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    if "Participant URL" not in log.read_text():
+        proc.kill()
+        proc.wait(timeout=10)
+        raise RuntimeError(f"server did not start: {log.read_text()}")
+    return proc, f"http://127.0.0.1:{port}/"
+
+
+@contextmanager
+def served(data_dir: Path, *flags: str) -> Iterator[str]:
+    """Run `python -m server` on a free port until the block ends; yields the participant URL."""
+    proc, url = start_server(data_dir, *flags)
     try:
-        deadline = time.monotonic() + 30
-        while "Participant URL" not in log.read_text() and proc.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.05)
-        if "Participant URL" not in log.read_text():
-            raise RuntimeError(f"server did not start: {log.read_text()}")
-        yield f"http://127.0.0.1:{port}/"
+        yield url
     finally:
         proc.terminate()
         proc.wait(timeout=10)

@@ -2,14 +2,16 @@
 from __future__ import annotations
 
 import asyncio
+import signal
 
 import msgpack
 import pytest
 from tornado.httpclient import HTTPClientError
 
-from client.participant import DESKTOP_CHROMIUM, walk
+from client.participant import DESKTOP_CHROMIUM, ProtocolClient, walk
 from server.session import Timeouts
 from server.store import read_records
+from tests.support import start_server
 
 READY = {"type": "preload", "status": "ready"}
 
@@ -196,3 +198,50 @@ async def test_tokens_are_unguessable_and_never_written_to_disk(connect, config)
     assert len(set(tokens)) == 3 and all(len(t) >= 32 for t in tokens)
     on_disk = b"".join(p.read_bytes() for p in config.data_dir.rglob("*") if p.is_file())
     assert not any(t.encode() in on_disk for t in tokens)
+
+
+def test_after_kill_9_and_a_restart_participants_resume_where_they_were(tmp_path):
+    """The server dies mid-study; each participant reconnects to the new process with their token."""
+    data = tmp_path / "data"
+    proc, url = start_server(data)
+    ws = url.replace("http", "ws") + "ws"
+
+    async def story():
+        nonlocal proc
+        ready = await ProtocolClient.connect(ws)
+        await ready.send({"type": "hello", "participant_id": "kept-1"})
+        token = (await ready.until_type("experiment_config"))["session_token"]
+        await ready.send({"type": "screening", "facts": DESKTOP_CHROMIUM})
+        await ready.send(READY)
+        await ready.until_state("ready")
+        await ready.send({"type": "advance"})
+        scene = await ready.until_type("activate_scene")
+        await ready.until_state("ready")
+        assert (await walk(ws, participant_id="done-2"))["outcome"] == "completed"
+
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=10)
+        assert await ready.recv() is None
+        ready.close()
+        proc, _ = start_server(data, port=int(url.rsplit(":", 1)[1].strip("/")))
+
+        back = await ProtocolClient.connect(ws)
+        await back.send({"type": "hello", "resume_token": token, "last_seq": ready.last_seq})
+        messages = await back.recv_until(lambda m: m["type"] == "state")
+        assert [m["type"] for m in messages] == ["experiment_config", "activate_scene", "state"]
+        assert messages[1]["scene_id"] == scene["scene_id"] == "instructions"
+        assert messages[2]["state"] == "ready" and messages[2]["may_advance"] is True
+        await back.send({"type": "advance"})
+        assert (await back.until_type("activate_scene"))["scene_type"] == "game"
+        back.close()
+
+        again = await ProtocolClient.connect(ws)
+        await again.send({"type": "hello", "participant_id": "done-2"})
+        assert (await again.recv())["code"] == "already_participated"
+        again.close()
+
+    try:
+        asyncio.run(story())
+    finally:
+        proc.kill()
+        proc.wait(timeout=10)
