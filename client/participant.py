@@ -74,9 +74,15 @@ class ProtocolClient:
 
 
 async def walk(url: str, *, facts: dict[str, Any] | None = None, participant_id: str | None = None,
-               steps: int = 5, timeout: float = 10.0, on_state: Callable[[str], None] = lambda s: None) -> dict[str, Any]:
-    """One simulated participant from `hello` to the end scene; returns the end scene's message."""
+               steps: int = 5, timeout: float = 10.0, on_state: Callable[[str], None] = lambda s: None,
+               drop_after: int | None = None, away: float = 0.0) -> dict[str, Any]:
+    """One simulated participant from `hello` to the end scene; returns the end scene's message.
+
+    With `drop_after=n` the connection is cut without a goodbye after the n-th message received, and the
+    participant comes back `away` seconds later with their token, as a flaky network or a reload would.
+    """
     client = await ProtocolClient.connect(url, timeout=timeout)
+    sent_steps: set[tuple[str, int]] = set()
     try:
         hello: dict[str, Any] = {"type": "hello"}
         if participant_id:
@@ -88,10 +94,18 @@ async def walk(url: str, *, facts: dict[str, Any] | None = None, participant_id:
             await client.send({"type": "preload", "status": "loading", "stage": "runtime", "elapsed_ms": 0})
             await client.send({"type": "preload", "status": "ready", "elapsed_ms": 1})
         scene: dict[str, Any] = {}
+        acted_on: tuple[Any, ...] = ()
+        received = 1
         while True:
+            seen = client.last_seq
             message = await client.recv()
             if message is None:
                 raise ConnectionError(f"closed by server ({client.conn.close_code} {client.conn.close_reason})")
+            received += 1
+            if received == drop_after:
+                client.last_seq = seen  # this message is lost with the connection; the server must resend it
+                client = await _come_back(client, url, config["session_token"], timeout, away)
+                continue
             if message["type"] == "activate_scene":
                 scene = message
             elif message["type"] == "error":
@@ -100,11 +114,31 @@ async def walk(url: str, *, facts: dict[str, Any] | None = None, participant_id:
                 on_state(message["state"])
                 if message["state"] in FINAL_STATES:
                     return {**scene, "outcome": message["state"], "reason": message.get("reason")}
+                situation = (message["state"], message.get("scene_id"), message["may_advance"])
+                if situation == acted_on:  # a resume confirms the state it resent: act once
+                    continue
+                acted_on = situation
                 if message["state"] == "in_game":
                     for step in range(steps):
-                        await client.send({"type": "game_event", "step": step, "action": step % 4, "reward": -0.01})
+                        if (scene["scene_id"], step) not in sent_steps:
+                            sent_steps.add((scene["scene_id"], step))
+                            await client.send({"type": "game_event", "step": step, "action": step % 4,
+                                               "reward": -0.01})
                     await client.send({"type": "game_over", "steps": steps, "score": 1.0})
                 elif message["may_advance"]:
                     await client.send({"type": "advance"})
+                await client.ack()
     finally:
         client.close()
+
+
+async def _come_back(client: ProtocolClient, url: str, token: str, timeout: float, away: float) -> ProtocolClient:
+    """Cut the connection as a network would (no close frame), then resume with the token."""
+    last_seq = client.last_seq
+    client.conn.stream.close()
+    client.close()  # the stream is already gone: this only releases the connection object
+    await asyncio.sleep(away)
+    back = await ProtocolClient.connect(url, timeout=timeout)
+    back.last_seq = last_seq
+    await back.send({"type": "hello", "resume_token": token, "last_seq": last_seq})
+    return back

@@ -101,13 +101,19 @@ class Study:
         session.attach(link.send, token, last_seq)
 
     def drop(self, session: Session, link: ParticipantSocket) -> None:
-        """A connection closed: park its session for the grace period, or end it if there is nothing to come back to."""
+        """A connection closed: park its session for the grace period; a finished one stays resumable as long,
+        so a page that lost the last message can still show the completion code."""
         if self.links.get(session.session_id) is not link:
             return
         del self.links[session.session_id]
-        if session.detach():
-            self._rest(session)
-        else:
+        parked = session.detach()
+        self._rest(session)
+        if not parked:
+            self.participants[session.participant_id or ""] = session.outcome or ""
+            IOLoop.current().call_later(self.config.timeouts.grace, self._linger_over, session)
+
+    def _linger_over(self, session: Session) -> None:
+        if session.session_id not in self.links:
             self.end(session)
 
     def end(self, session: Session) -> None:

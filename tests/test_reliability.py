@@ -245,3 +245,20 @@ def test_after_kill_9_and_a_restart_participants_resume_where_they_were(tmp_path
     finally:
         proc.kill()
         proc.wait(timeout=10)
+
+
+@pytest.mark.gen_test(timeout=30)
+@pytest.mark.config(timeouts=Timeouts(grace=0.5))
+async def test_participants_dropped_at_every_moment_finish_with_every_record(ws_url, config):
+    """One participant per message of the walk is cut off right there and comes back; nothing goes missing."""
+    ends = await asyncio.gather(*(walk(ws_url, participant_id=f"flaky-{n}", drop_after=n, steps=3)
+                                  for n in range(2, 13)))
+    assert [e["outcome"] for e in ends] == ["completed"] * 11
+    assert all(e["completion_code"] == "PREFLIGHT-EXAMPLE" for e in ends)
+    await asyncio.sleep(1.0)  # finished sessions stay resumable for the grace period, then are closed
+    for log in (config.data_dir / "sessions").glob("*.msgpack"):
+        records = list(read_records(log))
+        steps = [r["data"]["step"] for r in records if r["kind"] == "game_event"]
+        assert steps == [0, 1, 2], log
+        assert records[-1]["kind"] == "closed" and records[-1]["outcome"] == "completed"
+        assert [r["kind"] for r in records].count("resumed") == 1
