@@ -120,6 +120,19 @@ GUARD_LABELS: dict[str, str] = {
 }
 """What each guard means, in the words the diagrams use."""
 
+TRIGGER_LABELS: dict[str, str] = {
+    "hello": "page opens",
+    "skip_preload": "at once",
+    "screening": "page reports its facts",
+    "screening_timeout": "timeout, no facts within --screening-timeout",
+    "preload_timeout": "timeout, no ready or error within --preload-timeout",
+    "settle": "as soon as both regions have answered",
+    "advance": "participant moves on",
+    "game_event": "game data",
+    "game_over": "game ends",
+}
+"""What sets each trigger off, in the diagrams' words; the timer-fired ones are named `*_timeout`."""
+
 
 class _State(NestedState):
     separator = SEPARATOR
