@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import struct
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -14,6 +15,7 @@ from tornado.ioloop import IOLoop
 from statemachine import SessionMachine
 
 from . import __version__, protocol
+from .admin import admin_routes, log_request, new_admin_token, tally
 from .experiment import Experiment
 from .protocol import Close, Code, Refusal
 from .runtime import (DEFAULT_PYODIDE_DIR, DEFAULT_WHEELHOUSE, MSGPACK_DIR, SimpleIndex, VersionedFiles,
@@ -38,6 +40,7 @@ class Config:
     pyodide_dir: Path = DEFAULT_PYODIDE_DIR
     pyodide_url: str | None = None  # a Pyodide distribution hosted elsewhere (e.g. the full release)
     wheelhouse: Path = DEFAULT_WHEELHOUSE
+    admin_token: str = field(default_factory=new_admin_token, repr=False)  # never a default password
 
 CLIENT_DIR = Path(__file__).resolve().parent.parent / "client" / "web"
 
@@ -49,6 +52,8 @@ class Study:
         self.config = config
         self.machine = SessionMachine()
         self.store = DataStore(config.data_dir)
+        self.sessions: dict[str, Session] = {}  # live sessions, by id
+        self.outcomes: Counter[str] = Counter()  # what ended sessions added up to (admin.tally)
         self.runtime = load_runtime(config.pyodide_dir, config.wheelhouse, config.pyodide_url)
         self.runtime_config = {**config.experiment.pyodide_config, **self.runtime.page_config()}
         self.store.describe_study({
@@ -58,11 +63,16 @@ class Study:
 
     def open(self, emit: Emit, user_agent: str) -> Session:
         session_id, log = self.store.open_session()
-        return Session(self.machine, self.config.experiment, IOLoop.current(), emit, runtime_config=self.runtime_config,
-                       timeouts=self.config.timeouts, sink=log, user_agent=user_agent, session_id=session_id)
+        session = Session(self.machine, self.config.experiment, IOLoop.current(), emit,
+                          runtime_config=self.runtime_config, timeouts=self.config.timeouts, sink=log,
+                          user_agent=user_agent, session_id=session_id)
+        self.sessions[session_id] = session
+        return session
 
     def close(self, session: Session) -> None:
         session.close()
+        self.sessions.pop(session.session_id, None)
+        self.outcomes.update(tally(session))
         if isinstance(session.sink, SessionLog):
             session.sink.close()
 
@@ -135,6 +145,7 @@ def make_app(config: Config) -> tornado.web.Application:
         (r"/simple/?", SimpleIndex, {"runtime": study.runtime}),
         (r"/simple/([^/]+)/?", SimpleIndex, {"runtime": study.runtime}),
         (r"/wheels/(.*)", tornado.web.StaticFileHandler, {"path": str(config.wheelhouse)}),
+        *admin_routes(study),
     ]
     if study.runtime.pyodide_dir is not None:
         routes.append((rf"/pyodide/{study.runtime.version}/(.*)", VersionedFiles,
@@ -142,6 +153,7 @@ def make_app(config: Config) -> tornado.web.Application:
     return tornado.web.Application(
         routes,
         compress_response=True,
+        log_function=log_request,
         websocket_ping_interval=config.ping_interval,
         websocket_ping_timeout=config.ping_timeout,
         websocket_max_message_size=config.max_message_bytes,
