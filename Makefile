@@ -17,9 +17,10 @@ serve: $(VENV)/.installed $(RUNTIME) graphviz
 test: $(VENV)/.installed $(RUNTIME) browser graphviz
 	$(PY) -m pytest $(PYTEST_ARGS)
 
-bench: $(VENV)/.installed $(RUNTIME) browser
+bench: $(VENV)/.installed $(RUNTIME) browser graphviz
 	$(PY) bench/machine.py
 	$(PY) bench/browser.py
+	$(PY) bench/diagrams.py
 
 wheelhouse: $(WHEELHOUSE)/.done
 

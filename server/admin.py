@@ -14,13 +14,13 @@ import sys
 import time
 from collections import Counter
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterable, Iterator
+from typing import TYPE_CHECKING, Any, Iterable
 
 import tornado.web
 from tornado.iostream import StreamClosedError
 from tornado.log import access_log
 
-from statemachine import FINAL_STATES, SEPARATOR, state_names, top_state, triggers
+from statemachine import FINAL_STATES, active_states, state_names, top_state, triggers
 
 from .store import read_records
 
@@ -38,24 +38,6 @@ RECENT = 200  # live sessions listed on the page; the API lists all
 def new_admin_token() -> str:
     """A fresh random token: there is no default password."""
     return secrets.token_urlsafe(24)
-
-
-def active_states(state: Any) -> set[str]:
-    """Every state a session is in now: each region's leaf and all their parents."""
-    leaves = [state] if isinstance(state, str) else list(_flatten(state))
-    names = set()
-    for leaf in leaves:
-        parts = leaf.split(SEPARATOR)
-        names.update(SEPARATOR.join(parts[:i]) for i in range(1, len(parts) + 1))
-    return names
-
-
-def _flatten(state: Any) -> Iterator[str]:
-    if isinstance(state, str):
-        yield state
-    else:
-        for item in state:
-            yield from _flatten(item)
 
 
 def tally(session: Session) -> Counter[str]:

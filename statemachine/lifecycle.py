@@ -233,6 +233,15 @@ def top_state(state: str | list[Any]) -> tuple[str, dict[str, str]]:
     return leaf.split(SEPARATOR, 1)[0], regions
 
 
+def active_states(state: str | list[Any]) -> set[str]:
+    """Every state a model is in now, by full name: each region's leaf and all their parents."""
+    names = set()
+    for leaf in _flatten(state):
+        parts = leaf.split(SEPARATOR)
+        names.update(SEPARATOR.join(parts[:i]) for i in range(1, len(parts) + 1))
+    return names
+
+
 def _flatten(state: Any) -> Iterator[str]:
     if isinstance(state, str):
         yield state

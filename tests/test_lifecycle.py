@@ -6,7 +6,7 @@ import pytest
 from client.participant import DESKTOP_CHROMIUM
 from server.examples.gridworld import experiment as example
 from server.session import Session, Timeouts
-from statemachine import FINAL_STATES, SEPARATOR, TRANSITIONS, SessionMachine, state_names, triggers
+from statemachine import FINAL_STATES, SEPARATOR, TRANSITIONS, SessionMachine, active_states, state_names, triggers
 from statemachine.lifecycle import top_state
 
 CHROME_UA = DESKTOP_CHROMIUM["user_agent"]
@@ -200,3 +200,13 @@ def test_sessions_attach_by_identity_even_when_they_compare_equal(machine, clock
 def test_no_convenience_methods_are_bound_on_sessions(machine, clock):
     session, _ = new_session(machine, clock)
     assert not hasattr(session, "to") and not hasattr(session, "is_ready") and not hasattr(session, "may_advance")
+
+
+def test_active_states_name_every_region_and_parent_a_session_is_in(machine, clock):
+    session, _ = new_session(machine, clock)
+    assert active_states(session.state) == {"connected"}
+    session.fire("hello", msg("hello"))
+    session.fire("preload", LOADING)
+    assert active_states(session.state) == {"preflight", "preflight.screening", "preflight.screening.checking",
+                                            "preflight.preloading", "preflight.preloading.loading"}
+    assert active_states(session.state) <= set(state_names())
