@@ -49,7 +49,10 @@ def tally(session: Session) -> Counter[str]:
             counts.update(f"excluded:{reason}" for reason in session.verdict or ("unknown",))
     if session.runtime == "error":
         counts["preload_error"] += 1
-    counts.update(f"timeout:{event}" for _, event, _, _ in session.history if event in TIMEOUT_TRIGGERS)
+    timeouts = [event for _, event, _, _ in session.history if event in TIMEOUT_TRIGGERS]
+    counts.update(f"timeout:{event}" for event in timeouts)
+    if timeouts:
+        counts["timed_out"] += 1
     return counts
 
 
@@ -71,7 +74,7 @@ def counts(study: Study) -> dict[str, Any]:
             "excluded": outcomes["outcome:excluded"],
             "abandoned": outcomes["outcome:abandoned"],
             "preload_error": outcomes["preload_error"],
-            "timed_out": sum(n for k, n in outcomes.items() if k.startswith("timeout:")),
+            "timed_out": outcomes["timed_out"],
         },
         "excluded_reasons": _prefixed(outcomes, "excluded:"),
         "timeouts": _prefixed(outcomes, "timeout:"),

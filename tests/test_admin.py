@@ -75,12 +75,11 @@ async def test_a_token_in_the_url_becomes_a_cookie_and_leaves_the_address_bar(ht
 @pytest.mark.gen_test(timeout=60)
 async def test_fifty_participants_are_counted_where_they_really_are(http_server, http_port, ws_url, config):
     token = config.admin_token
-    opened, truth = [], Counter()
+    truth: Counter[str] = Counter()
     situations = [s for s, n in PLAN.items() for _ in range(n)] + [s for s, n in ENDED.items() for _ in range(n)]
     assert len(situations) == 50
-    for i, situation in enumerate(situations):
-        client, last = await bring(ws_url, situation, f"p{i:02}")
-        opened.append((situation, client, last))
+    brought = await asyncio.gather(*(bring(ws_url, s, f"p{i:02}") for i, s in enumerate(situations)))
+    opened = [(situation, client, last) for situation, (client, last) in zip(situations, brought)]
     # Five leave: two after completing, one after being excluded, two in the middle of the preflight.
     leaving = Counter(ENDED)
     for situation, client, last in opened:
@@ -115,7 +114,7 @@ async def test_timeouts_are_counted_with_their_reason(http_server, http_port, ws
     silent, _ = await bring(ws_url, "checking+idle", "silent")
     counts = await until(http_port, config.admin_token, lambda c: c["states"]["excluded"] == 1, "the exclusion")
     assert counts["timeouts"] == {"preload_timeout": 1, "screening_timeout": 1}
-    assert counts["outcomes"]["timed_out"] == 2 and counts["outcomes"]["preload_error"] == 1
+    assert counts["outcomes"]["timed_out"] == 1 and counts["outcomes"]["preload_error"] == 1  # one session, twice
     assert counts["excluded_reasons"] == {"timeout": 1}
     silent.close()
 
@@ -229,7 +228,7 @@ def test_the_admin_page_draws_the_lifecycle_with_live_counts(admin_server, brows
             page.wait_for_selector("#path")
             assert page.inner_text("#participant") == "late" and page.inner_text("#state") == "in_game"
             steps = page.locator("#path tbody tr").all_inner_texts()
-            assert [s.split("\t")[1] for s in steps] == ["hello", "screening", "preload", "settle", "advance"]
+            assert [s.split("\t")[2] for s in steps] == ["hello", "screening", "preload", "settle", "advance"]
             assert page.locator("#scenes li").all_inner_texts() == ["start", "instructions", "gridworld", "end"]
         finally:
             context.close()
