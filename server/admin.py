@@ -135,13 +135,20 @@ def details(study: Study, session_id: str) -> dict[str, Any] | None:
 
 
 class LifecycleSvg:
-    """The lifecycle drawn by `python -m statemachine diagram` in a child process, once, when first asked for.
+    """The lifecycle drawn once by `python -m statemachine diagram` in a child process.
 
     A child process keeps the diagram machine and Graphviz out of the server's memory and loop.
+    It starts with the server when the app is built on a running loop (`python -m server`),
+    otherwise on the first request that needs it.
     """
 
     def __init__(self) -> None:
-        self._task: asyncio.Task[tuple[str | None, str]] | None = None
+        self._task: asyncio.Future[tuple[str | None, str]] | None = None
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            return
+        self._task = asyncio.ensure_future(self._draw())
 
     async def get(self) -> tuple[str | None, str]:
         """(svg, "") or (None, why not)."""
