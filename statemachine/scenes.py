@@ -93,8 +93,7 @@ def _mermaid_text(text: str) -> str:
 
 
 def _mermaid(boxes: list[_Box], title: str, gate: str) -> str:
-    lines = ["---", f"title: {title}", "---", "flowchart LR",
-             "  classDef python fill:#fff4d6,stroke:#b8860b", "  classDef group fill:#f4f4f4,stroke-dasharray:4 3"]
+    lines = ["---", f"title: {title}", "---", "flowchart LR", "  classDef python fill:#fff4d6,stroke:#b8860b"]
 
     def add(box: _Box, indent: str) -> None:
         if box.kind == "scene":
@@ -105,7 +104,7 @@ def _mermaid(boxes: list[_Box], title: str, gate: str) -> str:
         for child in box.children:
             add(child, indent + "  ")
         lines.append(f"{indent}end")
-        lines.append(f"{indent}class {box.key} group")
+        lines.append(f"{indent}style {box.key} fill:#f4f4f4,stroke:#888,stroke-dasharray:4 3")
 
     for box in boxes:
         add(box, "  ")
