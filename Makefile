@@ -9,21 +9,23 @@ WHEELHOUSE := build/wheelhouse
 GAME := server/examples/gridworld_env
 RUNTIME := node_modules/.installed $(WHEELHOUSE)/.done
 
-.PHONY: serve test bench wheelhouse browser clean
+.PHONY: serve test bench wheelhouse browser graphviz clean
 
-serve: $(VENV)/.installed $(RUNTIME)
+serve: $(VENV)/.installed $(RUNTIME) graphviz
 	$(PY) -m server $(ARGS)
 
-test: $(VENV)/.installed $(RUNTIME) browser
+test: $(VENV)/.installed $(RUNTIME) browser graphviz
 	$(PY) -m pytest $(PYTEST_ARGS)
 
-bench: $(VENV)/.installed $(RUNTIME) browser
+bench: $(VENV)/.installed $(RUNTIME) browser graphviz
 	$(PY) bench/machine.py
 	$(PY) bench/browser.py
+	$(PY) bench/diagrams.py
 
 wheelhouse: $(WHEELHOUSE)/.done
 
-# The Pyodide core and msgpack for the page, from the npm registry (package-lock.json pins them).
+# The Pyodide core and msgpack for the page, and mermaid (rendered in Chromium by the diagram tests),
+# from the npm registry (package-lock.json pins them).
 node_modules/.installed: package.json package-lock.json
 	npm ci --no-audit --no-fund
 	touch $@
@@ -40,6 +42,10 @@ $(WHEELHOUSE)/.done: $(VENV)/.installed $(GAME)/pyproject.toml $(GAME)/preflight
 # Browser tests drive Debian's chromium (Playwright never downloads a browser here).
 browser:
 	@test -x /usr/bin/chromium || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; }
+
+# Diagrams (`python -m statemachine diagram --format svg`, the /admin page) are drawn by Debian's Graphviz.
+graphviz:
+	@test -x /usr/bin/dot || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq graphviz; }
 
 $(VENV)/.installed: setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)

@@ -7,6 +7,7 @@ import logging
 import sys
 from pathlib import Path
 
+from .admin import new_admin_token
 from .app import Config, make_app
 from .loader import DEFAULT, ExperimentError, load_experiment
 from .runtime import RuntimeSetupError
@@ -58,12 +59,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--wheelhouse", type=Path, default=Config.wheelhouse,
                         help="directory of wheels served as the package index micropip installs from "
                              "(default: %(default)s)")
+    parser.add_argument("--admin-token", default=None,
+                        help="token that opens /admin (at least 16 characters; default: a random one, printed at "
+                             "start-up)")
     args = parser.parse_args(argv)
     if args.max_message_bytes < 1024:
         parser.error(f"--max-message-bytes must be at least 1024, got {args.max_message_bytes}")
     for origin in args.allow_origin:
         if not origin.startswith(("http://", "https://")) or origin.count("/") != 2:
             parser.error(f"--allow-origin takes an origin such as https://study.example.org, got {origin!r}")
+    if args.admin_token is not None and len(args.admin_token) < 16:
+        parser.error("--admin-token must be at least 16 characters")
     if args.ping_timeout > args.ping_interval:
         parser.error(f"--ping-timeout ({args.ping_timeout}) cannot exceed --ping-interval ({args.ping_interval})")
     return args
@@ -81,13 +87,15 @@ def main(argv: list[str] | None = None) -> int:
                     messages_per_second=args.rate_limit, max_message_bytes=args.max_message_bytes,
                     allowed_origins=tuple(args.allow_origin),
                     ping_interval=args.ping_interval, ping_timeout=args.ping_timeout,
-                    pyodide_dir=args.pyodide_dir, pyodide_url=args.pyodide_url, wheelhouse=args.wheelhouse)
+                    pyodide_dir=args.pyodide_dir, pyodide_url=args.pyodide_url, wheelhouse=args.wheelhouse,
+                    admin_token=args.admin_token or new_admin_token())
+    generated_token = args.admin_token is None
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     logging.getLogger("transitions").setLevel(logging.WARNING)
-    return asyncio.run(_serve(config))
+    return asyncio.run(_serve(config, generated_token))
 
 
-async def _serve(config: Config) -> int:
+async def _serve(config: Config, generated_token: bool) -> int:
     try:
         app = make_app(config)
     except RuntimeSetupError as exc:
@@ -100,6 +108,10 @@ async def _serve(config: Config) -> int:
         return 2
     print(f"Preflight is serving {config.experiment.name!r}; data goes to {config.data_dir}/", flush=True)
     print(f"Participant URL: http://{config.host}:{config.port}/", flush=True)
+    if generated_token:
+        print(f"Admin view: http://{config.host}:{config.port}/admin?token={config.admin_token}", flush=True)
+    else:
+        print(f"Admin view: http://{config.host}:{config.port}/admin (token from --admin-token)", flush=True)
     await asyncio.Event().wait()
     return 0
 

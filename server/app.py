@@ -5,6 +5,7 @@ import hmac
 import logging
 import struct
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,7 @@ from tornado.ioloop import IOLoop
 from statemachine import SessionMachine
 
 from . import __version__, protocol
+from .admin import admin_routes, log_request, new_admin_token, tally
 from .experiment import Experiment
 from .protocol import Close, Code, Refusal
 from .runtime import (DEFAULT_PYODIDE_DIR, DEFAULT_WHEELHOUSE, MSGPACK_DIR, SimpleIndex, VersionedFiles,
@@ -44,6 +46,7 @@ class Config:
     pyodide_dir: Path = DEFAULT_PYODIDE_DIR
     pyodide_url: str | None = None  # a Pyodide distribution hosted elsewhere (e.g. the full release)
     wheelhouse: Path = DEFAULT_WHEELHOUSE
+    admin_token: str = field(default_factory=new_admin_token, repr=False)  # never a default password
 
 CLIENT_DIR = Path(__file__).resolve().parent.parent / "client" / "web"
 
@@ -55,6 +58,7 @@ class Study:
         self.config = config
         self.machine = SessionMachine()
         self.store = DataStore(config.data_dir)
+        self.outcomes: Counter[str] = Counter()  # what ended sessions added up to (admin.tally)
         self.runtime = load_runtime(config.pyodide_dir, config.wheelhouse, config.pyodide_url)
         self.runtime_config = {**config.experiment.pyodide_config, **self.runtime.page_config()}
         self.sessions: dict[str, Session] = {}  # by session id: live and parked sessions
@@ -127,6 +131,7 @@ class Study:
                 self.participants.pop(session.participant_id, None)
             else:
                 self.participants[session.participant_id] = session.outcome or ""
+        self.outcomes.update(tally(session))
         self._rest(session)
 
     @staticmethod
@@ -288,6 +293,7 @@ def make_app(config: Config) -> tornado.web.Application:
         (r"/simple/?", SimpleIndex, {"runtime": study.runtime}),
         (r"/simple/([^/]+)/?", SimpleIndex, {"runtime": study.runtime}),
         (r"/wheels/(.*)", tornado.web.StaticFileHandler, {"path": str(config.wheelhouse)}),
+        *admin_routes(study),
     ]
     if study.runtime.pyodide_dir is not None:
         routes.append((rf"/pyodide/{study.runtime.version}/(.*)", VersionedFiles,
@@ -295,6 +301,7 @@ def make_app(config: Config) -> tornado.web.Application:
     return tornado.web.Application(
         routes,
         compress_response=True,
+        log_function=log_request,
         websocket_ping_interval=config.ping_interval,
         websocket_ping_timeout=config.ping_timeout,
         websocket_max_message_size=4 * config.max_message_bytes,

@@ -131,6 +131,22 @@ GUARD_LABELS: dict[str, str] = {
 }
 """What each guard means, in the words the diagrams use."""
 
+TRIGGER_LABELS: dict[str, str] = {
+    "hello": "page opens",
+    "skip_preload": "at once",
+    "screening": "page reports its facts",
+    "screening_timeout": "timeout, no facts within --screening-timeout",
+    "preload_timeout": "timeout, no ready or error within --preload-timeout",
+    "settle": "as soon as both regions have answered",
+    "advance": "participant moves on",
+    "game_event": "game data",
+    "game_over": "game ends",
+    "drop": "connection lost",
+    "resume": "participant reconnects with their token",
+    "grace_expired": "timeout, not back within --grace",
+}
+"""What sets each trigger off, in the diagrams' words; the timer-fired ones are named `*_timeout`."""
+
 
 class _State(NestedState):
     separator = SEPARATOR
@@ -245,6 +261,15 @@ def top_state(state: str | list[Any]) -> tuple[str, dict[str, str]]:
         parts = leaf.split(SEPARATOR)
         regions[parts[1]] = SEPARATOR.join(parts[2:])
     return leaf.split(SEPARATOR, 1)[0], regions
+
+
+def active_states(state: str | list[Any]) -> set[str]:
+    """Every state a model is in now, by full name: each region's leaf and all their parents."""
+    names = set()
+    for leaf in _flatten(state):
+        parts = leaf.split(SEPARATOR)
+        names.update(SEPARATOR.join(parts[:i]) for i in range(1, len(parts) + 1))
+    return names
 
 
 def _flatten(state: Any) -> Iterator[str]:

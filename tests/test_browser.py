@@ -1,22 +1,19 @@
 """The participant's page in real Chromium against `python -m server`, offline.
 
-One server and one browser serve the whole module; each test opens its own context
-(a fresh profile), so each participant loads Pyodide from our server once.
+One server serves the whole module and the suite shares one browser (tests/conftest.py);
+each test opens its own context (a fresh profile), so each participant loads Pyodide from
+our server once.
 """
 from __future__ import annotations
 
-import os
 from urllib.parse import urlparse
 
 import pytest
-from playwright.sync_api import Route, sync_playwright
+from playwright.sync_api import Route
 
 from server.store import read_records
 from tests.support import served
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 PING_SECONDS = 1.0
 LOAD_TIMEOUT_MS = 90_000
 STEP_TIMEOUT_MS = 10_000
@@ -28,15 +25,6 @@ def server(tmp_path_factory):
     data = tmp_path_factory.mktemp("data")
     with served(data, "--ping-interval", str(PING_SECONDS), "--ping-timeout", str(PING_SECONDS)) as url:
         yield {"url": url, "data": data}
-
-
-@pytest.fixture(scope="module")
-def browser():
-    assert os.access(CHROMIUM, os.X_OK), "Debian chromium is required: `make test` installs it"
-    with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        yield b
-        b.close()
 
 
 @pytest.fixture

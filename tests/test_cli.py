@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import urllib.error
+import urllib.request
 
 from tests.support import ROOT, served
 
@@ -14,7 +16,7 @@ def run(*args: str, timeout: float = 30) -> subprocess.CompletedProcess:
 def test_help_documents_the_flags():
     out = run("-m", "server", "--help").stdout
     for flag in ("--host", "--port", "--experiment", "--data-dir", "--screening-timeout", "--preload-timeout",
-                 "--pyodide-dir", "--wheelhouse"):
+                 "--pyodide-dir", "--wheelhouse", "--admin-token"):
         assert flag in out
 
 
@@ -23,6 +25,8 @@ def test_a_bad_experiment_is_named_on_the_command_line(tmp_path):
     assert missing.returncode == 2 and "experiment file not found" in missing.stderr and "Traceback" not in missing.stderr
     bad_ping = run("-m", "server", "--ping-interval", "1", "--ping-timeout", "5")
     assert bad_ping.returncode == 2 and "--ping-timeout (5.0) cannot exceed --ping-interval" in bad_ping.stderr
+    weak = run("-m", "server", "--admin-token", "secret")
+    assert weak.returncode == 2 and "--admin-token must be at least 16 characters" in weak.stderr
 
 
 def test_the_client_walks_a_served_experiment_to_completion(tmp_path):
@@ -33,3 +37,30 @@ def test_the_client_walks_a_served_experiment_to_completion(tmp_path):
     assert "path: connected → preflight → ready → in_game → ready → completed" in walked.stdout
     assert "completion code: PREFLIGHT-EXAMPLE" in walked.stdout
     assert len(list((data / "sessions").glob("*.msgpack"))) == 1
+
+
+def status(url: str) -> int:
+    try:
+        with urllib.request.urlopen(url, timeout=10) as response:
+            return response.status
+    except urllib.error.HTTPError as exc:
+        return exc.code
+
+
+def server_log(tmp_path, url: str) -> str:
+    return (tmp_path / f"server-{url.rstrip('/').rsplit(':', 1)[1]}.log").read_text()
+
+
+def test_the_admin_token_is_generated_and_printed_unless_given(tmp_path):
+    with served(tmp_path / "data") as url:
+        [line] = [x for x in server_log(tmp_path, url).splitlines() if x.startswith("Admin view: ")]
+        token = line.split("token=")[1]
+        assert line == f"Admin view: {url}admin?token={token}" and len(token) >= 32
+        assert status(f"{url}admin/api/counts?token={token}") == 200
+        assert status(f"{url}admin/api/counts") == 403
+        assert token not in server_log(tmp_path, url).split(line, 1)[1]  # the access log blanks it out
+    given = "a-token-of-our-own-choosing"
+    with served(tmp_path / "data2", "--admin-token", given) as url:
+        log = server_log(tmp_path, url)
+        assert f"Admin view: {url}admin (token from --admin-token)" in log and given not in log
+        assert status(f"{url}admin/api/counts?token={given}") == 200

@@ -6,7 +6,7 @@ import pytest
 from client.participant import DESKTOP_CHROMIUM
 from server.examples.gridworld import experiment as example
 from server.session import Session, Timeouts
-from statemachine import FINAL_STATES, SEPARATOR, TRANSITIONS, SessionMachine, state_names, triggers
+from statemachine import FINAL_STATES, SEPARATOR, TRANSITIONS, SessionMachine, active_states, state_names, triggers
 from statemachine.lifecycle import top_state
 
 CHROME_UA = DESKTOP_CHROMIUM["user_agent"]
@@ -268,3 +268,13 @@ def test_a_restored_session_is_parked_where_its_snapshot_left_it(machine, clock)
     assert [p.instance_id for p in restored.plan] == [p.instance_id for p in session.plan]
     restored.attach(lambda m: None, session.token, 0)
     assert restored.state == "in_game" and restored.index == session.index
+
+
+def test_active_states_name_every_region_and_parent_a_session_is_in(machine, clock):
+    session, _ = new_session(machine, clock)
+    assert active_states(session.state) == {"connected"}
+    session.fire("hello", msg("hello"))
+    session.fire("preload", LOADING)
+    assert active_states(session.state) == {"preflight", "preflight.screening", "preflight.screening.checking",
+                                            "preflight.preloading", "preflight.preloading.loading"}
+    assert active_states(session.state) <= set(state_names())

@@ -1,0 +1,318 @@
+"""`/admin`: where every participant is now, and one participant's path, for the researcher.
+
+Everything is counted from the live sessions and the lifecycle table, so states added
+to the table appear here without a change; ended sessions are read back from disk.
+"""
+from __future__ import annotations
+
+import asyncio
+import hmac
+import json
+import re
+import secrets
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Iterable
+
+import tornado.web
+from tornado.iostream import StreamClosedError
+from tornado.log import access_log
+
+from statemachine import FINAL_STATES, active_states, state_names, top_state, triggers
+
+from .store import read_records
+
+if TYPE_CHECKING:
+    from .app import Study
+    from .session import Session
+
+ADMIN_DIR = Path(__file__).resolve().parent / "admin_web"
+COOKIE = "preflight_admin"
+SESSION_ID = re.compile(r"[0-9a-f]{16}")
+TIMEOUT_TRIGGERS = tuple(t for t in triggers() if t.endswith("_timeout"))
+RECENT = 200  # live sessions listed on the page; the API lists all
+
+
+def new_admin_token() -> str:
+    """A fresh random token: there is no default password."""
+    return secrets.token_urlsafe(24)
+
+
+def tally(session: Session) -> Counter[str]:
+    """What a session contributes to the outcome counts, so far; `Study` adds it up when the session ends."""
+    counts: Counter[str] = Counter()
+    if session.outcome:
+        counts[f"outcome:{session.outcome}"] += 1
+        if session.outcome == "excluded":
+            counts.update(f"excluded:{reason}" for reason in session.verdict or ("unknown",))
+    if session.runtime == "error":
+        counts["preload_error"] += 1
+    timeouts = [event for _, event, _, _ in session.history if event in TIMEOUT_TRIGGERS]
+    counts.update(f"timeout:{event}" for event in timeouts)
+    if timeouts:
+        counts["timed_out"] += 1
+    return counts
+
+
+def counts(study: Study) -> dict[str, Any]:
+    """The numbers `/admin` shows: sessions per state now, and outcomes of every session this run."""
+    live = list(study.sessions.values())
+    states = dict.fromkeys(state_names(), 0)
+    outcomes = Counter(study.outcomes)
+    for session in live:
+        for name in active_states(session.state):
+            states[name] = states.get(name, 0) + 1
+        outcomes.update(tally(session))
+    return {
+        "live": len(live),
+        "states": states,
+        "final_states": sorted(FINAL_STATES),
+        "outcomes": {
+            "completed": outcomes["outcome:completed"],
+            "excluded": outcomes["outcome:excluded"],
+            "abandoned": outcomes["outcome:abandoned"],
+            "preload_error": outcomes["preload_error"],
+            "timed_out": outcomes["timed_out"],
+        },
+        "excluded_reasons": _prefixed(outcomes, "excluded:"),
+        "timeouts": _prefixed(outcomes, "timeout:"),
+    }
+
+
+def _prefixed(counter: Counter[str], prefix: str) -> dict[str, int]:
+    return {k[len(prefix):]: n for k, n in sorted(counter.items()) if k.startswith(prefix)}
+
+
+def live_summary(sessions: Iterable[Session]) -> list[dict[str, Any]]:
+    out = []
+    for session in sessions:
+        name, regions = top_state(session.state)
+        since = session.history[-1][0] if session.history else None
+        out.append({"session_id": session.session_id, "participant_id": session.participant_id, "state": name,
+                    "regions": regions, "in_state_s": None if since is None else round(time.monotonic() - since, 1)})
+    return out
+
+
+def details(study: Study, session_id: str) -> dict[str, Any] | None:
+    """One participant's path, screening, preload stages and scene order, from their records on disk."""
+    path = study.store.sessions / f"{session_id}.msgpack"
+    if not SESSION_ID.fullmatch(session_id) or not path.is_file():
+        return None
+    records = list(read_records(path))
+    t0 = records[0]["t"] if records else 0.0
+    out: dict[str, Any] = {"session_id": session_id, "live": session_id in study.sessions, "path": [],
+                           "screening": None, "preload": [], "scene_order": [], "scenes_shown": [],
+                           "participant_id": None, "params": {}, "seed": None, "outcome": None, "state": None}
+
+    def when(r: dict[str, Any]) -> dict[str, Any]:
+        return {"at_s": round(r["t"] - t0, 3), "wall": r["wall"]}
+
+    for r in records:
+        kind = r["kind"]
+        if kind == "begin":
+            out.update(participant_id=r.get("participant_id"), params=r.get("params", {}), seed=r.get("seed"),
+                       scene_order=r.get("order", []), user_agent=r.get("user_agent"), started_wall=r["wall"])
+        elif kind == "transition":
+            out["path"].append({"event": r["event"], "source": r["source"], "dest": r["dest"], **when(r)})
+        elif kind == "screening":
+            out["screening"] = {"facts": r.get("facts", {}), "rtt_ms": r.get("rtt_ms"),
+                                "verdict": r.get("verdict", []), **when(r)}
+        elif kind == "preload":
+            out["preload"].append({k: r[k] for k in ("status", "stage", "package", "done", "total", "elapsed_ms",
+                                                     "error") if k in r} | when(r))
+        elif kind == "scene":
+            out["scenes_shown"].append({"scene_id": r["scene_id"], "scene_type": r.get("scene_type"),
+                                        "index": r.get("index"), **when(r)})
+        elif kind == "closed":
+            out.update(outcome=r.get("outcome"), state=r.get("state"), **{"ended": when(r)})
+    session = study.sessions.get(session_id)
+    if session is not None:
+        snapshot = session.snapshot()
+        out.update(state=snapshot["state"], regions=snapshot.get("regions"), outcome=session.outcome)
+    return out
+
+
+class LifecycleSvg:
+    """The lifecycle drawn once by `python -m statemachine diagram` in a child process.
+
+    A child process keeps the diagram machine and Graphviz out of the server's memory and loop.
+    It starts with the server when the app is built on a running loop (`python -m server`),
+    otherwise on the first request that needs it.
+    """
+
+    def __init__(self) -> None:
+        self._task: asyncio.Future[tuple[str | None, str]] | None = None
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            return
+        self._task = asyncio.ensure_future(self._draw())
+
+    async def get(self) -> tuple[str | None, str]:
+        """(svg, "") or (None, why not)."""
+        if self._task is None:
+            self._task = asyncio.ensure_future(self._draw())
+        return await asyncio.shield(self._task)
+
+    async def _draw(self) -> tuple[str | None, str]:
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "statemachine", "diagram", "--format", "svg",
+                cwd=str(Path(__file__).resolve().parent.parent),
+                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+            out, err = await asyncio.wait_for(proc.communicate(), 60)
+        except (OSError, asyncio.TimeoutError) as exc:
+            return None, f"the diagram could not be drawn: {exc}"
+        if proc.returncode != 0:
+            return None, err.decode(errors="replace").strip()
+        svg = out.decode()
+        return svg[svg.index("<svg"):], ""
+
+
+class AdminHandler(tornado.web.RequestHandler):
+    """Every `/admin` URL: refused with 403 before anything else unless the admin token comes with it."""
+
+    def initialize(self, study: Study, diagram: LifecycleSvg) -> None:
+        self.study = study
+        self.diagram = diagram
+
+    def prepare(self) -> None:
+        self.set_header("Cache-Control", "no-store")
+        given = self._given_token()
+        if given is None or not hmac.compare_digest(given.encode(), self.study.config.admin_token.encode()):
+            raise tornado.web.HTTPError(403, reason="Forbidden: a valid admin token is required")
+
+    def _given_token(self) -> str | None:
+        header = self.request.headers.get("Authorization", "")
+        if header.startswith("Bearer "):
+            return header[len("Bearer "):]
+        return self.get_query_argument("token", None) or self.get_cookie(COOKIE)
+
+    def write_error(self, status_code: int, **kwargs: Any) -> None:
+        self.set_header("Content-Type", "text/plain; charset=utf-8")
+        self.finish(f"{status_code}: {self._reason}\n")
+
+    def remember_token(self) -> bool:
+        """A token given in the URL becomes a cookie and leaves the address bar; True if the page was redirected."""
+        if self.get_query_argument("token", None) is None:
+            return False
+        self.set_cookie(COOKIE, self.study.config.admin_token, path="/admin", httponly=True, samesite="Strict")
+        self.redirect(self.request.path, status=303)
+        return True
+
+    def write_json(self, data: Any) -> None:
+        self.set_header("Content-Type", "application/json")
+        self.finish(json.dumps(data))
+
+
+class AdminPage(AdminHandler):
+    """`/admin`: the lifecycle diagram with live counts."""
+
+    async def get(self) -> None:
+        if self.remember_token():
+            return
+        svg, problem = await self.diagram.get()
+        self.render(str(ADMIN_DIR / "admin.html"), svg=svg, problem=problem, state_names=state_names(),
+                    name=self.study.config.experiment.name)
+
+
+class SessionPage(AdminHandler):
+    """`/admin/sessions/<id>`: one participant's path through the machine."""
+
+    def get(self, session_id: str) -> None:
+        if self.remember_token():
+            return
+        found = details(self.study, session_id)
+        if found is None:
+            raise tornado.web.HTTPError(404, reason=f"no session {session_id}")
+        self.render(str(ADMIN_DIR / "session.html"), s=found)
+
+
+class CountsApi(AdminHandler):
+    def get(self) -> None:
+        self.write_json(counts(self.study))
+
+
+class SessionsApi(AdminHandler):
+    def get(self) -> None:
+        self.write_json(live_summary(self.study.sessions.values()))
+
+
+class SessionApi(AdminHandler):
+    def get(self, session_id: str) -> None:
+        found = details(self.study, session_id)
+        if found is None:
+            raise tornado.web.HTTPError(404, reason=f"no session {session_id}")
+        self.write_json(found)
+
+
+class DiagramSvg(AdminHandler):
+    async def get(self) -> None:
+        svg, problem = await self.diagram.get()
+        if svg is None:
+            raise tornado.web.HTTPError(503, reason=problem.splitlines()[-1] if problem else "no diagram")
+        self.set_header("Content-Type", "image/svg+xml")
+        self.finish(svg)
+
+
+class Events(AdminHandler):
+    """`/admin/api/events`: server-sent events, one message whenever the counts change."""
+
+    INTERVAL = 0.5  # seconds between looks at the sessions
+
+    def initialize(self, study: Study, diagram: LifecycleSvg) -> None:
+        super().initialize(study, diagram)
+        self.gone = False
+
+    def on_connection_close(self) -> None:
+        self.gone = True
+
+    async def get(self) -> None:
+        self.set_header("Content-Type", "text/event-stream")
+        self.set_header("X-Accel-Buffering", "no")
+        last = None
+        while not self.gone:
+            now = {**counts(self.study), "recent": live_summary(list(self.study.sessions.values())[-RECENT:])}
+            changed = {**now, "recent": [{k: v for k, v in s.items() if k != "in_state_s"} for s in now["recent"]]}
+            if changed != last:
+                last = changed
+                self.write(f"data: {json.dumps(now)}\n\n")
+                try:
+                    await self.flush()
+                except StreamClosedError:
+                    return
+            await asyncio.sleep(self.INTERVAL)
+
+
+def log_request(handler: tornado.web.RequestHandler) -> None:
+    """Tornado's access log line, with any `token=` in the URL blanked out."""
+    status = handler.get_status()
+    log = access_log.info if status < 400 else access_log.warning if status < 500 else access_log.error
+    uri = re.sub(r"([?&]token=)[^&]*", r"\1…", handler.request.uri or "")
+    log("%d %s %s (%s) %.2fms", status, handler.request.method, uri, handler.request.remote_ip,
+        1000.0 * handler.request.request_time())
+
+
+def admin_routes(study: Study) -> list[Any]:
+    """The `/admin` URLs, all behind the admin token."""
+    deps = {"study": study, "diagram": LifecycleSvg()}
+    return [
+        (r"/admin/?", AdminPage, deps),
+        (r"/admin/sessions/([^/]+)", SessionPage, deps),
+        (r"/admin/lifecycle\.svg", DiagramSvg, deps),
+        (r"/admin/api/counts", CountsApi, deps),
+        (r"/admin/api/sessions", SessionsApi, deps),
+        (r"/admin/api/sessions/([^/]+)", SessionApi, deps),
+        (r"/admin/api/events", Events, deps),
+        (r"/admin/static/(.*)", AdminStatic, {"path": str(ADMIN_DIR), **deps}),
+    ]
+
+
+class AdminStatic(AdminHandler, tornado.web.StaticFileHandler):
+    """The admin page's script and style, behind the same token."""
+
+    def initialize(self, path: str, study: Study, diagram: LifecycleSvg) -> None:  # type: ignore[override]
+        AdminHandler.initialize(self, study, diagram)
+        tornado.web.StaticFileHandler.initialize(self, path)
