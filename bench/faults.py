@@ -1,0 +1,142 @@
+"""Load and faults together: many participants in flight while some connections are cut and come back.
+
+Run: .venv/bin/python bench/faults.py [--sessions 1000] [--drop 0.1] [--concurrency 1000]
+Starts `python -m server` on a free port with a fresh data directory, walks every participant with
+`client.participant.walk` (a dropped one loses its connection after a random message and returns with its
+token), then reads every session's records back and counts what is missing. Server memory is read from
+/proc before the faulty round and after a second one, so growth per round shows whether ended sessions leak.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import random
+import resource
+import sys
+import tempfile
+import secrets
+import time
+import urllib.request
+from collections import Counter
+from pathlib import Path
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from client.participant import walk  # noqa: E402
+from server.store import read_records  # noqa: E402
+from tests.support import start_server  # noqa: E402
+
+STEPS = 3
+GRACE = 10  # seconds; a 1,000-participant crowd on 2 shared cores takes seconds to reconnect
+TOKEN = secrets.token_urlsafe(24)
+
+
+def live_sessions(url: str) -> int:
+    with urllib.request.urlopen(f"{url}admin/api/counts?token={TOKEN}", timeout=10) as response:
+        return json.load(response)["live"]
+
+
+def rss_kb(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise RuntimeError("no VmRSS")
+
+
+async def round_of(url: str, prefix: str, sessions: int, drop: float, concurrency: int, rng: random.Random,
+                   deadline: float) -> tuple[Counter, dict[str, int | None]]:
+    gate = asyncio.Semaphore(concurrency)
+    outcomes: Counter = Counter()
+    failures: list[str] = []
+    plan = {f"{prefix}-{n}": (rng.randint(2, 12) if rng.random() < drop else None) for n in range(sessions)}
+
+    async def one(pid: str, drop_after: int | None) -> None:
+        async with gate:
+            try:
+                end = await asyncio.wait_for(
+                    walk(url, participant_id=pid, steps=STEPS, timeout=30, drop_after=drop_after,
+                         away=rng.uniform(0, 0.5)), max(1.0, deadline - time.monotonic()))
+                outcomes[end["outcome"]] += 1
+            except Exception as exc:  # counted, not raised: the report says what failed and how
+                outcomes[f"failed:{type(exc).__name__}"] += 1
+                failures.append(f"{pid} (drop after {drop_after}): {exc}"[:300])
+
+    await asyncio.gather(*(one(pid, d) for pid, d in plan.items()))
+    for line in failures[:5]:
+        print("failed:", line, file=sys.stderr)
+    return outcomes, plan
+
+
+def audit(data: Path, plan: dict[str, int | None]) -> dict[str, int]:
+    """Every participant's records: begin, each game step exactly once, the completion; missing ones are lost."""
+    found: dict[str, list[dict]] = {}
+    for log in (data / "sessions").glob("*.msgpack"):
+        records = list(read_records(log))
+        begin = next((r for r in records if r["kind"] == "begin"), None)
+        if begin is not None and begin["participant_id"] in plan:
+            found[begin["participant_id"]] = records
+    lost = resumed = duplicated = abandoned = 0
+    for pid in plan:
+        records = found.get(pid)
+        if records is None:
+            lost += 1
+            continue
+        steps = Counter(r["data"]["step"] for r in records if r["kind"] == "game_event")
+        lost += sum(1 for s in range(STEPS) if steps[s] == 0)
+        duplicated += sum(n - 1 for n in steps.values() if n > 1)
+        lost += not any(r["kind"] == "transition" and r["dest"] == "completed" for r in records)
+        resumed += any(r["kind"] == "resumed" for r in records)
+        abandoned += any(r["kind"] == "closed" and r["outcome"] == "abandoned" for r in records)
+    return {"records_lost": lost, "duplicated": duplicated, "resumed": resumed, "abandoned": abandoned,
+            "sessions_on_disk": len(found)}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--sessions", type=int, default=1000)
+    parser.add_argument("--drop", type=float, default=0.1, help="fraction of participants whose connection is cut")
+    parser.add_argument("--concurrency", type=int, default=1000)
+    parser.add_argument("--max-seconds", type=float, default=300.0)
+    parser.add_argument("--seed", type=int, default=1)
+    args = parser.parse_args()
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    rng = random.Random(args.seed)
+    with tempfile.TemporaryDirectory() as tmp:
+        data = Path(tmp) / "data"
+        proc, url = start_server(data, "--rate-limit", "1000", "--grace", str(GRACE), "--admin-token", TOKEN,
+                                 "--experiment", str(Path(__file__).with_name("experiment.py")))
+        ws = url.replace("http", "ws") + "ws"
+        try:
+            deadline = time.monotonic() + args.max_seconds
+            asyncio.run(round_of(ws, "warm", args.sessions, 0.0, args.concurrency, rng, deadline))
+            time.sleep(GRACE + 1)  # finished sessions stay resumable for --grace seconds
+            before = rss_kb(proc.pid)
+            started = time.monotonic()
+            outcomes, plan = asyncio.run(round_of(ws, "fault", args.sessions, args.drop, args.concurrency, rng,
+                                                  deadline))
+            took = time.monotonic() - started
+            time.sleep(GRACE + 1)
+            after = rss_kb(proc.pid)
+            live_after = live_sessions(url)
+            asyncio.run(round_of(ws, "again", args.sessions, args.drop, args.concurrency, rng, deadline))
+            time.sleep(GRACE + 1)
+            after_again = rss_kb(proc.pid)
+            alive = proc.poll() is None
+        finally:
+            proc.terminate()
+            proc.wait(timeout=10)
+        report = {
+            "sessions": args.sessions, "dropped": sum(1 for d in plan.values() if d is not None),
+            "outcomes": dict(outcomes), **audit(data, plan), "seconds": round(took, 2),
+            "server_alive": alive, "rss_kb_before": before, "rss_kb_after": after,
+            "rss_kb_after_another_round": after_again, "live_sessions_after": live_after,
+        }
+    print(json.dumps(report, indent=2))
+    return 0 if report["records_lost"] == 0 and alive and outcomes["completed"] == args.sessions else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
