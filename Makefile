@@ -20,6 +20,7 @@ test: $(VENV)/.installed $(RUNTIME) browser
 bench: $(VENV)/.installed $(RUNTIME) browser
 	$(PY) bench/machine.py
 	$(PY) bench/browser.py
+	$(PY) bench/worker.py
 
 wheelhouse: $(WHEELHOUSE)/.done
 
