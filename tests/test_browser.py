@@ -243,6 +243,43 @@ def test_a_crashed_worker_is_an_error_and_the_game_loads_python_in_a_new_one(ser
     assert statuses[-1] == ("ready", None)
 
 
+def test_a_preload_the_server_stopped_waiting_for_is_ended_and_the_game_loads_python_in_a_new_worker(
+        tmp_path, context):
+    held: list[Route] = []
+
+    def hold_first(route: Route) -> None:
+        if held:
+            return route.continue_()
+        held.append(route)  # never answered: the first worker waits for it until it is ended
+
+    context.route("**/wheels/preflight_gridworld*", hold_first)
+    with served(tmp_path / "data", "--preload-timeout", "2") as url:
+        page = context.new_page()
+        page.goto(url + "?PROLIFIC_PID=pw-stuck")
+        state = state_is(page, "ready", timeout=LOAD_TIMEOUT_MS, scene_id="start")
+        assert state["may_advance"] is True
+        for _ in range(200):  # the first worker is now stuck on the wheel that never comes
+            if held:
+                break
+            page.wait_for_timeout(50)
+        assert held and page.evaluate("window.__preflight.runtime.status") == "loading"
+
+        page.click("#advance")
+        state_is(page, "ready", scene_id="instructions")
+        page.click("#advance")
+        state_is(page, "in_game")
+        page.wait_for_function("window.__preflight.runtime.status === 'ready'", timeout=LOAD_TIMEOUT_MS)
+        assert page.evaluate("[window.__preflight.runtime.where, window.__preflight.runtime.workers]") == ["worker", 2]
+        play_to_goal(page)
+        assert len(held) == 1 and len(page.workers) == 1
+
+        [path] = (tmp_path / "data" / "sessions").iterdir()
+        statuses = [(r["status"], r.get("error")) for r in read_records(path) if r["kind"] == "preload"]
+        assert ("error", "timeout") in statuses
+        assert ("error", "the Python worker stopped: the preload did not finish in time") in statuses
+        assert statuses[-1] == ("ready", None)
+
+
 def test_without_a_worker_the_game_loads_python_on_the_main_thread(server, context):
     blocked = []
     context.route("**/client/runtime-worker.js", lambda route: (blocked.append(route.request.url), route.abort()))

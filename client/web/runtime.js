@@ -102,8 +102,21 @@ export class Runtime {
   // which passes `fallback` so that a dead worker is replaced until a side loads or the page itself fails.
   load({ fallback = false } = {}) {
     if (this.status === "ready") return Promise.resolve(this);
-    this.loading ??= this._load(fallback).finally(() => { this.loading = null; });
-    return this.loading;
+    if (fallback && this.loading && !this.loading.fallback && this.side?.where === "worker") {
+      // The server let the participant into a game while the preload still runs: it stopped waiting for it
+      // (the preload timeout). The worker stuck in it is ended, which fails that load, and the game starts over.
+      const stuck = this.loading;
+      this.side.fail("the preload did not finish in time");
+      return this._track(stuck.catch(() => {}).then(() => this._load(true)), true);
+    }
+    return this.loading ?? this._track(this._load(fallback), fallback);
+  }
+
+  _track(loading, fallback) {
+    const tracked = loading.finally(() => { if (this.loading === tracked) this.loading = null; });
+    tracked.fallback = fallback;
+    this.loading = tracked;
+    return tracked;
   }
 
   async _load(fallback) {
