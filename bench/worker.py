@@ -32,18 +32,16 @@ costs), then the modes alternate, each taking the first turn every other run.
 """
 from __future__ import annotations
 
-import argparse
 import os
 import statistics
 import sys
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
-from browser import (CHROMIUM, CHROMIUM_ARGS, LOAD_TIMEOUT_MS, STEP_TIMEOUT_MS, VIEWPORT, Server, machine_lines,
-                     wait_js, wait_state)
-from playwright.sync_api import Browser, sync_playwright
+from browser import (CHROMIUM, LOAD_TIMEOUT_MS, STEP_TIMEOUT_MS, VIEWPORT, Server, machine_lines, runs_argument,
+                     served_browser, wait_js, wait_state)
+from playwright.sync_api import Browser
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -195,42 +193,26 @@ def table(runs: list[Run]) -> Iterator[str]:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--runs", type=int, default=3, help="runs per mode (default: %(default)s)")
-    args = parser.parse_args()
-    if args.runs < 1:
-        parser.error("--runs must be at least 1")
+    runs_per_mode = runs_argument(__doc__)
     if not os.access(CHROMIUM, os.X_OK):
         print(f"bench/worker.py: {CHROMIUM} is required (`make browser` installs it)", file=sys.stderr)
         return 2
     load_before = os.getloadavg()
-    with tempfile.TemporaryDirectory(prefix="preflight-bench-") as tmp:
-        server = Server(Path(tmp))
-        try:
-            server.wait_until_serving()
-            with sync_playwright() as p:
-                browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-                try:
-                    for mode in MODES:  # warm the server's and the browser's first-use paths, unmeasured
-                        measure(browser, server, mode, -1)
-                    runs: list[Run] = []
-                    for k in range(args.runs):
-                        for mode in (MODES if k % 2 == 0 else MODES[::-1]):  # neither mode always goes first
-                            run = measure(browser, server, mode, k)
-                            print(f"run {k + 1} {mode}: stall {run.stall_ms:.0f} ms, long task {run.long_task_ms:.0f} ms, "
-                                  f"ready {run.nav_to_ready_s:.3f} s, step p50 {percentile(run.steps_ms, 50):.3f} ms "
-                                  f"p99 {percentile(run.steps_ms, 99):.3f} ms (loadPyodide calls {run.loads}, "
-                                  f"load average {os.getloadavg()[0]:.2f})",
-                                  file=sys.stderr, flush=True)
-                            runs.append(run)
-                    load_after = os.getloadavg()
-                    print("\n".join([*machine_lines(browser),
-                                     f"- load average (1 min) before / after: {load_before[0]:.2f} / {load_after[0]:.2f}",
-                                     "", *table(runs)]))
-                finally:
-                    browser.close()
-        finally:
-            server.stop()
+    with served_browser() as (server, browser):
+        for mode in MODES:  # warm the server's and the browser's first-use paths, unmeasured
+            measure(browser, server, mode, -1)
+        runs: list[Run] = []
+        for k in range(runs_per_mode):
+            for mode in (MODES if k % 2 == 0 else MODES[::-1]):  # neither mode always goes first
+                run = measure(browser, server, mode, k)
+                print(f"run {k + 1} {mode}: stall {run.stall_ms:.0f} ms, long task {run.long_task_ms:.0f} ms, "
+                      f"ready {run.nav_to_ready_s:.3f} s, step p50 {percentile(run.steps_ms, 50):.3f} ms "
+                      f"p99 {percentile(run.steps_ms, 99):.3f} ms (loadPyodide calls {run.loads}, "
+                      f"load average {os.getloadavg()[0]:.2f})", file=sys.stderr, flush=True)
+                runs.append(run)
+        print("\n".join([*machine_lines(browser),
+                         f"- load average (1 min) before / after: {load_before[0]:.2f} / {os.getloadavg()[0]:.2f}",
+                         "", *table(runs)]))
     return 0
 
 

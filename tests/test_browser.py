@@ -7,6 +7,7 @@ a test reloads the page or kills the runtime's worker on purpose.
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from urllib.parse import urlparse
 
 import pytest
@@ -76,15 +77,29 @@ WORKER_LOG = """
 """
 
 
+def enter_the_game(page) -> list:
+    """Start, then Continue into the game; once the game's runtime is ready, where it runs: [where, workers, loads]."""
+    page.click("#advance")
+    state_is(page, "ready", scene_id="instructions")
+    page.click("#advance")
+    state_is(page, "in_game")
+    page.wait_for_function("window.__preflight.runtime.status === 'ready'", timeout=LOAD_TIMEOUT_MS)
+    return page.evaluate("(({where, workers, loads}) => [where, workers, loads])(window.__preflight.runtime)")
+
+
 def resources(where) -> list[str]:
     """The URLs a page or a worker fetched itself, from its own Resource Timing buffer."""
     return where.evaluate("performance.getEntriesByType('resource').map((e) => e.name)")
 
 
-def records_of(server, participant_id: str) -> list[dict]:
-    [records] = [r for r in map(list, map(read_records, (server["data"] / "sessions").iterdir()))
+def records_of(data: Path, participant_id: str) -> list[dict]:
+    [records] = [r for r in map(list, map(read_records, (data / "sessions").iterdir()))
                  if r[1].get("participant_id") == participant_id]
     return records
+
+
+def preload_statuses(records: list[dict]) -> list[tuple[str, str | None]]:
+    return [(r["status"], r.get("error")) for r in records if r["kind"] == "preload"]
 
 
 def offsite(requests: list[str]) -> list[str]:
@@ -132,7 +147,7 @@ def test_a_participant_walks_from_the_url_to_the_completion_code_offline(server,
     assert offsite(context.requests) == []
     assert any("/pyodide/314.0.7/pyodide.asm.wasm" in u for u in context.requests)
 
-    records = records_of(server, "pw-walker")
+    records = records_of(server["data"], "pw-walker")
     preload = [r for r in records if r["kind"] == "preload"]
     assert [r.get("stage", r["status"]) for r in preload] == ["runtime", "micropip", "packages", "preparing", "ready"]
     assert all(isinstance(r["elapsed_ms"], int) for r in preload)
@@ -164,7 +179,7 @@ def test_python_lives_in_one_worker_and_the_game_steps_through_it(server, contex
         "started": ["/client/runtime-worker.js"],
         "ops": ["load", "open", "reset"] + ["step"] * 8 + ["close"]}
     assert page.workers == [worker]
-    steps = [r["data"]["step"] for r in records_of(server, "pw-worker") if r["kind"] == "game_event"]
+    steps = [r["data"]["step"] for r in records_of(server["data"], "pw-worker") if r["kind"] == "game_event"]
     assert steps == list(range(1, 9))
 
     page.reload()  # the old page's worker goes with it; the new page starts its own
@@ -192,20 +207,14 @@ def test_a_failed_preload_is_shown_and_the_game_loads_python_itself(server, cont
     assert "could not be prepared" in page.inner_text("#progress-text")
     worker = page.workers[0]
 
-    page.click("#advance")
-    state_is(page, "ready", scene_id="instructions")
-    page.click("#advance")
-    state_is(page, "in_game")
-    page.wait_for_function("window.__preflight.runtime.status === 'ready'", timeout=LOAD_TIMEOUT_MS)
+    # The worker survived a failed download, so the game retries in it and keeps the loaded interpreter.
+    assert enter_the_game(page) == ["worker", 1, 1]
+    assert page.workers == [worker]
     play_to_goal(page)
     page.click("#advance")
     state_is(page, "completed")
     assert len(failures) == 1
     assert offsite(context.requests) == []
-    # The worker survived a failed download, so the game retried in it and kept the loaded interpreter.
-    assert page.workers == [worker]
-    assert page.evaluate("[window.__preflight.runtime.where, window.__preflight.runtime.workers, "
-                         "window.__preflight.runtime.loads]") == ["worker", 1, 1]
 
 
 def test_a_crashed_worker_is_an_error_and_the_game_loads_python_in_a_new_one(server, context):
@@ -228,17 +237,12 @@ def test_a_crashed_worker_is_an_error_and_the_game_loads_python_in_a_new_one(ser
     assert "could not be prepared" in page.inner_text("#progress-text")
     assert page.workers == []  # the crashed worker was terminated
 
-    page.click("#advance")
-    state_is(page, "ready", scene_id="instructions")
-    page.click("#advance")
-    state_is(page, "in_game")
-    page.wait_for_function("window.__preflight.runtime.status === 'ready'", timeout=LOAD_TIMEOUT_MS)
-    assert page.evaluate("[window.__preflight.runtime.where, window.__preflight.runtime.workers]") == ["worker", 2]
+    assert enter_the_game(page)[:2] == ["worker", 2]
     assert len(page.workers) == 1
     play_to_goal(page)
     assert len(crashed) == 1
 
-    statuses = [(r["status"], r.get("error")) for r in records_of(server, "pw-crash") if r["kind"] == "preload"]
+    statuses = preload_statuses(records_of(server["data"], "pw-crash"))
     assert ("error", "the Python worker stopped: Uncaught Error: injected crash") in statuses
     assert statuses[-1] == ("ready", None)
 
@@ -264,17 +268,11 @@ def test_a_preload_the_server_stopped_waiting_for_is_ended_and_the_game_loads_py
             page.wait_for_timeout(50)
         assert held and page.evaluate("window.__preflight.runtime.status") == "loading"
 
-        page.click("#advance")
-        state_is(page, "ready", scene_id="instructions")
-        page.click("#advance")
-        state_is(page, "in_game")
-        page.wait_for_function("window.__preflight.runtime.status === 'ready'", timeout=LOAD_TIMEOUT_MS)
-        assert page.evaluate("[window.__preflight.runtime.where, window.__preflight.runtime.workers]") == ["worker", 2]
+        assert enter_the_game(page)[:2] == ["worker", 2]
         play_to_goal(page)
         assert len(held) == 1 and len(page.workers) == 1
 
-        [path] = (tmp_path / "data" / "sessions").iterdir()
-        statuses = [(r["status"], r.get("error")) for r in read_records(path) if r["kind"] == "preload"]
+        statuses = preload_statuses(records_of(tmp_path / "data", "pw-stuck"))
         assert ("error", "timeout") in statuses
         assert ("error", "the Python worker stopped: the preload did not finish in time") in statuses
         assert statuses[-1] == ("ready", None)
@@ -289,18 +287,12 @@ def test_without_a_worker_the_game_loads_python_on_the_main_thread(server, conte
     assert state["may_advance"] is True
     assert page.evaluate("window.__preflight.runtime.status") == "error"
 
-    page.click("#advance")
-    state_is(page, "ready", scene_id="instructions")
-    page.click("#advance")
-    state_is(page, "in_game")
-    page.wait_for_function("window.__preflight.runtime.status === 'ready'", timeout=LOAD_TIMEOUT_MS)
-    assert page.evaluate("[window.__preflight.runtime.where, window.__preflight.runtime.workers, "
-                         "window.__preflight.runtime.loads]") == ["main", 1, 1]
+    assert enter_the_game(page) == ["main", 1, 1]
     assert any(u.endswith("/pyodide/314.0.7/pyodide.asm.wasm") for u in resources(page))
     play_to_goal(page)
     assert len(blocked) == 1 and page.workers == []
 
-    statuses = [(r["status"], r.get("error")) for r in records_of(server, "pw-noworker") if r["kind"] == "preload"]
+    statuses = preload_statuses(records_of(server["data"], "pw-noworker"))
     assert statuses[0] == ("error", "the Python worker stopped: could not start")
     assert statuses[-1] == ("ready", None)
 
