@@ -145,8 +145,8 @@ async function startGame(gameScene) {
   }
 }
 
-// The preloaded runtime when there is one; only a failed preload makes the game load Python itself
-// (in the same worker, a new one if it died, or on the page when no worker could run it).
+// The preloaded runtime when there is one; only a failed preload (or one the server stopped waiting for)
+// makes the game load Python itself: in the same worker, a new one, or on the page when no worker can run it.
 function gameRuntime(gameScene) {
   if (!gameScene.run_through_pyodide) return Promise.resolve(null);
   runtime ??= preflight.runtime = newRuntime();
