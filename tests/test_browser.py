@@ -185,7 +185,16 @@ def test_python_lives_in_one_worker_and_the_game_steps_through_it(server, contex
     page.reload()  # the old page's worker goes with it; the new page starts its own
     state_is(page, "ready", timeout=LOAD_TIMEOUT_MS, scene_id="start")
     page.wait_for_function("window.__workerLog.started.length === 1", timeout=STEP_TIMEOUT_MS)
-    assert len(page.workers) == 1 and page.workers[0] != worker
+    [fresh] = page.workers
+    assert fresh != worker
+    closed: list = []
+    fresh.on("close", lambda w: closed.append(w))
+    page.evaluate("dispatchEvent(new PageTransitionEvent('pagehide'))")  # what leaving the page fires first
+    for _ in range(100):
+        if closed:
+            break
+        page.wait_for_timeout(50)
+    assert closed == [fresh] and page.workers == []
 
 
 def test_a_failed_preload_is_shown_and_the_game_loads_python_itself(server, context):
