@@ -21,6 +21,7 @@ bench: $(VENV)/.installed $(RUNTIME) browser graphviz
 	$(PY) bench/machine.py
 	$(PY) bench/browser.py
 	$(PY) bench/diagrams.py
+	$(PY) bench/worker.py
 
 wheelhouse: $(WHEELHOUSE)/.done
 

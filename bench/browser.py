@@ -48,6 +48,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -285,15 +286,19 @@ def table(runs: list[Run]) -> Iterator[str]:
     yield f"enter game -> first step, with / without preload (medians): {ratio:.4f}"
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def runs_argument(doc: str) -> int:
+    """The `--runs` flag every browser benchmark takes; a bad value ends the script with a usage error."""
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
     parser.add_argument("--runs", type=int, default=3, help="runs per mode (default: %(default)s)")
     args = parser.parse_args()
     if args.runs < 1:
         parser.error("--runs must be at least 1")
-    if not os.access(CHROMIUM, os.X_OK):
-        print(f"bench/browser.py: {CHROMIUM} is required (`make browser` installs it)", file=sys.stderr)
-        return 2
+    return args.runs
+
+
+@contextmanager
+def served_browser() -> Iterator[tuple[Server, Browser]]:
+    """`python -m server` on a temporary data dir and one headless Chromium, both stopped afterwards."""
     with tempfile.TemporaryDirectory(prefix="preflight-bench-") as tmp:
         server = Server(Path(tmp))
         try:
@@ -301,21 +306,30 @@ def main() -> int:
             with sync_playwright() as p:
                 browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
                 try:
-                    screenshots(browser, server.url)
-                    runs: list[Run] = []
-                    for k in range(args.runs):
-                        for preload in (True, False):
-                            run = measure(browser, server.url, preload)
-                            print(f"run {k + 1} {run.mode}: config->ready {run.config_to_ready:.3f} s, "
-                                  f"enter->frame {run.enter_to_frame:.3f} s, enter->step {run.enter_to_step:.3f} s "
-                                  f"(preload {run.preload_status}, loadPyodide calls {run.pyodide_loads})",
-                                  file=sys.stderr, flush=True)
-                            runs.append(run)
-                    print("\n".join([*machine_lines(browser), "", *table(runs)]))
+                    yield server, browser
                 finally:
                     browser.close()
         finally:
             server.stop()
+
+
+def main() -> int:
+    runs_per_mode = runs_argument(__doc__)
+    if not os.access(CHROMIUM, os.X_OK):
+        print(f"bench/browser.py: {CHROMIUM} is required (`make browser` installs it)", file=sys.stderr)
+        return 2
+    with served_browser() as (server, browser):
+        screenshots(browser, server.url)
+        runs: list[Run] = []
+        for k in range(runs_per_mode):
+            for preload in (True, False):
+                run = measure(browser, server.url, preload)
+                print(f"run {k + 1} {run.mode}: config->ready {run.config_to_ready:.3f} s, "
+                      f"enter->frame {run.enter_to_frame:.3f} s, enter->step {run.enter_to_step:.3f} s "
+                      f"(preload {run.preload_status}, loadPyodide calls {run.pyodide_loads})",
+                      file=sys.stderr, flush=True)
+                runs.append(run)
+        print("\n".join([*machine_lines(browser), "", *table(runs)]))
     return 0
 
 

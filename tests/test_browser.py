@@ -2,10 +2,12 @@
 
 One server serves the whole module and the suite shares one browser (tests/conftest.py);
 each test opens its own context (a fresh profile), so each participant loads Pyodide from
-our server once.
+our server once, except where a test reloads the page or kills the runtime's worker on purpose.
 """
 from __future__ import annotations
 
+import os
+from pathlib import Path
 from urllib.parse import urlparse
 
 import pytest
@@ -44,9 +46,48 @@ def state_is(page, name: str, timeout: int = STEP_TIMEOUT_MS, **where) -> dict:
 
 
 def play_to_goal(page) -> None:
+    page.wait_for_function("window.__preflight.firstFrameAt !== null", timeout=LOAD_TIMEOUT_MS)  # keys are read
     for key in ["ArrowRight"] * 4 + ["ArrowDown"] * 4:
         page.keyboard.press(key)
     state_is(page, "ready", scene_id="gridworld")
+
+
+# Notes, in the page, what it asks of each worker it starts: the message interface's `op`s, in order.
+WORKER_LOG = """
+(() => {
+  const log = window.__workerLog = { started: [], ops: [] };
+  const Native = window.Worker;
+  window.Worker = class extends Native {
+    constructor(url, options) { super(url, options); log.started.push(String(url)); }
+    postMessage(message, ...rest) { log.ops.push(message?.op); return super.postMessage(message, ...rest); }
+  };
+})();
+"""
+
+
+def enter_the_game(page) -> list:
+    """Start, then Continue into the game; once the game's runtime is ready, where it runs: [where, workers, loads]."""
+    page.click("#advance")
+    state_is(page, "ready", scene_id="instructions")
+    page.click("#advance")
+    state_is(page, "in_game")
+    page.wait_for_function("window.__preflight.runtime.status === 'ready'", timeout=LOAD_TIMEOUT_MS)
+    return page.evaluate("(({where, workers, loads}) => [where, workers, loads])(window.__preflight.runtime)")
+
+
+def resources(where) -> list[str]:
+    """The URLs a page or a worker fetched itself, from its own Resource Timing buffer."""
+    return where.evaluate("performance.getEntriesByType('resource').map((e) => e.name)")
+
+
+def records_of(data: Path, participant_id: str) -> list[dict]:
+    [records] = [r for r in map(list, map(read_records, (data / "sessions").glob("*.msgpack")))
+                 if any(x["kind"] == "begin" and x["participant_id"] == participant_id for x in r)]
+    return records
+
+
+def preload_statuses(records: list[dict]) -> list[tuple[str, str | None]]:
+    return [(r["status"], r.get("error")) for r in records if r["kind"] == "preload"]
 
 
 def offsite(requests: list[str]) -> list[str]:
@@ -94,12 +135,54 @@ def test_a_participant_walks_from_the_url_to_the_completion_code_offline(server,
     assert offsite(context.requests) == []
     assert any("/pyodide/314.0.7/pyodide.asm.wasm" in u for u in context.requests)
 
-    [records] = [r for r in map(list, map(read_records, (server["data"] / "sessions").glob("*.msgpack")))
-                 if r[1].get("participant_id") == "pw-walker"]
+    records = records_of(server["data"], "pw-walker")
     preload = [r for r in records if r["kind"] == "preload"]
     assert [r.get("stage", r["status"]) for r in preload] == ["runtime", "micropip", "packages", "preparing", "ready"]
     assert all(isinstance(r["elapsed_ms"], int) for r in preload)
-    assert [r["data"]["action"] for r in records if r["kind"] == "game_event"] == [1] * 4 + [2] * 4
+    events = [r["data"] for r in records if r["kind"] == "game_event"]
+    assert [e["action"] for e in events] == [1] * 4 + [2] * 4
+    assert all(isinstance(e["step_ms"], (int, float)) for e in events)
+
+
+def test_python_lives_in_one_worker_and_the_game_steps_through_it(server, context):
+    context.add_init_script(WORKER_LOG)
+    page = context.new_page()
+    page.goto(server["url"] + "?PROLIFIC_PID=pw-worker")
+    state_is(page, "ready", timeout=LOAD_TIMEOUT_MS, scene_id="start")
+    [worker] = page.workers
+    assert worker.url.endswith("/client/runtime-worker.js")
+    assert page.evaluate("[window.__preflight.runtime.where, window.__preflight.runtime.workers]") == ["worker", 1]
+    # Pyodide was fetched (and so compiled and run) by the worker; the page itself never touched it.
+    assert any(u.endswith("/pyodide/314.0.7/pyodide.asm.wasm") for u in resources(worker))
+    assert any(u.endswith("/wheels/preflight_gridworld-1.0.0-py3-none-any.whl") for u in resources(worker))
+    assert not [u for u in resources(page) if "/pyodide/" in u or "/wheels/" in u]
+
+    page.click("#advance")
+    state_is(page, "ready", scene_id="instructions")
+    page.click("#advance")
+    state_is(page, "in_game")
+    play_to_goal(page)
+    # Every step was a message to the same worker, answered before the page drew and reported it.
+    assert page.evaluate("window.__workerLog") == {
+        "started": ["/client/runtime-worker.js"],
+        "ops": ["load", "open", "reset"] + ["step"] * 8 + ["close"]}
+    assert page.workers == [worker]
+    steps = [r["data"]["step"] for r in records_of(server["data"], "pw-worker") if r["kind"] == "game_event"]
+    assert steps == list(range(1, 9))
+
+    page.reload()  # the old page's worker goes with it; the new page starts its own
+    state_is(page, "ready", timeout=LOAD_TIMEOUT_MS, scene_id="start")
+    page.wait_for_function("window.__workerLog.started.length === 1", timeout=STEP_TIMEOUT_MS)
+    [fresh] = page.workers
+    assert fresh != worker
+    closed: list = []
+    fresh.on("close", lambda w: closed.append(w))
+    page.evaluate("dispatchEvent(new PageTransitionEvent('pagehide'))")  # what leaving the page fires first
+    for _ in range(100):
+        if closed:
+            break
+        page.wait_for_timeout(50)
+    assert closed == [fresh] and page.workers == []
 
 
 def test_a_failed_preload_is_shown_and_the_game_loads_python_itself(server, context):
@@ -119,17 +202,96 @@ def test_a_failed_preload_is_shown_and_the_game_loads_python_itself(server, cont
     assert state["may_advance"] is True  # an error never traps the participant
     assert page.evaluate("window.__preflight.runtime.status") == "error"
     assert "could not be prepared" in page.inner_text("#progress-text")
+    worker = page.workers[0]
 
-    page.click("#advance")
-    state_is(page, "ready", scene_id="instructions")
-    page.click("#advance")
-    state_is(page, "in_game")
-    page.wait_for_function("window.__preflight.runtime.status === 'ready'", timeout=LOAD_TIMEOUT_MS)
+    # The worker survived a failed download, so the game retries in it and keeps the loaded interpreter.
+    assert enter_the_game(page) == ["worker", 1, 1]
+    assert page.workers == [worker]
     play_to_goal(page)
     page.click("#advance")
     state_is(page, "completed")
     assert len(failures) == 1
     assert offsite(context.requests) == []
+
+
+def test_a_crashed_worker_is_an_error_and_the_game_loads_python_in_a_new_one(server, context):
+    crashed = []
+
+    def crash_first(route: Route) -> None:
+        if crashed:
+            return route.continue_()
+        crashed.append(route.request.url)
+        script = route.fetch().text() + (
+            "\nself.addEventListener('message', () => setTimeout(() => { throw new Error('injected crash'); }, 20));\n")
+        route.fulfill(status=200, content_type="text/javascript", body=script)
+
+    context.route("**/client/runtime-worker.js", crash_first)
+    page = context.new_page()
+    page.goto(server["url"] + "?PROLIFIC_PID=pw-crash")
+    state = state_is(page, "ready", timeout=LOAD_TIMEOUT_MS, scene_id="start")
+    assert state["may_advance"] is True
+    assert page.evaluate("window.__preflight.runtime.status") == "error"
+    assert "could not be prepared" in page.inner_text("#progress-text")
+    assert page.workers == []  # the crashed worker was terminated
+
+    assert enter_the_game(page)[:2] == ["worker", 2]
+    assert len(page.workers) == 1
+    play_to_goal(page)
+    assert len(crashed) == 1
+
+    statuses = preload_statuses(records_of(server["data"], "pw-crash"))
+    assert ("error", "the Python worker stopped: Uncaught Error: injected crash") in statuses
+    assert statuses[-1] == ("ready", None)
+
+
+def test_a_preload_the_server_stopped_waiting_for_is_ended_and_the_game_loads_python_in_a_new_worker(
+        tmp_path, context):
+    held: list[Route] = []
+
+    def hold_first(route: Route) -> None:
+        if held:
+            return route.continue_()
+        held.append(route)  # never answered: the first worker waits for it until it is ended
+
+    context.route("**/wheels/preflight_gridworld*", hold_first)
+    with served(tmp_path / "data", "--preload-timeout", "2") as url:
+        page = context.new_page()
+        page.goto(url + "?PROLIFIC_PID=pw-stuck")
+        state = state_is(page, "ready", timeout=LOAD_TIMEOUT_MS, scene_id="start")
+        assert state["may_advance"] is True
+        for _ in range(200):  # the first worker is now stuck on the wheel that never comes
+            if held:
+                break
+            page.wait_for_timeout(50)
+        assert held and page.evaluate("window.__preflight.runtime.status") == "loading"
+
+        assert enter_the_game(page)[:2] == ["worker", 2]
+        play_to_goal(page)
+        assert len(held) == 1 and len(page.workers) == 1
+
+        statuses = preload_statuses(records_of(tmp_path / "data", "pw-stuck"))
+        assert ("error", "timeout") in statuses
+        assert ("error", "the Python worker stopped: the preload did not finish in time") in statuses
+        assert statuses[-1] == ("ready", None)
+
+
+def test_without_a_worker_the_game_loads_python_on_the_main_thread(server, context):
+    blocked = []
+    context.route("**/client/runtime-worker.js", lambda route: (blocked.append(route.request.url), route.abort()))
+    page = context.new_page()
+    page.goto(server["url"] + "?PROLIFIC_PID=pw-noworker")
+    state = state_is(page, "ready", scene_id="start")
+    assert state["may_advance"] is True
+    assert page.evaluate("window.__preflight.runtime.status") == "error"
+
+    assert enter_the_game(page) == ["main", 1, 1]
+    assert any(u.endswith("/pyodide/314.0.7/pyodide.asm.wasm") for u in resources(page))
+    play_to_goal(page)
+    assert len(blocked) == 1 and page.workers == []
+
+    statuses = preload_statuses(records_of(server["data"], "pw-noworker"))
+    assert statuses[0] == ("error", "the Python worker stopped: could not start")
+    assert statuses[-1] == ("ready", None)
 
 
 def test_the_connection_survives_a_main_thread_blocked_longer_than_the_ping_timeout(server, context):

@@ -25,6 +25,9 @@ const send = (message) => socket.readyState === WebSocket.OPEN && socket.send(en
 preflight.send = send;
 
 let runtime = null, scene = null, progressTimer = null;
+// `?runtime=main` keeps Python on the page's own thread (the baseline the worker is measured against).
+const newRuntime = () => new Runtime(preflight.config.pyodide_config, reportPreload,
+                                     { thread: params.runtime === "main" ? "main" : "worker" });
 
 socket.onopen = () => send({ type: "hello", params });
 socket.onclose = (event) => notice(`Connection closed (${event.code}${event.reason ? ": " + event.reason : ""}). Please reload the page.`);
@@ -37,7 +40,7 @@ function onConfig(config) {
   preflight.config = config;
   send({ type: "screening", facts: screeningFacts() });
   if (config.pyodide_config.needs_pyodide) {
-    runtime = preflight.runtime = new Runtime(config.pyodide_config, reportPreload);
+    runtime = preflight.runtime = newRuntime();
     runtime.load().catch(() => {});  // an error is reported and shown; the game retries the load itself
   }
 }
@@ -131,10 +134,10 @@ async function startGame(gameScene) {
   $("advance").disabled = true;
   try {
     $("waiting").textContent = runtime?.status === "ready" ? "" : "Preparing the game…";
-    const pyodide = await gameRuntime(gameScene);
+    const python = await gameRuntime(gameScene);
     $("progress").hidden = true;
     $("waiting").textContent = "Use the arrow keys to move.";
-    await playGame(pyodide, gameScene, $("game"), send);
+    await playGame(python, gameScene, $("game"), send);
     $("waiting").textContent = "";
   } catch (err) {
     notice(`The game could not run: ${String(err.message || err).split("\n").pop()}`);
@@ -142,11 +145,12 @@ async function startGame(gameScene) {
   }
 }
 
-// The preloaded instance when there is one; only a failed preload makes the game load Python itself.
+// The preloaded runtime when there is one; only a failed preload (or one the server stopped waiting for)
+// makes the game load Python itself: in the same worker, a new one, or on the page when no worker can run it.
 function gameRuntime(gameScene) {
   if (!gameScene.run_through_pyodide) return Promise.resolve(null);
-  runtime ??= preflight.runtime = new Runtime(preflight.config.pyodide_config, reportPreload);
-  return runtime.load();
+  runtime ??= preflight.runtime = newRuntime();
+  return runtime.load({ fallback: true });
 }
 
 function onError(message) {

@@ -1,66 +1,188 @@
-// The page's Python runtime: loaded once, as early as possible, and reused by every game scene.
+// The page's Python runtime: created once, loaded as early as possible, reused by every game scene.
+// It lives in a dedicated worker so the page stays responsive; the page code reads the same wherever it is.
 // `report` receives each stage as a `preload` message body; the page forwards it to the server.
+import { PythonHost } from "/client/python.js";
 
+const WORKER_URL = "/client/runtime-worker.js";
+const now = () => performance.timeOrigin + performance.now();
+
+// The runtime in a dedicated module worker; any uncaught error there ends it and fails what was pending.
+class WorkerSide {
+  constructor(onEvent, onDeath) {
+    this.where = "worker";
+    this.started = false;  // the worker's module ran; a death before that is a failure to start
+    this.dead = false;
+    this.pending = new Map();
+    this.nextId = 0;
+    this.onDeath = onDeath;
+    try {
+      this.worker = new Worker(WORKER_URL, { type: "module", name: "preflight-runtime" });
+    } catch (err) {
+      this.fail(`could not start (${err?.message || err})`);
+      return;
+    }
+    this.worker.onmessage = ({ data }) => {
+      if (data.kind === "reply") return this.settle(data);
+      if (data.kind === "started") this.started = true;
+      else onEvent(data);
+    };
+    this.worker.onerror = (event) => {
+      event.preventDefault();
+      this.fail(this.started ? (event.message || "crashed") : "could not start");
+    };
+    this.worker.onmessageerror = () => this.fail("sent a message the page could not read");
+  }
+
+  call(op, args) {
+    if (this.dead) return Promise.reject(new Error(this.reason));
+    return new Promise((resolve, reject) => {
+      const id = ++this.nextId;
+      this.pending.set(id, { resolve, reject });
+      this.worker.postMessage({ id, op, args });
+    });
+  }
+
+  settle({ id, ok, value, error }) {
+    const call = this.pending.get(id);
+    this.pending.delete(id);
+    if (ok) call?.resolve(value);
+    else call?.reject(new Error(error));
+  }
+
+  fail(reason) {
+    if (this.dead) return;
+    this.dead = true;
+    this.reason = `the Python worker stopped: ${reason}`;
+    this.worker?.terminate();
+    for (const call of this.pending.values()) call.reject(new Error(this.reason));
+    this.pending.clear();
+    this.onDeath();
+  }
+
+  close() {
+    this.fail("closed with the page");
+  }
+}
+
+// The runtime on the page itself: the baseline, and the last resort when no worker could run it.
+class MainSide {
+  constructor(onEvent) {
+    this.where = "main";
+    this.started = true;
+    this.dead = false;
+    this.host = new PythonHost(onEvent);
+  }
+
+  async call(op, args) {
+    return this.host.call(op, args);
+  }
+
+  close() {}
+}
 
 export class Runtime {
-  constructor(config, report) {
+  // `thread`: "worker" (the default) or "main" (the runtime on the page, for comparison).
+  constructor(config, report, { thread = "worker" } = {}) {
     this.config = config;
     this.report = report;
-    this.loads = 0;          // how many times loadPyodide() ran on this page
+    this.thread = thread;
+    this.loads = 0;          // how many times loadPyodide() ran for this page, on whichever side
+    this.workers = 0;        // how many workers were started
     this.status = "idle";    // idle | loading | ready | error
-    this.pyodide = null;     // set once everything is installed
-    this.core = null;        // the loaded interpreter, kept if a later step failed
+    this.side = null;        // where the runtime lives now: a WorkerSide or the MainSide
     this.loading = null;
+    addEventListener("pagehide", () => this.terminate());
   }
 
-  // Start (or join) the load. A failed load is retried only when asked again, e.g. by a game scene.
-  load() {
-    if (this.status === "ready") return Promise.resolve(this.pyodide);
-    if (this.status === "loading") return this.loading;
-    this.loading = this._load();
-    return this.loading;
+  get where() {
+    return this.side?.where ?? null;
   }
 
-  async _loadCore() {
-    const cfg = this.config, origin = location.origin;
-    const { loadPyodide } = await import(new URL(cfg.pyodide_url + "pyodide.mjs", origin).href);
-    this.loads += 1;
-    const options = { indexURL: new URL(cfg.pyodide_url, origin).href };
-    if (cfg.lock) {
-      options.lockFileContents = cfg.lock;
-      options.packageBaseUrl = new URL(cfg.wheel_base_url, origin).href;
+  // Start (or join) the load. A failed load is retried only when asked again, e.g. by a game scene,
+  // which passes `fallback` so that a dead worker is replaced until a side loads or the page itself fails.
+  load({ fallback = false } = {}) {
+    if (this.status === "ready") return Promise.resolve(this);
+    if (fallback && this.loading && !this.loading.fallback && this.side?.where === "worker") {
+      // The server let the participant into a game while the preload still runs: it stopped waiting for it
+      // (the preload timeout). The worker stuck in it is ended, which fails that load, and the game starts over.
+      const stuck = this.loading;
+      this.side.fail("the preload did not finish in time");
+      return this._track(stuck.catch(() => {}).then(() => this._load(true)), true);
     }
-    return loadPyodide(options);
+    return this.loading ?? this._track(this._load(fallback), fallback);
   }
 
-  async _load() {
-    const cfg = this.config, origin = location.origin, started = performance.now();
-    this.status = "loading";
-    const stage = (name, extra = {}) => this.report({ status: "loading", stage: name,
-      elapsed_ms: Math.round(performance.now() - started), ...extra });
-    try {
-      stage("runtime");
-      const pyodide = this.core ??= await this._loadCore();
-      stage("micropip");
-      await pyodide.loadPackage("micropip");
-      const micropip = pyodide.pyimport("micropip");
-      micropip.set_index_urls(new URL(cfg.index_url, origin).href.replace("%7B", "{").replace("%7D", "}"));
-      const packages = cfg.packages_to_install || [];
-      for (const [k, name] of packages.entries()) {
-        stage("packages", { package: name, done: k, total: packages.length });
-        await micropip.install(name);
+  _track(loading, fallback) {
+    const tracked = loading.finally(() => { if (this.loading === tracked) this.loading = null; });
+    tracked.fallback = fallback;
+    this.loading = tracked;
+    return tracked;
+  }
+
+  async _load(fallback) {
+    for (;;) {
+      const side = this._side();
+      try {
+        await this._attempt(side);
+        return this;
+      } catch (err) {
+        if (!fallback || !side.dead || side.where === "main") throw err;
       }
-      stage("preparing", { done: packages.length, total: packages.length });
-      pyodide.runPython("import sys");
-      this.pyodide = pyodide;
+    }
+  }
+
+  // The live side, else the next: a worker; one new worker after a crash; the page itself when a worker
+  // could not start or a second one died.
+  _side() {
+    if (this.side && !this.side.dead) return this.side;
+    const last = this.side, onEvent = (event) => this._event(event);
+    if (this.thread === "worker" && this.workers < 2 && (!last || last.started)) {
+      this.workers += 1;
+      this.side = new WorkerSide(onEvent, () => this._died());
+    } else {
+      this.side = new MainSide(onEvent);
+    }
+    return this.side;
+  }
+
+  async _attempt(side) {
+    const startedAt = now(), elapsed = () => Math.round(now() - startedAt);
+    this.status = "loading";
+    try {
+      await side.call("load", [this.config, location.origin, startedAt]);
       this.status = "ready";
-      this.report({ status: "ready", elapsed_ms: Math.round(performance.now() - started) });
-      return pyodide;
+      this.report({ status: "ready", elapsed_ms: elapsed() });
     } catch (err) {
       this.status = "error";
-      const text = String(err && err.message || err).trim().split("\n").pop().slice(0, 500);
-      this.report({ status: "error", error: text, elapsed_ms: Math.round(performance.now() - started) });
+      const text = String(err?.message || err).trim().split("\n").pop().slice(0, 500);
+      this.report({ status: "error", error: text, elapsed_ms: elapsed() });
       throw err;
     }
+  }
+
+  _event(event) {
+    if (event.kind === "core") this.loads += 1;
+    else if (event.kind === "progress" && this.status === "loading") this.report(event.report);
+  }
+
+  // A worker that dies while idle is replaced at the next load; one that dies while loading fails that load.
+  _died() {
+    if (this.status === "ready") this.status = "error";
+  }
+
+  // A game environment ("module:factory") on the runtime's side; every call is a round trip there.
+  async environment(spec) {
+    const side = this.side;
+    if (this.status !== "ready") throw new Error("Python is not ready");
+    const id = await side.call("open", [spec]);
+    return {
+      reset: () => side.call("reset", [id]),
+      step: (action) => side.call("step", [id, action]),
+      close: () => (side.dead ? Promise.resolve() : side.call("close", [id])),
+    };
+  }
+
+  terminate() {
+    this.side?.close();
   }
 }
