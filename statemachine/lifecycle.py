@@ -102,7 +102,7 @@ TRANSITIONS: list[dict[str, Any]] = [
      "before": "activate_next", "after": "publish"},
     # The game: events are research data; game_over hands control back to the participant.
     {"trigger": "game_event", "source": "in_game", "dest": None, "before": "note_game_event"},
-    {"trigger": "preload", "source": "in_game", "dest": None, "before": "note_preload"},
+    {"trigger": "preload", "source": ["ready", "in_game"], "dest": None, "before": "note_preload"},
     {"trigger": "game_over", "source": "in_game", "dest": "ready", "before": "note_game_over"},
     # The connection: a dropped socket parks the session; its token brings it back exactly where it was.
     {"trigger": "drop", "source": list(RESUMABLE), "dest": "disconnected", "before": "remember_place"},

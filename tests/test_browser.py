@@ -170,8 +170,8 @@ def test_python_lives_in_one_worker_and_the_game_steps_through_it(server, contex
     steps = [r["data"]["step"] for r in records_of(server["data"], "pw-worker") if r["kind"] == "game_event"]
     assert steps == list(range(1, 9))
 
-    page.reload()  # the old page's worker goes with it; the new page starts its own
-    state_is(page, "ready", timeout=LOAD_TIMEOUT_MS, scene_id="start")
+    page.reload()  # the old page's worker goes with it; the new page resumes the session and starts its own
+    state_is(page, "ready", timeout=LOAD_TIMEOUT_MS, scene_id="gridworld")
     page.wait_for_function("window.__workerLog.started.length === 1", timeout=STEP_TIMEOUT_MS)
     [fresh] = page.workers
     assert fresh != worker
@@ -292,6 +292,38 @@ def test_without_a_worker_the_game_loads_python_on_the_main_thread(server, conte
     statuses = preload_statuses(records_of(server["data"], "pw-noworker"))
     assert statuses[0] == ("error", "the Python worker stopped: could not start")
     assert statuses[-1] == ("ready", None)
+
+
+def test_a_dropped_connection_and_a_reload_resume_the_session_where_it_was(server, context):
+    page = context.new_page()
+    page.goto(server["url"] + "?PROLIFIC_PID=pw-resumer")
+    state_is(page, "ready", timeout=LOAD_TIMEOUT_MS, scene_id="start")
+    page.click("#advance")
+    state_is(page, "ready", scene_id="instructions")
+
+    page.evaluate("window.__preflight.socket.close()")  # the network drops the connection
+    page.wait_for_function("window.__preflight.connections === 2", timeout=STEP_TIMEOUT_MS)
+    state_is(page, "ready", scene_id="instructions")
+    assert page.is_enabled("#advance") and page.is_hidden("#notice")
+
+    page.reload()  # the page forgets everything; the session does not
+    state_is(page, "ready", timeout=LOAD_TIMEOUT_MS, scene_id="instructions")
+    assert page.inner_text("#title") == "How to play"
+    page.click("#advance")
+    state_is(page, "in_game")
+    play_to_goal(page)
+    page.click("#advance")
+    state_is(page, "completed")
+    assert page.inner_text("#completion-code") == "PREFLIGHT-EXAMPLE"
+
+    records = records_of(server["data"], "pw-resumer")
+    assert [r["last_seq"] for r in records if r["kind"] == "resumed"][1] == 0  # the reload asked for everything
+    assert len([r for r in records if r["kind"] == "begin"]) == 1
+
+    other_tab = context.new_page()  # a new tab from the same link has no token: it cannot start again
+    other_tab.goto(server["url"] + "?PROLIFIC_PID=pw-resumer")
+    other_tab.wait_for_function("!document.getElementById('notice').hidden", timeout=STEP_TIMEOUT_MS)
+    assert "already taken part" in other_tab.inner_text("#notice")
 
 
 def test_the_connection_survives_a_main_thread_blocked_longer_than_the_ping_timeout(server, context):

@@ -17,29 +17,62 @@ const WAITING = {
   loading: "Python is still loading; you can continue once it is ready.",
 };
 
-const preflight = (window.__preflight = { states: [], errors: [], runtime: null, firstFrameAt: null, firstStepAt: null });
+const preflight = (window.__preflight = { states: [], errors: [], runtime: null, firstFrameAt: null, firstStepAt: null,
+                                          connections: 0 });
 const params = Object.fromEntries(new URLSearchParams(location.search));
-const socket = new WebSocket(`${location.protocol === "https:" ? "wss" : "ws"}://${location.host}/ws`);
-socket.binaryType = "arraybuffer";
-const send = (message) => socket.readyState === WebSocket.OPEN && socket.send(encode(message));
-preflight.send = send;
+const TOKEN_KEY = `preflight.token:${location.pathname}${location.search}`;
+const FINAL = new Set(["completed", "excluded", "abandoned"]);
+const GIVE_UP = new Set([1008, 1009, 4001]);  // abuse, too large, taken over by another tab: coming back won't help
 
+let socket = null, lastSeq = 0, ackTimer = null, retries = 0, screeningSent = false;
 let runtime = null, scene = null, progressTimer = null;
 // `?runtime=main` keeps Python on the page's own thread (the baseline the worker is measured against).
 const newRuntime = () => new Runtime(preflight.config.pyodide_config, reportPreload,
                                      { thread: params.runtime === "main" ? "main" : "worker" });
+const send = (message) => socket?.readyState === WebSocket.OPEN && socket.send(encode(message));
+preflight.send = send;
+Object.defineProperty(preflight, "socket", { get: () => socket });
 
-socket.onopen = () => send({ type: "hello", params });
-socket.onclose = (event) => notice(`Connection closed (${event.code}${event.reason ? ": " + event.reason : ""}). Please reload the page.`);
-socket.onmessage = (event) => {
-  const message = decode(new Uint8Array(event.data));
-  ({ experiment_config: onConfig, activate_scene: onScene, state: onState, error: onError })[message.type]?.(message);
-};
+// One connection at a time; a dropped one comes back with the session token (kept for this tab only, so a
+// reload resumes the session and a new tab from the link does not), and the server resends what was missed.
+function connect() {
+  socket = new WebSocket(`${location.protocol === "https:" ? "wss" : "ws"}://${location.host}/ws`);
+  socket.binaryType = "arraybuffer";
+  screeningSent = false;
+  socket.onopen = () => {
+    preflight.connections += 1;
+    retries = 0;
+    const token = sessionStorage.getItem(TOKEN_KEY);
+    send(token ? { type: "hello", resume_token: token, last_seq: lastSeq } : { type: "hello", params });
+    if (token) notice("");
+  };
+  socket.onclose = onClose;
+  socket.onmessage = (event) => {
+    const message = decode(new Uint8Array(event.data));
+    if (message.seq) {
+      lastSeq = Math.max(lastSeq, message.seq);
+      ackTimer ??= setTimeout(() => { ackTimer = null; send({ type: "ack", seq: lastSeq }); }, 200);
+    }
+    ({ experiment_config: onConfig, activate_scene: onScene, state: onState, error: onError })[message.type]?.(message);
+  };
+}
+
+function onClose(event) {
+  if (FINAL.has(preflight.state?.state)) return;
+  if (event.code === 4001) return notice("This study continues in another tab or window; please use that one.");
+  if (GIVE_UP.has(event.code) || retries >= 8) {
+    return notice(`Connection closed (${event.code}${event.reason ? ": " + event.reason : ""}). Please reload the page.`);
+  }
+  notice("Connection lost. Reconnecting…");
+  setTimeout(connect, Math.min(500 * 2 ** retries++, 15_000));
+}
+
+connect();
 
 function onConfig(config) {
   preflight.config = config;
-  send({ type: "screening", facts: screeningFacts() });
-  if (config.pyodide_config.needs_pyodide) {
+  sessionStorage.setItem(TOKEN_KEY, config.session_token);
+  if (config.pyodide_config.needs_pyodide && !runtime) {
     runtime = preflight.runtime = newRuntime();
     runtime.load().catch(() => {});  // an error is reported and shown; the game retries the load itself
   }
@@ -114,6 +147,10 @@ function showEnd(message) {
 function onState(message) {
   preflight.states.push(message);
   preflight.state = message;
+  if (message.regions?.screening === "checking" && !screeningSent) {
+    screeningSent = true;
+    send({ type: "screening", facts: screeningFacts() });
+  }
   $("advance").disabled = !message.may_advance;
   $("waiting").textContent = message.may_advance ? "" : waitingText(message);
   if (message.state === "in_game" && scene?.scene_type === "game") startGame(scene);
@@ -155,11 +192,21 @@ function gameRuntime(gameScene) {
 
 function onError(message) {
   preflight.errors.push(message);
-  if (message.code !== "gated") notice(`The server refused a message (${message.code}): ${message.message}`);
+  if (message.code === "bad_token") {  // the session ended while away: start afresh as the link says
+    sessionStorage.removeItem(TOKEN_KEY);
+    lastSeq = 0;
+    return send({ type: "hello", params });
+  }
+  if (message.code === "already_participated") {
+    return notice("You have already taken part in this study (or it is open in another window), so it cannot start again here.");
+  }
+  if (message.code !== "gated" && message.code !== "not_allowed") {
+    notice(`The server refused a message (${message.code}): ${message.message}`);
+  }
 }
 
 function notice(text) {
-  $("notice").hidden = false;
+  $("notice").hidden = !text;
   $("notice").textContent = text;
 }
 
