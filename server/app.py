@@ -19,7 +19,7 @@ from .protocol import Close, Code, Refusal
 from .runtime import (DEFAULT_PYODIDE_DIR, DEFAULT_WHEELHOUSE, MSGPACK_DIR, SimpleIndex, VersionedFiles,
                       load_runtime)
 from .session import Emit, Session, Timeouts
-from .store import DataStore, SessionLog
+from .store import DataStore, SessionLog, record_frame
 
 
 @dataclass(frozen=True)
@@ -86,6 +86,7 @@ class ParticipantSocket(tornado.websocket.WebSocketHandler):
     def on_message(self, frame: bytes | str) -> None:
         assert self.session is not None
         message = protocol.decode(frame)
+        record_frame(self.session.sink, "in", frame, not isinstance(message, Refusal))
         if isinstance(message, Refusal):
             return self.refuse(message)
         if "resume_token" in message:
@@ -105,8 +106,11 @@ class ParticipantSocket(tornado.websocket.WebSocketHandler):
             self.close(Close.POLICY, f"{self.refusals} refused messages in a row")
 
     def send(self, message: dict[str, Any]) -> None:
+        frame = protocol.encode(message)
+        if self.session is not None:
+            record_frame(self.session.sink, "out", frame)
         try:
-            self.write_message(protocol.encode(message), binary=True)
+            self.write_message(frame, binary=True)
         except tornado.websocket.WebSocketClosedError:
             pass
 
