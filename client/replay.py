@@ -11,6 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+import msgpack
+
 from server import protocol
 
 from .schedule import due
@@ -26,6 +28,15 @@ class Send:
 @dataclass(frozen=True)
 class Wait:
     until: float
+
+
+def decode(frame: bytes | str) -> dict[str, Any]:
+    """A server frame as a map; anything else becomes a map the recording cannot have expected."""
+    try:
+        message = msgpack.unpackb(frame, raw=False) if isinstance(frame, bytes) else None
+    except Exception:  # msgpack raises several unrelated types for broken input
+        message = None
+    return message if isinstance(message, dict) else {"type": "undecodable"}
 
 
 class ReplaySession:
@@ -47,7 +58,7 @@ class ReplaySession:
         self.sent_count = 0
         self.received_count = 0
         self.token: str | None = None
-        self.states: list[str] = []
+        self.seen: list[Expect] = []  # every server message so far, as the recording is compared
         self._connected_at = start
         self._arrivals: list[float] = []
         self._next = 0
@@ -89,8 +100,9 @@ class ReplaySession:
             self._max_seq = max(seq, self._max_seq or 0)
         if message.get("type") == "experiment_config" and isinstance(message.get("session_token"), str):
             self.token = message["session_token"]
+        got = Expect.of(message)
+        self.seen.append(got)
         if message.get("type") == "state":
-            self.states.append(str(message.get("state")))
             if message.get("state") == "ready" and self.time_to_ready is None:
                 self.time_to_ready = now - self.start
         if self._pending is not None and self._pending[2] == index:
@@ -99,7 +111,6 @@ class ReplaySession:
         if index >= len(self.trace.expected):
             return self._diverge(_classify(message, None), f"message {index + 1} beyond the recording: {_brief(message)}")
         expected = self.trace.expected[index]
-        got = Expect.of(message)
         if got != expected:
             self._diverge(_classify(message, expected), f"message {index + 1}: expected {expected.type} "
                                                          f"{expected.key or ''}, got {_brief(message)}")

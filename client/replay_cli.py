@@ -82,7 +82,7 @@ def run_replay(args: argparse.Namespace) -> int:
                         TimeElapsedColumn(), console=err, disable=args.no_progress, transient=False)
     task = progress.add_task("", total=sessions)
 
-    def on_done(c: stats.Collector) -> None:
+    def on_done(c: stats.Collector, session: object) -> None:
         progress.update(task, completed=c.done, description=f"ok {c.statuses['ok']} diverged {c.statuses['diverged']} "
                                                               f"failed {c.statuses['failed']} · sent {c.sent}")
 

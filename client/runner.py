@@ -6,24 +6,14 @@ import time
 from collections import deque
 from typing import Any, Callable
 
-import msgpack
 from tornado.httpclient import HTTPRequest
 from tornado.websocket import websocket_connect
 
 from . import schedule
 from .participant import DESKTOP_CHROMIUM
-from .replay import ReplaySession, Send
+from .replay import ReplaySession, Send, decode
 from .stats import Collector
 from .trace import Trace
-
-
-def decode(frame: bytes | str) -> dict[str, Any]:
-    """A server frame as a map; anything else becomes a map the core will not expect."""
-    try:
-        message = msgpack.unpackb(frame, raw=False) if isinstance(frame, bytes) else None
-    except Exception:  # msgpack raises several unrelated types for broken input
-        message = None
-    return message if isinstance(message, dict) else {"type": "undecodable"}
 
 
 class Inbox:
@@ -86,7 +76,7 @@ async def drive(session: ReplaySession, url: str, connect_timeout: float = 10.0)
 
 async def replay(traces: list[Trace], url: str, *, sessions: int, concurrency: int, speed: float, ramp: float,
                  max_seconds: float, timeout: float = 10.0, run: str | None = None,
-                 on_done: Callable[[Collector], None] = lambda c: None) -> tuple[Collector, float]:
+                 on_done: Callable[[Collector, ReplaySession], None] = lambda c, s: None) -> tuple[Collector, float]:
     """Replay `sessions` sessions (traces in turn) within `max_seconds`; returns the merged statistics and duration."""
     run = run or schedule.run_id()
     collector = Collector()
@@ -103,7 +93,7 @@ async def replay(traces: list[Trace], url: str, *, sessions: int, concurrency: i
                 await drive(session, url, connect_timeout=timeout)
             finally:
                 collector.add(session)
-                on_done(collector)
+                on_done(collector, session)
 
     tasks = [asyncio.ensure_future(one(p)) for p in schedule.plan(sessions, len(traces), ramp)]
     done, pending = await asyncio.wait(tasks, timeout=max_seconds)

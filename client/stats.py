@@ -75,6 +75,21 @@ class Collector:
         }
 
 
+def locust_events(session: Any) -> list[dict[str, Any]]:
+    """One finished session as Locust `request` events: each timed reply, then the session's outcome."""
+    events = [{"request_type": "WS", "name": label, "response_time": seconds * 1000.0, "response_length": 0,
+               "exception": None} for label, seconds in session.latencies]
+    failed = session.status != "ok"
+    events.append({"request_type": "session", "name": session.divergence or session.status,
+                   "response_time": (session.time_to_ready or 0.0) * 1000.0, "response_length": session.sent_count,
+                   "exception": ReplayDivergence(session.detail or session.status) if failed else None})
+    return events
+
+
+class ReplayDivergence(Exception):
+    """A replayed session that did not do what its recording did (Locust counts it as a failure)."""
+
+
 def rows(report: dict[str, Any]) -> list[dict[str, Any]]:
     """The report as flat rows (one per measured series), for CSV and the terminal table."""
     out = []

@@ -21,6 +21,13 @@ def free_port() -> int:
 @contextmanager
 def served(data_dir: Path, *flags: str) -> Iterator[str]:
     """Run `python -m server` on a free port until the block ends; yields the participant URL."""
+    with server_process(data_dir, *flags) as (url, _):
+        yield url
+
+
+@contextmanager
+def server_process(data_dir: Path, *flags: str) -> Iterator[tuple[str, subprocess.Popen]]:
+    """`served`, also handing over the process (to kill it mid-run)."""
     port = free_port()
     log = data_dir.parent / f"server-{port}.log"
     with open(log, "w") as out:
@@ -32,7 +39,8 @@ def served(data_dir: Path, *flags: str) -> Iterator[str]:
             time.sleep(0.05)
         if "Participant URL" not in log.read_text():
             raise RuntimeError(f"server did not start: {log.read_text()}")
-        yield f"http://127.0.0.1:{port}/"
+        yield f"http://127.0.0.1:{port}/", proc
     finally:
-        proc.terminate()
+        if proc.poll() is None:
+            proc.terminate()
         proc.wait(timeout=10)
