@@ -135,6 +135,7 @@ def measure_replay(traces, url: str, pid: int, sessions: int, concurrency: int) 
 
 def write_cost(records: int, sessions: int, tmp: Path) -> dict[str, float]:
     """How long one recorded frame keeps the event loop: a real SessionLog append, timed alone."""
+    tmp.mkdir(parents=True, exist_ok=True)
     pool = FilePool()
     logs = [SessionLog(tmp / f"{i}.msgpack", pool) for i in range(sessions)]
     frame = protocol.encode(protocol.state("in_game", False, scene_id="gridworld"))
@@ -169,6 +170,7 @@ def main() -> None:
         results[server].setdefault(name, []).append(value)
 
     try:
+        writes = write_cost(200_000, 2_000, tmp / "writes")
         for run in range(args.runs):
             for server in ("preflight", "echo"):
                 port = free_port()
@@ -203,7 +205,6 @@ def main() -> None:
 
                         asyncio.run(memory())
                 print(f"run {run + 1}/{args.runs} {server} done", file=sys.stderr, flush=True)
-        writes = write_cost(200_000, 2_000, tmp / "writes")
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     report(results, writes, args)
