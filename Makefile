@@ -19,6 +19,7 @@ test: $(VENV)/.installed $(RUNTIME) browser
 
 bench: $(VENV)/.installed $(RUNTIME) browser
 	$(PY) bench/machine.py
+	$(PY) bench/server.py
 	$(PY) bench/browser.py
 
 wheelhouse: $(WHEELHOUSE)/.done

@@ -12,6 +12,7 @@ import asyncio
 import os
 import resource
 import shutil
+import signal
 import socket
 import statistics
 import subprocess
@@ -30,7 +31,7 @@ from tornado.websocket import websocket_connect  # noqa: E402
 
 from client.participant import DESKTOP_CHROMIUM, walk  # noqa: E402
 from client.runner import replay  # noqa: E402
-from client.trace import load  # noqa: E402
+from client.trace import Step, Trace, load  # noqa: E402
 from server import protocol  # noqa: E402
 from server.store import FilePool, SessionLog  # noqa: E402
 
@@ -133,6 +134,14 @@ def measure_replay(traces, url: str, pid: int, sessions: int, concurrency: int) 
             "client_busy": client_cpu / duration, "cpu_us_per_msg": (cpu1 - cpu0) / report["messages"]["sent"] * 1e6}
 
 
+def steady(trace: Trace, events: int) -> Trace:
+    """The trace with `events` game events in its game instead of its own: the in-game steady state."""
+    first = next(i for i, s in enumerate(trace.steps) if s.label == "game_event")
+    game = trace.steps[first]
+    rest = tuple(s for s in trace.steps[first:] if s.label != "game_event")
+    return Trace(trace.source + " (steady)", trace.steps[:first] + (game,) * events + rest, trace.expected)
+
+
 def write_cost(records: int, sessions: int, tmp: Path) -> dict[str, float]:
     """How long one recorded frame keeps the event loop: a real SessionLog append, timed alone."""
     tmp.mkdir(parents=True, exist_ok=True)
@@ -157,7 +166,9 @@ def main() -> None:
     parser.add_argument("--sessions", type=int, default=2000, help="replayed sessions per measurement")
     parser.add_argument("--handshakes", type=int, default=2000)
     parser.add_argument("--idle", type=int, default=10_000, help="idle connected sessions for the memory figure")
+    parser.add_argument("--steady-events", type=int, default=200, help="game events per session in the steady-state figure")
     args = parser.parse_args()
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # stop the servers on the way out
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))  # 10,000 sockets each side; servers inherit it
     if len(os.sched_getaffinity(0)) > 1:
@@ -174,7 +185,8 @@ def main() -> None:
         for run in range(args.runs):
             for server in ("preflight", "echo"):
                 port = free_port()
-                argv = ([py, "-m", "server", "--port", str(port), "--data-dir", str(tmp / f"data-{run}")]
+                argv = ([py, "-m", "server", "--port", str(port), "--data-dir", str(tmp / f"data-{run}"),
+                         "--experiment", str(ROOT / "bench" / "experiment.py")]
                         if server == "preflight" else [py, "bench/echo.py", "--port", str(port)])
                 url = f"ws://127.0.0.1:{port}/ws"
                 with started(argv, port) as proc:
@@ -188,6 +200,11 @@ def main() -> None:
                         figures = measure_replay(played, url, proc.pid, args.sessions, concurrency)
                         for name, value in figures.items():
                             add(server, f"{name}@{concurrency}", value)
+                    in_game = [steady(t, args.steady_events) for t in traces]
+                    figures = measure_replay(in_game if server == "preflight" else [t.as_echo() for t in in_game],
+                                             url, proc.pid, args.sessions // 10, 100)
+                    add(server, "cpu_us_per_msg@steady", figures["cpu_us_per_msg"])
+                    add(server, "msgs_per_s@steady", figures["msgs_per_s"])
                     if run == 0:
                         base = rss_bytes(proc.pid)
 

@@ -188,4 +188,5 @@ def _classify(message: dict[str, Any], expected: Expect | None) -> str:
 def _brief(message: dict[str, Any]) -> str:
     kind = message.get("type")
     key = Expect.of(message).key
-    return f"{kind} {key}" if key else str(kind)
+    reason = f" ({message['reason']})" if kind == "state" and message.get("reason") else ""
+    return (f"{kind} {key}" if key else str(kind)) + reason
