@@ -4,7 +4,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import deque
-from typing import Any, Callable
+from typing import Callable
 
 from tornado.httpclient import HTTPRequest
 from tornado.websocket import websocket_connect

@@ -11,7 +11,6 @@ import sys
 
 import pytest
 
-from client.participant import walk
 from client.runner import replay
 from client.trace import Expect, load
 from server.store import read_records
