@@ -93,6 +93,10 @@ def run_replay(args: argparse.Namespace) -> int:
                 max_seconds=args.max_seconds, timeout=args.timeout, on_done=on_done))
         except KeyboardInterrupt:
             return 130
+        except Exception as exc:  # a replayer bug must still end with a named error, not a traceback
+            print(f"python -m client replay: error: the replay itself failed: {type(exc).__name__}: {exc}",
+                  file=sys.stderr)
+            return 3
     report = collector.report(duration, url=args.url, traces=len(traces), planned=sessions, concurrency=concurrency,
                               speed=args.speed, ramp=args.ramp)
     report["sessions"]["not_started"] = sessions - collector.done

@@ -7,7 +7,7 @@ from collections import deque
 from typing import Callable
 
 from tornado.httpclient import HTTPRequest
-from tornado.websocket import websocket_connect
+from tornado.websocket import WebSocketClosedError, websocket_connect
 
 from . import schedule
 from .participant import DESKTOP_CHROMIUM
@@ -58,20 +58,31 @@ async def drive(session: ReplaySession, url: str, connect_timeout: float = 10.0)
             if action is None:
                 break
             if isinstance(action, Send):
-                if conn.protocol is None:  # closed under us; the close itself is in the inbox
-                    await inbox.wait(time.monotonic() + 1.0)
+                try:
+                    written = conn.write_message(action.frame, binary=isinstance(action.frame, bytes))
+                except WebSocketClosedError:  # closed under us: what arrived before counts, then the close
+                    closed = True
                 else:
-                    conn.write_message(action.frame, binary=isinstance(action.frame, bytes))
+                    written.add_done_callback(_closed_is_fine)
                     session.sent_frame(time.monotonic())
                     continue
             else:
+                closed = False
                 await inbox.wait(action.until)
             while inbox.items:
                 t, frame = inbox.items.popleft()
                 session.received(None if frame is None else decode(frame), t)
+            if closed:
+                session.received(None, time.monotonic())
     finally:
         conn.close()
     return session
+
+
+def _closed_is_fine(written: "asyncio.Future[None]") -> None:
+    """A write the server never took: the close reaches the session through the inbox, so the error is dropped."""
+    if not written.cancelled():
+        written.exception()
 
 
 async def replay(traces: list[Trace], url: str, *, sessions: int, concurrency: int, speed: float, ramp: float,
