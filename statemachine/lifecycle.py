@@ -182,6 +182,8 @@ class SessionMachine(HierarchicalMachine):
     def allows(self, model: Any, trigger: str) -> bool:
         """Whether `trigger` would pass its guards now (no side effects run)."""
         candidates = self.candidates(trigger, model.state)
+        if not candidates:
+            return False
         if self.prepare_event or any(t.prepare for t in candidates):
             return bool(self._can_trigger(model, trigger))
         event = EventData(None, self.events[trigger], self, model, (), {})
@@ -192,7 +194,7 @@ class SessionMachine(HierarchicalMachine):
         return False
 
     def candidates(self, trigger: str, state: Any) -> tuple[Any, ...]:
-        """The table's transitions for `trigger` from the active states and their parents, looked up once per configuration."""
+        """The table's transitions for `trigger` from the active states and their parents, found once per configuration."""
         key = (trigger, state if isinstance(state, str) else tuple(_flatten(state)))
         found = self._candidates.get(key)
         if found is None:
