@@ -19,6 +19,7 @@ test: $(VENV)/.installed $(RUNTIME) browser graphviz
 
 bench: $(VENV)/.installed $(RUNTIME) browser graphviz
 	$(PY) bench/machine.py
+	$(PY) bench/server.py
 	$(PY) bench/browser.py
 	$(PY) bench/diagrams.py
 	$(PY) bench/worker.py

@@ -6,6 +6,7 @@ import asyncio
 import sys
 
 from .participant import walk
+from .replay_cli import add_replay_parser, run_replay
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -16,7 +17,14 @@ def main(argv: list[str] | None = None) -> int:
     w.add_argument("--participant-id", default=None, help="participant id to send in hello (default: server assigns)")
     w.add_argument("--steps", type=int, default=5, help="game events per game scene (default: %(default)s)")
     w.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for any reply (default: %(default)s)")
+    w.add_argument("--count", type=_count, default=1,
+                   help="participants to walk, one after another, each with its own id (default: %(default)s)")
+    add_replay_parser(commands)
     args = parser.parse_args(argv)
+    if args.command == "replay":
+        return run_replay(args)
+    if args.count > 1:
+        return _walk_many(args)
 
     path: list[str] = ["connected"]
 
@@ -38,6 +46,28 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     print(f"excluded: {end.get('reason')}")
     return 1
+
+
+def _count(text: str) -> int:
+    value = int(text)
+    if not 1 <= value <= 100_000:
+        raise argparse.ArgumentTypeError(f"must be between 1 and 100000, got {text}")
+    return value
+
+
+def _walk_many(args: argparse.Namespace) -> int:
+    """Walk `--count` participants in turn; ids get a numeric suffix when one is given."""
+    outcomes: dict[str, int] = {}
+    for n in range(args.count):
+        pid = f"{args.participant_id}-{n + 1}" if args.participant_id else None
+        try:
+            end = asyncio.run(walk(args.url, participant_id=pid, steps=args.steps, timeout=args.timeout))
+        except (OSError, ConnectionError, RuntimeError, asyncio.TimeoutError) as exc:
+            print(f"python -m client: error: participant {n + 1}: {type(exc).__name__}: {exc}", file=sys.stderr)
+            return 1
+        outcomes[end["outcome"]] = outcomes.get(end["outcome"], 0) + 1
+    print(f"{args.count} participants: " + ", ".join(f"{k} {v}" for k, v in sorted(outcomes.items())))
+    return 0 if set(outcomes) == {"completed"} else 1
 
 
 if __name__ == "__main__":

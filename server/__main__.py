@@ -22,7 +22,8 @@ def _positive(text: str) -> float:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m server", description="Serve a Preflight experiment.")
+    parser = argparse.ArgumentParser(prog="python -m server", description="Serve a Preflight experiment.",
+                                     epilog="`python -m server export --help`: the data directory as tidy tables.")
     parser.add_argument("--host", default="127.0.0.1", help="interface to listen on (default: %(default)s)")
     parser.add_argument("--port", type=int, default=8888, help="port to listen on (default: %(default)s)")
     parser.add_argument("--experiment", default=DEFAULT,
@@ -76,6 +77,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["export"]:
+        from .export import main as export
+        return export(argv[1:])
     args = parse_args(argv)
     try:
         experiment = load_experiment(args.experiment)

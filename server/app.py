@@ -23,7 +23,7 @@ from .protocol import Close, Code, Refusal
 from .runtime import (DEFAULT_PYODIDE_DIR, DEFAULT_WHEELHOUSE, MSGPACK_DIR, SimpleIndex, VersionedFiles,
                       load_runtime)
 from .session import Session, Timeouts, token_digest
-from .store import DataStore, SessionLog
+from .store import DataStore, SessionLog, record_frame
 
 log = logging.getLogger("preflight")
 
@@ -79,7 +79,8 @@ class Study:
         outcome = self.participants[participant] or "in progress"
         return Refusal(Code.ALREADY_PARTICIPATED, f"participant {participant} already has a session ({outcome})")
 
-    def open(self, link: ParticipantSocket, hello: dict[str, Any]) -> Session:
+    def open(self, link: ParticipantSocket) -> Session:
+        """A new session for a connection that said `hello`; the caller fires it once the frame is recorded."""
         session_id, log = self.store.open_session()
         session = Session(self.machine, self.config.experiment, IOLoop.current(), link.send,
                           runtime_config=self.runtime_config, timeouts=self.config.timeouts, sink=log,
@@ -88,9 +89,10 @@ class Study:
         session.rtt_ms = link.rtt_ms
         self._track(session)
         self.links[session_id] = link
-        session.fire("hello", hello)
-        self.participants.setdefault(session.participant_id or "", "")
         return session
+
+    def admitted(self, session: Session) -> None:
+        self.participants.setdefault(session.participant_id or "", "")
 
     def find(self, token: str) -> Session | None:
         session = self.by_digest.get(token_digest(token))
@@ -110,9 +112,7 @@ class Study:
         if self.links.get(session.session_id) is not link:
             return
         del self.links[session.session_id]
-        parked = session.detach()
-        self._rest(session)
-        if not parked:
+        if not session.detach():
             self.participants[session.participant_id or ""] = session.outcome or ""
             IOLoop.current().call_later(self.config.timeouts.grace, self._linger_over, session)
 
@@ -132,11 +132,6 @@ class Study:
             else:
                 self.participants[session.participant_id] = session.outcome or ""
         self.outcomes.update(tally(session))
-        self._rest(session)
-
-    @staticmethod
-    def _rest(session: Session) -> None:
-        """Parked and ended sessions hold no open file: 10,000 of them must not exhaust descriptors."""
         if isinstance(session.sink, SessionLog):
             session.sink.close()
 
@@ -163,7 +158,6 @@ class Study:
                 sink.close()
                 continue
             self._track(session)
-            self._rest(session)
             self.participants[session.participant_id or ""] = ""
         if self.sessions:
             log.info("%d sessions from before the restart wait %.0f s for their participants",
@@ -222,6 +216,8 @@ class ParticipantSocket(tornado.websocket.WebSocketHandler):
         if len(frame) > self.study.config.max_message_bytes:
             return self.refuse(Refusal(Code.TOO_LARGE, f"frames may be at most {self.study.config.max_message_bytes} bytes"))
         message = protocol.decode(frame)
+        if self.session is not None:
+            self.record_in(frame, message)
         if isinstance(message, Refusal):
             return self.refuse(message)
         if message["type"] == "ack":
@@ -229,7 +225,7 @@ class ParticipantSocket(tornado.websocket.WebSocketHandler):
                 self.session.outbox.ack(message["seq"])
             return
         if self.session is None:
-            return self.hello(message)
+            return self.hello(message, frame)
         moved = self.session.fire(message["type"], message)
         if moved is None:
             return self.refuse(Refusal(Code.NOT_ALLOWED, f"{message['type']} is not accepted now"))
@@ -237,7 +233,7 @@ class ParticipantSocket(tornado.websocket.WebSocketHandler):
             return self.refuse(Refusal(Code.GATED, f"{message['type']} must wait: the participant may not move on yet"))
         self.refusals = 0
 
-    def hello(self, message: dict[str, Any]) -> None:
+    def hello(self, message: dict[str, Any], frame: bytes | str) -> None:
         """The first message: a new participant, or a known one coming back with their token."""
         if message["type"] != "hello":
             return self.refuse(Refusal(Code.NOT_ALLOWED, f"{message['type']} before hello"))
@@ -247,13 +243,24 @@ class ParticipantSocket(tornado.websocket.WebSocketHandler):
             if session is None:
                 return self.refuse(Refusal(Code.BAD_TOKEN, "no session to resume with this token; it may have ended"))
             self.session = session
+            self.record_in(frame, message)
             self.study.resume(session, self, token, message.get("last_seq", 0))
         else:
             refusal = self.study.admit(message)
             if refusal is not None:
                 return self.refuse(refusal)
-            self.session = self.study.open(self, message)
+            self.session = self.study.open(self)
+            self.record_in(frame, message)
+            self.session.fire("hello", message)
+            self.study.admitted(self.session)
         self.refusals = 0
+
+    def record_in(self, frame: bytes | str, message: dict[str, Any] | Refusal) -> None:
+        assert self.session is not None
+        if isinstance(message, Refusal):
+            return record_frame(self.session.sink, "in", frame, False)
+        stored = protocol.redacted(message)
+        record_frame(self.session.sink, "in", frame if stored is message else protocol.encode(stored))
 
     def refuse(self, refusal: Refusal) -> None:
         state = self.session.snapshot()["state"] if self.session is not None else "connected"
@@ -263,8 +270,12 @@ class ParticipantSocket(tornado.websocket.WebSocketHandler):
             self.close(Close.POLICY, f"{self.refusals} refused messages in a row")
 
     def send(self, message: dict[str, Any]) -> None:
+        frame = protocol.encode(message)
+        if self.session is not None:
+            stored = protocol.redacted(message)
+            record_frame(self.session.sink, "out", frame if stored is message else protocol.encode(stored))
         try:
-            self.write_message(protocol.encode(message), binary=True)
+            self.write_message(frame, binary=True)
         except tornado.websocket.WebSocketClosedError:
             pass
 

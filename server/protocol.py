@@ -223,6 +223,16 @@ def decode(frame: bytes | str) -> dict[str, Any] | Refusal:
     return message
 
 
+SECRETS = ("session_token", "resume_token")
+
+
+def redacted(message: Mapping[str, Any]) -> Mapping[str, Any]:
+    """The message as it may be stored: a session token on disk would let anyone holding the data act as the participant."""
+    if not any(key in message for key in SECRETS):
+        return message
+    return {k: ("<redacted>" if k in SECRETS else v) for k, v in message.items()}
+
+
 def encode(message: Mapping[str, Any]) -> bytes:
     return msgpack.packb(message, use_bin_type=True)
 

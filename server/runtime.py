@@ -66,7 +66,8 @@ class Runtime:
 
     def describe(self) -> dict[str, Any]:
         return {"pyodide_version": self.version, "pyodide_url": self.pyodide_url,
-                "wheels": {w.filename: w.sha256 for ws in self.wheels.values() for w in ws}}
+                "wheels": {w.filename: w.sha256 for ws in self.wheels.values() for w in ws},
+                "packages": {p: [w.filename.split("-")[1] for w in ws] for p, ws in self.wheels.items()}}
 
 
 def load_runtime(pyodide_dir: Path | None, wheelhouse: Path, pyodide_url: str | None = None) -> Runtime:

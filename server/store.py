@@ -2,50 +2,129 @@
 
 Each record is written straight to the OS as it happens, so a killed server
 loses at most the record it was writing; `read_records` skips such a torn tail.
+Frames in both directions are recorded next to the session's own records, so a
+session can be analysed, and replayed, from its file alone.
 """
 from __future__ import annotations
 
 import os
+import platform
 import secrets
+import struct
+import time
+from collections import OrderedDict
+from importlib import metadata
 from pathlib import Path
-from typing import Any, BinaryIO, Iterator
+from typing import Any, Callable, Iterator
 
 import msgpack
 
+MAX_OPEN_FILES = 1024
+"""Session files kept open at once: 10,000 sessions must not need 10,000 more descriptors."""
+
+
+class FilePool:
+    """Append-only descriptors for session files, least recently written closed first."""
+
+    def __init__(self, capacity: int = MAX_OPEN_FILES) -> None:
+        self.capacity = capacity
+        self._open: OrderedDict[str, int] = OrderedDict()
+
+    def append(self, path: str, data: bytes) -> None:
+        fd = self._open.get(path)
+        if fd is None:
+            fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+            self._open[path] = fd
+            if len(self._open) > self.capacity:
+                os.close(self._open.popitem(last=False)[1])
+        else:
+            self._open.move_to_end(path)
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+
+    def release(self, path: str) -> None:
+        fd = self._open.pop(path, None)
+        if fd is not None:
+            os.close(fd)
+
+    @property
+    def open_files(self) -> int:
+        return len(self._open)
+
+
+_PACK = msgpack.Packer(use_bin_type=True).pack
+_FRAME_HEAD = {direction: bytes([0x85]) + _PACK("kind") + _PACK("frame") + _PACK("dir") + _PACK(direction)
+               for direction in ("in", "out")}
+_T, _WALL, _MESSAGE, _RAW = _PACK("t"), _PACK("wall"), _PACK("message"), _PACK("raw")
+
+
+def _float(value: float) -> bytes:
+    return b"\xcb" + struct.pack(">d", value)
+
 
 class SessionLog:
-    """The sink a session writes its records to; closed while the session is parked, reopened by the next record."""
+    """The sink a session writes its records to."""
 
-    __slots__ = ("path", "_file", "_pack")
+    __slots__ = ("path", "_pool", "_closed")
 
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self._file: BinaryIO | None = None
-        self._pack = msgpack.Packer(use_bin_type=True).pack
+    def __init__(self, path: Path, pool: FilePool | None = None) -> None:
+        self.path = str(path)
+        self._pool = pool if pool is not None else FilePool(1)
+        self._closed = False
+        self._pool.append(self.path, b"")
 
     def __call__(self, record: dict[str, Any]) -> None:
-        if self._file is None:
-            self._file = open(self.path, "ab", buffering=0)
-        self._file.write(self._pack(record))
+        if not self._closed:
+            self._pool.append(self.path, _PACK(record))
+
+    def frame(self, direction: str, frame: bytes | str, valid: bool) -> None:
+        """Record one WebSocket frame; a valid msgpack frame is spliced in as it is, never encoded twice."""
+        if self._closed:
+            return
+        head = _FRAME_HEAD[direction] + _T + _float(time.monotonic()) + _WALL + _float(time.time())
+        if valid and isinstance(frame, bytes):
+            self._pool.append(self.path, head + _MESSAGE + frame)
+        else:
+            self._pool.append(self.path, head + _RAW + _PACK(frame))
 
     def close(self) -> None:
-        if self._file is not None:
-            self._file.close()
-            self._file = None
+        if not self._closed:
+            self._closed = True
+            self._pool.release(self.path)
+
+
+def record_frame(sink: Callable[[dict[str, Any]], None], direction: str, frame: bytes | str,
+                 valid: bool = True) -> None:
+    """Record a frame `in` (as received; `valid` once it decoded) or `out` (as sent) if the sink keeps frames."""
+    if isinstance(sink, SessionLog):
+        sink.frame(direction, frame, valid)
+
+
+def server_environment() -> dict[str, Any]:
+    """The server side's own versions: what a reproduction must install besides the experiment."""
+    versions = {}
+    for name in ("tornado", "transitions", "msgpack"):
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = None
+    return {"python": platform.python_version(), "packages": versions}
 
 
 class DataStore:
     """The data directory: `study.msgpack` describes the study, `sessions/` holds one file per session."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, max_open_files: int = MAX_OPEN_FILES) -> None:
         self.root = root
         self.sessions = root / "sessions"
         self.sessions.mkdir(parents=True, exist_ok=True)
+        self.pool = FilePool(max_open_files)
 
     def describe_study(self, description: dict[str, Any]) -> None:
         """Append what was served, so every session in this directory can be traced to a definition."""
         with open(self.root / "study.msgpack", "ab", buffering=0) as f:
-            f.write(msgpack.packb(description, use_bin_type=True))
+            f.write(msgpack.packb({**description, "server_environment": server_environment()}, use_bin_type=True))
 
     def open_session(self, session_id: str | None = None) -> tuple[str, SessionLog]:
         """A new session's log, or, given its id, the log of a session carried over from before a restart."""
@@ -53,7 +132,7 @@ class DataStore:
             candidate = secrets.token_hex(8)
             if not (self.sessions / f"{candidate}.msgpack").exists():
                 session_id = candidate
-        return session_id, SessionLog(self.sessions / f"{session_id}.msgpack")
+        return session_id, SessionLog(self.sessions / f"{session_id}.msgpack", self.pool)
 
     def save_snapshot(self, saved: dict[str, Any]) -> None:
         """Replace a session's snapshot atomically: a kill leaves the old one or the new one, never half of each."""
@@ -64,7 +143,7 @@ class DataStore:
         os.replace(tmp, path)
 
     def snapshots(self) -> Iterator[dict[str, Any]]:
-        """Every session's last snapshot; unreadable ones are skipped (and reported by the caller)."""
+        """Every session's last snapshot; unreadable ones are skipped."""
         for path in sorted(self.sessions.glob("*.state")):
             try:
                 saved = msgpack.unpackb(path.read_bytes(), raw=False, strict_map_key=False)
@@ -84,3 +163,18 @@ def read_records(path: os.PathLike[str] | str) -> Iterator[dict[str, Any]]:
                 yield from unpacker
             except (msgpack.ExtraData, msgpack.FormatError, msgpack.StackError, ValueError):
                 return
+
+
+def torn_bytes(path: os.PathLike[str] | str) -> int:
+    """How many bytes at the end of a stream belong to no complete record (a write the process died in)."""
+    unpacker = msgpack.Unpacker(raw=False, strict_map_key=False)
+    complete = 0
+    with open(path, "rb") as f:
+        data = f.read()
+    unpacker.feed(data)
+    try:
+        for _ in unpacker:
+            complete = unpacker.tell()
+    except (msgpack.ExtraData, msgpack.FormatError, msgpack.StackError, ValueError):
+        pass
+    return len(data) - complete

@@ -8,6 +8,7 @@ from __future__ import annotations
 from typing import Any, Iterator
 
 from transitions import MachineError
+from transitions.core import EventData
 from transitions.extensions.nesting import HierarchicalMachine, NestedState
 
 SEPARATOR = "."
@@ -173,6 +174,7 @@ class SessionMachine(HierarchicalMachine):
             after_state_change="publish_state",
         )
         self._attached: dict[int, Any] = {}
+        self._candidates: dict[tuple[str, Any], tuple[Any, ...]] = {}
 
     def add_model(self, model: Any, initial: Any = None) -> None:
         """Attach `model` in the initial state; attaching the same object twice is a no-op."""
@@ -191,6 +193,14 @@ class SessionMachine(HierarchicalMachine):
 
     def fire(self, model: Any, trigger: str, *args: Any) -> bool | None:
         """Fire `trigger`: True if it moved, False if a guard held it back, None if the state has no such trigger."""
+        candidates = self.candidates(trigger, model.state)
+        if len(candidates) == 1 and candidates[0].dest is None:
+            # The only way out is an internal transition (a game event): run it as the library would once it had
+            # found it, without resolving the state tree again for every message.
+            transition = candidates[0]
+            event = EventData(None, self.events[trigger], self, model, args, {})
+            event.transition = transition
+            return transition.execute(event)
         try:
             return self.trigger_event(model, trigger, *args)
         except MachineError:
@@ -198,7 +208,33 @@ class SessionMachine(HierarchicalMachine):
 
     def allows(self, model: Any, trigger: str) -> bool:
         """Whether `trigger` would pass its guards now (no side effects run)."""
-        return bool(self._can_trigger(model, trigger))
+        candidates = self.candidates(trigger, model.state)
+        if not candidates:
+            return False
+        if self.prepare_event or any(t.prepare for t in candidates):
+            return bool(self._can_trigger(model, trigger))
+        event = EventData(None, self.events[trigger], self, model, (), {})
+        for transition in candidates:
+            event.transition = transition
+            if all(c.check(event) for c in transition.conditions):
+                return True
+        return False
+
+    def candidates(self, trigger: str, state: Any) -> tuple[Any, ...]:
+        """The table's transitions for `trigger` from the active states and their parents, found once per configuration."""
+        key = (trigger, state if isinstance(state, str) else tuple(_flatten(state)))
+        found = self._candidates.get(key)
+        if found is None:
+            event = self.events.get(trigger)
+            ordered: list[Any] = []
+            for leaf in (key[1],) if isinstance(key[1], str) else key[1]:
+                parts = leaf.split(SEPARATOR)
+                for depth in range(len(parts), 0, -1):
+                    for transition in event.transitions.get(SEPARATOR.join(parts[:depth]), []) if event else []:
+                        if transition not in ordered:
+                            ordered.append(transition)
+            found = self._candidates[key] = tuple(ordered)
+        return found
 
 
 def state_names() -> list[str]:

@@ -43,11 +43,19 @@ def start_server(data_dir: Path, *flags: str, port: int | None = None) -> tuple[
 @contextmanager
 def served(data_dir: Path, *flags: str) -> Iterator[str]:
     """Run `python -m server` on a free port until the block ends; yields the participant URL."""
+    with server_process(data_dir, *flags) as (url, _):
+        yield url
+
+
+@contextmanager
+def server_process(data_dir: Path, *flags: str) -> Iterator[tuple[str, subprocess.Popen]]:
+    """`served`, also handing over the process (to kill it mid-run)."""
     proc, url = start_server(data_dir, *flags)
     try:
-        yield url
+        yield url, proc
     finally:
-        proc.terminate()
+        if proc.poll() is None:
+            proc.terminate()
         proc.wait(timeout=10)
 
 

@@ -116,6 +116,28 @@ def test_every_message_the_state_does_not_accept_is_refused_without_a_change(mac
     assert session.state == before and session.history == history
 
 
+@pytest.mark.parametrize("situation", SITUATIONS)
+def test_the_cached_lookups_agree_with_the_library(machine, clock, situation):
+    session, _ = new_session(machine, clock)
+    drive(session, SITUATIONS[situation])
+    # every trigger whose guards read only the session (the others need a message to be judged)
+    for trigger in ("advance", "game_event", "game_over", "settle", "skip_preload", "screening_timeout",
+                    "preload_timeout"):
+        assert machine.allows(session, trigger) == bool(machine._can_trigger(session, trigger)), (situation, trigger)
+    assert machine.allows(session, "no_such_trigger") is False
+
+
+def test_a_game_event_runs_its_internal_transition_directly(machine, clock):
+    session, sent = new_session(machine, clock)
+    drive(session, SITUATIONS["in_game"])
+    records: list[dict] = []
+    session.sink = records.append
+    before, history, published = session.state, list(session.history), len(sent)
+    assert session.fire("game_event", msg("game_event", step=3)) is True
+    assert session.state == before and session.history == history and len(sent) == published
+    assert [(r["kind"], r["data"]) for r in records] == [("game_event", {"step": 3})]
+
+
 def test_a_participant_walks_the_whole_lifecycle(machine, clock):
     session, sent = new_session(machine, clock)
     drive(session, SITUATIONS["completed"])

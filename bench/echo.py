@@ -1,0 +1,31 @@
+"""The stack's own limit: a plain Tornado WebSocket server that decodes each msgpack frame and sends it back.
+
+Run: .venv/bin/python bench/echo.py --port 9999   (bench/server.py starts it itself)
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+
+import msgpack
+import tornado.web
+import tornado.websocket
+
+
+class Echo(tornado.websocket.WebSocketHandler):
+    def on_message(self, frame: bytes | str) -> None:
+        message = msgpack.unpackb(frame, raw=False)
+        self.write_message(msgpack.packb(message, use_bin_type=True), binary=True)
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--port", type=int, required=True)
+    args = parser.parse_args()
+    tornado.web.Application([(r"/ws", Echo)], websocket_ping_interval=15.0).listen(args.port, "127.0.0.1")
+    print(f"echo on 127.0.0.1:{args.port}", flush=True)
+    await asyncio.Event().wait()
+
+
+if __name__ == "__main__":
+    asyncio.run(main())

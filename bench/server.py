@@ -1,0 +1,247 @@
+"""The server under replayed load, next to a plain Tornado + msgpack echo server measured in the same run.
+
+Run: .venv/bin/python bench/server.py [--runs 3] [--sessions 2000] [--idle 10000]
+Both servers run as subprocesses pinned to one core, the load client on the other; every
+figure is a median over --runs and is also given as a ratio to the echo server's.
+Server CPU comes from /proc/<pid>/stat, so it does not depend on how fast the client is.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import resource
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from tornado.httpclient import HTTPRequest  # noqa: E402
+from tornado.websocket import websocket_connect  # noqa: E402
+
+from client.participant import DESKTOP_CHROMIUM, walk  # noqa: E402
+from client.runner import replay  # noqa: E402
+from client.trace import Trace, load  # noqa: E402
+from server import protocol  # noqa: E402
+from server.store import FilePool, SessionLog  # noqa: E402
+
+TICK = os.sysconf("SC_CLK_TCK")
+PAGE = os.sysconf("SC_PAGE_SIZE")
+SERVER_CPU, CLIENT_CPU = 1, 0
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of a process, from the OS."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / TICK
+
+
+def rss_bytes(pid: int) -> int:
+    return int(Path(f"/proc/{pid}/statm").read_text().split()[1]) * PAGE
+
+
+@contextmanager
+def started(argv: list[str], port: int) -> Iterator[subprocess.Popen]:
+    """A server subprocess pinned to its core, once it accepts connections."""
+    proc = subprocess.Popen(argv, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        if len(os.sched_getaffinity(0)) > 1:
+            os.sched_setaffinity(proc.pid, {SERVER_CPU})
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                time.sleep(0.05)
+        else:
+            raise RuntimeError(f"{argv} did not start")
+        yield proc
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+async def handshakes(url: str, n: int, concurrency: int) -> float:
+    """Connections per second that open, send `hello` and get the first reply."""
+    hello = protocol.encode({"type": "hello"})
+    slots = asyncio.Semaphore(concurrency)
+
+    async def one() -> None:
+        async with slots:
+            conn = await websocket_connect(HTTPRequest(url, headers={"User-Agent": DESKTOP_CHROMIUM["user_agent"]}))
+            await conn.write_message(hello, binary=True)
+            assert await conn.read_message() is not None
+            conn.close()
+
+    t0 = time.perf_counter()
+    await asyncio.gather(*(one() for _ in range(n)))
+    return n / (time.perf_counter() - t0)
+
+
+async def idle(url: str, n: int, pid: int) -> tuple[list[Any], int]:
+    """Open n sessions that each said `hello` and got their reply, then leave them idle; returns them and the RSS."""
+    hello = protocol.encode({"type": "hello"})
+    slots = asyncio.Semaphore(200)
+    conns: list[Any] = []
+
+    async def one() -> None:
+        async with slots:
+            conn = await websocket_connect(HTTPRequest(url, headers={"User-Agent": DESKTOP_CHROMIUM["user_agent"]}))
+            await conn.write_message(hello, binary=True)
+            assert await conn.read_message() is not None
+            conns.append(conn)
+
+    await asyncio.gather(*(one() for _ in range(n)))
+    await asyncio.sleep(1.0)
+    return conns, rss_bytes(pid)
+
+
+async def close_all(conns: list[Any]) -> None:
+    for conn in conns:
+        conn.close()
+    await asyncio.sleep(3.0)
+
+
+def measure_replay(traces, url: str, pid: int, sessions: int, concurrency: int) -> dict[str, float]:
+    cpu0, client0 = cpu_seconds(pid), resource.getrusage(resource.RUSAGE_SELF)
+    collector, duration = asyncio.run(replay(traces, url, sessions=sessions, concurrency=concurrency, speed=0, ramp=0,
+                                             max_seconds=300, timeout=30))
+    cpu1, client1 = cpu_seconds(pid), resource.getrusage(resource.RUSAGE_SELF)
+    report = collector.report(duration)
+    bad = {k: v for k, v in report["sessions"].items() if k not in ("ok", "total") and v}
+    if bad:
+        raise RuntimeError(f"replay went wrong: {bad} {report['divergence_examples']}")
+    client_cpu = (client1.ru_utime + client1.ru_stime) - (client0.ru_utime + client0.ru_stime)
+    return {"msgs_per_s": report["messages"]["sent_per_s"], "p99_ms": report["latency_ms"]["all"]["p99"],
+            "cpu_ms_per_session": (cpu1 - cpu0) / sessions * 1000, "server_busy": (cpu1 - cpu0) / duration,
+            "client_busy": client_cpu / duration, "cpu_us_per_msg": (cpu1 - cpu0) / report["messages"]["sent"] * 1e6}
+
+
+def steady(trace: Trace, events: int) -> Trace:
+    """The trace with `events` game events in its game instead of its own: the in-game steady state."""
+    first = next(i for i, s in enumerate(trace.steps) if s.label == "game_event")
+    game = trace.steps[first]
+    rest = tuple(s for s in trace.steps[first:] if s.label != "game_event")
+    return Trace(trace.source + " (steady)", trace.steps[:first] + (game,) * events + rest, trace.expected)
+
+
+def write_cost(records: int, sessions: int, tmp: Path) -> dict[str, float]:
+    """How long one recorded frame keeps the event loop: a real SessionLog append, timed alone."""
+    tmp.mkdir(parents=True, exist_ok=True)
+    pool = FilePool()
+    logs = [SessionLog(tmp / f"{i}.msgpack", pool) for i in range(sessions)]
+    frame = protocol.encode(protocol.state("in_game", False, scene_id="gridworld"))
+    times = []
+    for i in range(records):
+        t0 = time.perf_counter()
+        logs[i % sessions].frame("out", frame, True)
+        times.append(time.perf_counter() - t0)
+    for log in logs:
+        log.close()
+    times.sort()
+    return {"p50_us": times[len(times) // 2] * 1e6, "p99_us": times[int(len(times) * 0.99)] * 1e6,
+            "p999_us": times[int(len(times) * 0.999)] * 1e6, "max_us": times[-1] * 1e6}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--sessions", type=int, default=2000, help="replayed sessions per measurement")
+    parser.add_argument("--handshakes", type=int, default=2000)
+    parser.add_argument("--idle", type=int, default=10_000, help="idle connected sessions for the memory figure")
+    parser.add_argument("--steady-events", type=int, default=200, help="game events per session in the steady-state figure")
+    args = parser.parse_args()
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # stop the servers on the way out
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))  # 10,000 sockets each side; servers inherit it
+    if len(os.sched_getaffinity(0)) > 1:
+        os.sched_setaffinity(0, {CLIENT_CPU})
+    tmp = Path(tempfile.mkdtemp(prefix="preflight-bench-"))
+    py = sys.executable
+    results: dict[str, dict[str, list[float]]] = {"preflight": {}, "echo": {}}
+
+    def add(server: str, name: str, value: float) -> None:
+        results[server].setdefault(name, []).append(value)
+
+    try:
+        writes = write_cost(200_000, 2_000, tmp / "writes")
+        for run in range(args.runs):
+            for server in ("preflight", "echo"):
+                port = free_port()
+                argv = ([py, "-m", "server", "--port", str(port), "--data-dir", str(tmp / f"data-{run}"),
+                         "--experiment", str(ROOT / "bench" / "experiment.py")]
+                        if server == "preflight" else [py, "bench/echo.py", "--port", str(port)])
+                url = f"ws://127.0.0.1:{port}/ws"
+                with started(argv, port) as proc:
+                    if server == "preflight" and run == 0:
+                        for n in range(20):
+                            asyncio.run(walk(url, participant_id=f"bench-{n}"))
+                        traces = load([tmp / "data-0"])
+                    played = traces if server == "preflight" else [t.as_echo() for t in traces]
+                    add(server, "handshakes_per_s", asyncio.run(handshakes(url, args.handshakes, 50)))
+                    for concurrency in (100, 1000):
+                        figures = measure_replay(played, url, proc.pid, args.sessions, concurrency)
+                        for name, value in figures.items():
+                            add(server, f"{name}@{concurrency}", value)
+                    in_game = [steady(t, args.steady_events) for t in traces]
+                    figures = measure_replay(in_game if server == "preflight" else [t.as_echo() for t in in_game],
+                                             url, proc.pid, args.sessions // 10, 100)
+                    add(server, "cpu_us_per_msg@steady", figures["cpu_us_per_msg"])
+                    add(server, "msgs_per_s@steady", figures["msgs_per_s"])
+                    if run == 0:
+                        base = rss_bytes(proc.pid)
+
+                        async def memory() -> None:
+                            # RSS never shrinks back (the allocator keeps its arenas), so "nothing left behind"
+                            # is measured as reuse: the same number of sessions again must not need more memory.
+                            held = []
+                            for _ in range(3):
+                                conns, rss = await idle(url, args.idle, proc.pid)
+                                held.append(rss)
+                                await close_all(conns)
+                            add(server, "bytes_per_idle_session", (held[0] - base) / args.idle)
+                            add(server, "bytes_grown_per_session_rounds_1_to_3", (held[2] - held[0]) / args.idle)
+
+                        asyncio.run(memory())
+                print(f"run {run + 1}/{args.runs} {server} done", file=sys.stderr, flush=True)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    report(results, writes, args)
+
+
+def report(results: dict[str, dict[str, list[float]]], writes: dict[str, float], args: argparse.Namespace) -> None:
+    med = {s: {k: statistics.median(v) for k, v in r.items()} for s, r in results.items()}
+    p, e = med["preflight"], med["echo"]
+    print(f"python {sys.version.split()[0]}; {os.cpu_count()} cpus; servers pinned to cpu {SERVER_CPU}, client to "
+          f"cpu {CLIENT_CPU}; medians of {args.runs} runs; {args.sessions} replayed sessions per figure; "
+          f"memory from one run of {args.idle} idle sessions")
+    print("| figure | Preflight | echo | ratio |")
+    print("|---|---:|---:|---:|")
+    for key in sorted(p):
+        if key in e:
+            ratio = p[key] / e[key] if e[key] else float("nan")
+            print(f"| {key} | {p[key]:,.2f} | {e[key]:,.2f} | {ratio:.2f} |")
+    print(f"recorded frame write: p50 {writes['p50_us']:.1f} µs, p99 {writes['p99_us']:.1f} µs, "
+          f"p99.9 {writes['p999_us']:.1f} µs, max {writes['max_us']:.0f} µs")
+    print("raw:", {s: {k: [round(x, 2) for x in v] for k, v in r.items()} for s, r in results.items()})
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,144 @@
+"""`python -m client replay`: recorded sessions replayed as many simulated participants, with a report."""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import csv
+import json
+import math
+import sys
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from . import stats
+from .runner import replay
+from .trace import TraceError, load
+
+
+def _nonnegative(text: str) -> float:
+    value = float(text)
+    if not value >= 0 or math.isinf(value):
+        raise argparse.ArgumentTypeError(f"must be a non-negative number, got {text}")
+    return value
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {text}")
+    return value
+
+
+def _thresholds(text: str) -> list[stats.Threshold]:
+    try:
+        return stats.parse_thresholds(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def add_replay_parser(commands: Any) -> None:
+    r = commands.add_parser("replay", help="replay recorded sessions as many simulated participants (a load test)",
+                            description="Replay the client side of recorded sessions against a server and check "
+                                        "that each gets the same states and scenes as the recording.")
+    r.add_argument("traces", nargs="+", metavar="TRACE_OR_DIR",
+                   help="session files (sessions/<id>.msgpack) or directories of them (a data directory)")
+    r.add_argument("--url", default="ws://127.0.0.1:8888/ws", help="the server's WebSocket URL (default: %(default)s)")
+    r.add_argument("--sessions", type=_positive_int, default=None,
+                   help="simulated participants, the traces taken in turn (default: one per trace)")
+    r.add_argument("--concurrency", type=_positive_int, default=None,
+                   help="sessions open at once at most (default: all of them)")
+    r.add_argument("--speed", type=_nonnegative, default=1.0,
+                   help="recorded timing divided by this; 0 = as fast as the replies come (default: %(default)s)")
+    r.add_argument("--ramp", type=_nonnegative, default=0.0,
+                   help="new sessions started per second; 0 = all at once (default: %(default)s)")
+    r.add_argument("--max-seconds", type=_nonnegative, default=600.0,
+                   help="hard limit on the run; sessions still open then count as unfinished (default: %(default)s)")
+    r.add_argument("--timeout", type=_nonnegative, default=10.0,
+                   help="seconds without an expected reply before a session counts as timed out (default: %(default)s)")
+    r.add_argument("--report", type=Path, default=None,
+                   help="write the report as JSON here, and as CSV next to it (same name, .csv)")
+    r.add_argument("--fail-on", type=_thresholds, default=[], metavar="THRESHOLDS",
+                   help="exit 1 if any is crossed, e.g. p99>200ms,errors>0 (metrics: " + ", ".join(stats.METRICS) + ")")
+    r.add_argument("--no-progress", action="store_true", help="no live progress line")
+
+
+def run_replay(args: argparse.Namespace) -> int:
+    err = Console(stderr=True)
+    try:
+        traces = load(args.traces)
+    except TraceError as exc:
+        print(f"python -m client replay: error: {exc}", file=sys.stderr)
+        return 2
+    sessions = args.sessions or len(traces)
+    concurrency = args.concurrency or sessions
+    if not args.url.startswith(("ws://", "wss://")):
+        print(f"python -m client replay: error: --url must be a ws:// or wss:// URL, got {args.url}", file=sys.stderr)
+        return 2
+    progress = Progress(TextColumn("[bold]replay"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.description}"),
+                        TimeElapsedColumn(), console=err, disable=args.no_progress, transient=False)
+    task = progress.add_task("", total=sessions)
+
+    def on_done(c: stats.Collector, session: object) -> None:
+        progress.update(task, completed=c.done, description=f"ok {c.statuses['ok']} diverged {c.statuses['diverged']} "
+                                                              f"failed {c.statuses['failed']} · sent {c.sent}")
+
+    with progress:
+        try:
+            collector, duration = asyncio.run(replay(
+                traces, args.url, sessions=sessions, concurrency=concurrency, speed=args.speed, ramp=args.ramp,
+                max_seconds=args.max_seconds, timeout=args.timeout, on_done=on_done))
+        except KeyboardInterrupt:
+            return 130
+        except Exception as exc:  # a replayer bug must still end with a named error, not a traceback
+            print(f"python -m client replay: error: the replay itself failed: {type(exc).__name__}: {exc}",
+                  file=sys.stderr)
+            return 3
+    report = collector.report(duration, url=args.url, traces=len(traces), planned=sessions, concurrency=concurrency,
+                              speed=args.speed, ramp=args.ramp)
+    report["sessions"]["not_started"] = sessions - collector.done
+    crossed = stats.breaches(report, args.fail_on)
+    report["thresholds"] = {"checked": [t.text for t in args.fail_on], "crossed": crossed}
+    _print(report)
+    if args.report:
+        try:
+            args.report.parent.mkdir(parents=True, exist_ok=True)
+            args.report.write_text(json.dumps(report, indent=2))
+            with open(args.report.with_suffix(".csv"), "w", newline="") as f:
+                writer = csv.DictWriter(f, ["series", "name", "count", "p50", "p95", "p99", "max", "mean"])
+                writer.writeheader()
+                writer.writerows(stats.rows(report))
+        except OSError as exc:
+            print(f"python -m client replay: error: cannot write the report to {args.report}: {exc.strerror}",
+                  file=sys.stderr)
+            return 2
+        print(f"report: {args.report} and {args.report.with_suffix('.csv')}")
+    for line in crossed:
+        print(f"threshold crossed: {line}", file=sys.stderr)
+    return 1 if crossed else 0
+
+
+def _ms(value: Any) -> str:
+    return "–" if value is None else f"{value:.1f}"
+
+
+def _print(report: dict[str, Any]) -> None:
+    out = Console(width=110)
+    s = report["sessions"]
+    m = report["messages"]
+    out.print(f"sessions: ok {s['ok']}, diverged {s['diverged']}, failed {s['failed']}, unfinished {s['unfinished']}, "
+              f"not started {s['not_started']} of {report['planned']} in {report['duration_s']:.2f} s")
+    out.print(f"messages: sent {m['sent']} ({m['sent_per_s'] or 0:.0f}/s), received {m['received']} "
+              f"({m['received_per_s'] or 0:.0f}/s)")
+    if report["divergences"]:
+        out.print("divergences: " + ", ".join(f"{k} {v}" for k, v in report["divergences"].items()))
+        for kind, example in report["divergence_examples"].items():
+            out.print(f"  e.g. {kind}: {example}")
+    table = Table("series", "name", "count", "p50 ms", "p95 ms", "p99 ms", "max ms")
+    for row in stats.rows(report):
+        table.add_row(row["series"], row["name"], str(row["count"]), _ms(row["p50"]), _ms(row["p95"]), _ms(row["p99"]),
+                      _ms(row["max"]))
+    out.print(table)

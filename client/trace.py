@@ -1,0 +1,131 @@
+"""Recorded sessions as replayable traces: pure data, shared by the asyncio CLI and the Locust user.
+
+A trace is the client side of one recorded session: each message the participant
+sent, when (seconds after the first), and how many server messages had arrived
+before it, since the participant was reacting to them. The server side becomes
+the expectation: the sequence of states, scene types and error codes.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable
+
+import msgpack
+
+from server.store import read_records
+
+SKIPPED_CLIENT_TYPES = frozenset({"ack"})
+"""Recorded acknowledgements are not replayed: the replayer acknowledges what it receives itself."""
+
+
+@dataclass(frozen=True)
+class Step:
+    """One client message: sent `offset` seconds into the session, once `after` server messages have arrived."""
+
+    offset: float
+    message: dict[str, Any] | bytes | str
+    after: int
+    replies: int  # server messages that answered it in the recording (0: nothing to time)
+
+    @property
+    def label(self) -> str:
+        return self.message.get("type", "?") if isinstance(self.message, dict) else "raw"
+
+
+@dataclass(frozen=True)
+class Expect:
+    """What a server message must be for the replay to be on track."""
+
+    type: str
+    key: str | None  # the state, the scene type or the error code
+
+    @classmethod
+    def of(cls, message: dict[str, Any]) -> "Expect":
+        kind = message.get("type")
+        key = {"state": "state", "activate_scene": "scene_type", "error": "code"}.get(kind)  # type: ignore[arg-type]
+        return cls(str(kind), message.get(key) if key else None)
+
+
+@dataclass(frozen=True)
+class Trace:
+    source: str
+    steps: tuple[Step, ...]
+    expected: tuple[Expect, ...]
+
+    @property
+    def duration(self) -> float:
+        return self.steps[-1].offset if self.steps else 0.0
+
+    def as_echo(self) -> "Trace":
+        """The same client messages against an echo server: each is answered by itself."""
+        steps = tuple(Step(s.offset, s.message, i, 1) for i, s in enumerate(self.steps))
+        expected = tuple(Expect(s.label, None) for s in self.steps)
+        return Trace(self.source + " (echo)", steps, expected)
+
+
+class TraceError(Exception):
+    """A trace path that cannot be replayed; the message names it."""
+
+
+def from_records(records: Iterable[dict[str, Any]], source: str = "") -> Trace:
+    """The client side of one recorded session, with what the server answered as expectations."""
+    steps: list[Step] = []
+    expected: list[Expect] = []
+    start: float | None = None
+    pending: list[tuple[float, dict[str, Any] | bytes | str, int]] = []
+    for record in records:
+        if record.get("kind") != "frame":
+            continue
+        if start is None:
+            start = record["t"]
+        message = record.get("message")
+        if message is None:
+            message = _raw(record.get("raw", b""))
+        if record.get("dir") == "in":
+            if isinstance(message, dict) and message.get("type") in SKIPPED_CLIENT_TYPES:
+                continue
+            pending.append((record["t"] - start, message, len(expected)))
+        elif isinstance(message, dict):
+            expected.append(Expect.of(message))
+    for i, (offset, message, after) in enumerate(pending):
+        until = pending[i + 1][2] if i + 1 < len(pending) else len(expected)
+        steps.append(Step(offset, message, after, until - after))
+    return Trace(source, tuple(steps), tuple(expected))
+
+
+def _raw(raw: bytes | str) -> dict[str, Any] | bytes | str:
+    """A refused frame: replayed as the same map if it was msgpack, else as the same bytes or text."""
+    if isinstance(raw, str):
+        return raw
+    try:
+        message = msgpack.unpackb(raw, raw=False)
+    except Exception:  # msgpack raises several unrelated types for broken input
+        return raw
+    return message if isinstance(message, dict) else raw
+
+
+def trace_files(paths: Iterable[os.PathLike[str] | str]) -> list[Path]:
+    """Session files named directly, or found in a directory (a data directory's `sessions/` included)."""
+    files: list[Path] = []
+    for raw in paths:
+        path = Path(raw)
+        if path.is_dir():
+            sessions = path / "sessions"
+            found = sorted((sessions if sessions.is_dir() else path).glob("*.msgpack"))
+            files.extend(f for f in found if f.name != "study.msgpack")
+        elif path.is_file():
+            files.append(path)
+        else:
+            raise TraceError(f"trace not found: {path}")
+    return files
+
+
+def load(paths: Iterable[os.PathLike[str] | str]) -> list[Trace]:
+    """Every replayable trace under `paths`; sessions that never sent a message are left out."""
+    files = trace_files(paths)
+    traces = [t for t in (from_records(read_records(f), str(f)) for f in files) if t.steps]
+    if not traces:
+        raise TraceError(f"no recorded frames in {len(files)} file(s): record sessions with a server that keeps frames")
+    return traces

@@ -1,0 +1,178 @@
+"""`python -m server export`: the data directory as tidy tables for analysis.
+
+Two tables: `events` (one row per record of every session, frames included) and
+`participants` (one row per session: who, what order, screening, preload timings,
+outcome and timings). Sessions cut short by a crash are exported as far as they go.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import sys
+from pathlib import Path
+from typing import Any, Iterable, Iterator
+
+from statemachine import FINAL_STATES
+
+from .store import read_records, torn_bytes
+
+EVENT_COLUMNS = ["session_id", "participant_id", "n", "kind", "t", "wall", "dir", "type", "scene_id", "data"]
+PARTICIPANT_COLUMNS = [
+    "session_id", "participant_id", "params", "seed", "scene_order", "user_agent",
+    "screening_verdict", "screening_rtt_ms", "screening_facts",
+    "preload_status", "preload_runtime_ms", "preload_micropip_ms", "preload_packages_ms", "preload_ready_ms",
+    "preload_error", "game_events", "outcome", "final_state", "started_wall", "ended_wall", "duration_s",
+    "time_to_ready_s", "frames_in", "frames_out", "records", "torn_bytes",
+]
+
+
+class ExportError(Exception):
+    """The data directory cannot be exported; the message names the problem."""
+
+
+def session_files(data_dir: Path) -> list[Path]:
+    if not data_dir.is_dir():
+        raise ExportError(f"data directory not found: {data_dir}")
+    sessions = data_dir / "sessions"
+    files = sorted(sessions.glob("*.msgpack")) if sessions.is_dir() else []
+    if not files:
+        raise ExportError(f"no sessions in {data_dir} (expected {sessions}/<id>.msgpack files)")
+    return files
+
+
+def _fields(record: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in record.items() if k not in ("kind", "t", "wall", "dir", "scene_id")}
+
+
+def events(session_id: str, records: list[dict[str, Any]]) -> Iterator[dict[str, Any]]:
+    """One row per record; what is specific to its kind goes into `data`."""
+    participant = next((r.get("participant_id") for r in records if r["kind"] == "begin"), None)
+    for n, record in enumerate(records):
+        message = record.get("message")
+        data = _fields(record)
+        if isinstance(message, dict):
+            data = {k: v for k, v in message.items() if k != "type"}
+        yield {"session_id": session_id, "participant_id": participant, "n": n, "kind": record["kind"],
+               "t": record.get("t"), "wall": record.get("wall"), "dir": record.get("dir"),
+               "type": message.get("type") if isinstance(message, dict) else None,
+               "scene_id": record.get("scene_id"), "data": data}
+
+
+def participant(session_id: str, records: list[dict[str, Any]], torn: int) -> dict[str, Any]:
+    """One row for a session: everything an analysis joins on, with its timings."""
+    row: dict[str, Any] = {c: None for c in PARTICIPANT_COLUMNS}
+    row.update(session_id=session_id, records=len(records), torn_bytes=torn, game_events=0, frames_in=0,
+               frames_out=0, final_state="connected")
+    start_t = None
+    for record in records:
+        kind = record["kind"]
+        if record.get("t") is not None and start_t is None:
+            start_t = record["t"]
+            row["started_wall"] = record.get("wall")
+        if record.get("wall") is not None:
+            row["ended_wall"] = record["wall"]
+        if kind == "begin":
+            row.update(participant_id=record.get("participant_id"), params=record.get("params"),
+                       seed=record.get("seed"), scene_order=record.get("order"), user_agent=record.get("user_agent"))
+        elif kind == "screening":
+            row.update(screening_verdict=",".join(record.get("verdict") or []) or "passed",
+                       screening_rtt_ms=record.get("rtt_ms"), screening_facts=record.get("facts"))
+        elif kind == "preload":
+            stage, status = record.get("stage"), record.get("status")
+            if status == "loading" and stage in ("runtime", "micropip", "packages"):
+                row[f"preload_{stage}_ms"] = record.get("elapsed_ms")
+            elif status in ("ready", "error"):
+                row["preload_status"] = status
+                row["preload_ready_ms" if status == "ready" else "preload_error"] = \
+                    record.get("elapsed_ms") if status == "ready" else record.get("error")
+            else:
+                row["preload_status"] = row["preload_status"] or status
+        elif kind == "game_event":
+            row["game_events"] += 1
+        elif kind == "transition":
+            row["final_state"] = str(record.get("dest")).split(".", 1)[0]
+            if row["time_to_ready_s"] is None and record.get("dest") == "ready" and start_t is not None:
+                row["time_to_ready_s"] = record["t"] - start_t
+        elif kind == "frame":
+            row["frames_in" if record.get("dir") == "in" else "frames_out"] += 1
+        elif kind == "closed":
+            row["outcome"] = record.get("outcome")
+    if start_t is not None and records:
+        row["duration_s"] = records[-1].get("t", start_t) - start_t
+    if not row["outcome"]:  # not closed yet: finished and within its grace period, or the server stopped first
+        row["outcome"] = row["final_state"] if row["final_state"] in FINAL_STATES else "unfinished"
+    return row
+
+
+def export(data_dir: Path, fmt: str, output: Path) -> dict[str, int]:
+    """Write `events` and `participants` tables to `output`; returns the row counts."""
+    files = session_files(data_dir)
+    output.mkdir(parents=True, exist_ok=True)
+    counts = {"participants": 0, "events": 0}
+    with _Table(output / f"events.{fmt}", EVENT_COLUMNS) as ev, \
+            _Table(output / f"participants.{fmt}", PARTICIPANT_COLUMNS) as people:
+        for path in files:
+            records = list(read_records(path))
+            for row in events(path.stem, records):
+                ev.write(row)
+                counts["events"] += 1
+            people.write(participant(path.stem, records, torn_bytes(path)))
+            counts["participants"] += 1
+    return counts
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, bytes):
+        return value.hex()
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
+class _Table:
+    """One output file, JSON lines or CSV (nested values as JSON text in their cell)."""
+
+    def __init__(self, path: Path, columns: list[str]) -> None:
+        self.path, self.columns = path, columns
+
+    def __enter__(self) -> "_Table":
+        self.file = open(self.path, "w", newline="")
+        if self.path.suffix == ".csv":
+            self.csv = csv.DictWriter(self.file, self.columns)
+            self.csv.writeheader()
+        return self
+
+    def write(self, row: dict[str, Any]) -> None:
+        row = {k: _plain(v) for k, v in row.items()}
+        if self.path.suffix == ".csv":
+            self.csv.writerow({k: json.dumps(v) if isinstance(v, (dict, list)) else v for k, v in row.items()})
+        else:
+            self.file.write(json.dumps(row) + "\n")
+
+    def __exit__(self, *exc: Any) -> None:
+        self.file.close()
+
+
+def main(argv: Iterable[str]) -> int:
+    parser = argparse.ArgumentParser(prog="python -m server export",
+                                     description="Write a data directory's sessions as tidy tables.")
+    parser.add_argument("--data-dir", type=Path, default=Path("data"), help="the server's data directory (default: %(default)s)")
+    parser.add_argument("--format", choices=("jsonl", "csv"), default="csv", help="table format (default: %(default)s)")
+    parser.add_argument("--output", type=Path, default=None,
+                        help="directory for events.<fmt> and participants.<fmt> (default: DATA_DIR/export)")
+    args = parser.parse_args(list(argv))
+    output = args.output or args.data_dir / "export"
+    try:
+        counts = export(args.data_dir, args.format, output)
+    except ExportError as exc:
+        print(f"python -m server export: error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        print(f"python -m server export: error: cannot write {output}: {exc.strerror}", file=sys.stderr)
+        return 2
+    print(f"{counts['participants']} participants, {counts['events']} events → "
+          f"{output / ('participants.' + args.format)}, {output / ('events.' + args.format)}")
+    return 0

@@ -1,0 +1,124 @@
+"""Participant data on disk: frames both ways, torn tails, the study snapshot, nothing left behind."""
+from __future__ import annotations
+
+import asyncio
+import gc
+import os
+
+import msgpack
+import pytest
+
+from client.participant import walk
+from server.session import Session, Timeouts
+from server.store import FilePool, SessionLog, read_records, torn_bytes
+
+
+async def until_closed(path) -> list[dict]:
+    """The session's records once the server has seen the socket close (bounded wait)."""
+    for _ in range(250):
+        records = list(read_records(path))
+        if records and records[-1]["kind"] == "closed":
+            return records
+        await asyncio.sleep(0.02)
+    raise AssertionError(f"no closed record in {path}")
+
+
+@pytest.mark.gen_test
+@pytest.mark.config(timeouts=Timeouts(grace=0.2))  # a finished session is closed once its grace period is over
+async def test_every_frame_is_recorded_both_ways_around_the_session_records(ws_url, config):
+    await walk(ws_url, participant_id="rec-1")
+    [path] = (config.data_dir / "sessions").glob("*.msgpack")
+    records = await until_closed(path)
+    frames = [r for r in records if r["kind"] == "frame"]
+    assert all({"t", "wall", "dir", "message"} <= set(r) for r in frames)
+    sent = [r["message"]["type"] for r in frames if r["dir"] == "in" and r["message"]["type"] != "ack"]
+    assert sent[:4] == ["hello", "screening", "preload", "preload"] and sent[-1] == "advance"
+    got = [r["message"] for r in frames if r["dir"] == "out"]
+    assert got[0]["type"] == "experiment_config" and got[0]["participant_id"] == "rec-1"
+    assert got[-1] == {"type": "state", "state": "completed", "may_advance": False, "scene_id": "end",
+                       "seq": got[-1]["seq"]}
+    kinds = [r["kind"] for r in records]
+    assert kinds[0] == "frame" and records[0]["dir"] == "in"
+    first_out = next(i for i, r in enumerate(records) if r.get("dir") == "out")
+    assert kinds.index("begin") < first_out
+    assert kinds[-1] == "closed"
+    times = [r["t"] for r in records]
+    assert times == sorted(times)
+
+
+@pytest.mark.gen_test
+@pytest.mark.config(timeouts=Timeouts(grace=0.2))
+async def test_a_refused_frame_is_kept_as_it_arrived(connect, config):
+    client = await connect()
+    await client.send({"type": "hello"})
+    await client.until_state("preflight")
+    await client.send_raw(b"\xc1")
+    assert (await client.recv())["code"] == "bad_message"
+    client.close()
+    [path] = (config.data_dir / "sessions").glob("*.msgpack")
+    records = await until_closed(path)
+    inbound = [r for r in records if r["kind"] == "frame" and r["dir"] == "in"]
+    assert inbound[0]["message"]["type"] == "hello"
+    assert inbound[1]["raw"] == b"\xc1" and "message" not in inbound[1]
+
+
+def test_a_torn_last_record_is_skipped_and_nothing_before_it_is_lost(tmp_path):
+    path = tmp_path / "s.msgpack"
+    log = SessionLog(path)
+    for i in range(50):
+        log({"kind": "game_event", "i": i, "data": "x" * i})
+    log.frame("out", msgpack.packb({"type": "state", "state": "ready"}), True)
+    log.close()
+    whole = path.read_bytes()
+    assert [r.get("i") for r in read_records(path)][:50] == list(range(50)) and torn_bytes(path) == 0
+    path.write_bytes(whole[:-3])  # the process died three bytes short of the last record
+    records = list(read_records(path))
+    assert [r["i"] for r in records] == list(range(50))
+    complete = sum(len(msgpack.packb({"kind": "game_event", "i": i, "data": "x" * i})) for i in range(50))
+    assert torn_bytes(path) == len(whole) - 3 - complete > 0
+
+
+def test_sessions_beyond_the_descriptor_pool_still_get_every_record(tmp_path):
+    pool = FilePool(capacity=2)
+    logs = [SessionLog(tmp_path / f"{i}.msgpack", pool) for i in range(5)]
+    for round_ in range(3):
+        for i, log in enumerate(logs):
+            log({"kind": "n", "session": i, "round": round_})
+            assert pool.open_files <= 2
+    for log in logs:
+        log.close()
+    assert pool.open_files == 0
+    for i in range(5):
+        assert [r["round"] for r in read_records(tmp_path / f"{i}.msgpack")] == [0, 1, 2]
+
+
+def test_the_study_snapshot_names_the_definition_and_every_package(app, config):
+    [snapshot] = read_records(config.data_dir / "study.msgpack")
+    assert snapshot["preflight_version"] and snapshot["experiment"]["name"] == "gridworld-example"
+    runtime = snapshot["runtime"]
+    assert runtime["pyodide_version"] == "314.0.7"
+    wheels = sorted(os.listdir(config.wheelhouse))
+    assert sorted(runtime["wheels"]) == [w for w in wheels if w.endswith(".whl")]
+    assert runtime["packages"]["micropip"] == ["0.11.1"] and "preflight-gridworld" in runtime["packages"]
+    env = snapshot["server_environment"]
+    assert env["python"] and set(env["packages"]) == {"tornado", "transitions", "msgpack"}
+
+
+@pytest.mark.gen_test
+@pytest.mark.config(timeouts=Timeouts(grace=0.2))
+async def test_sessions_that_end_leave_nothing_behind(ws_url, app, connect):
+    study = app.settings["study"]
+    clients = [await connect() for _ in range(20)]
+    for client in clients:
+        await client.send({"type": "hello"})
+        await client.until_state("preflight")
+    assert study.machine.attached == 20
+    for client in clients:
+        client.close()
+    for _ in range(200):  # parked for the grace period, then abandoned and closed
+        if study.machine.attached == 0 and study.store.pool.open_files == 0:
+            break
+        await asyncio.sleep(0.02)
+    assert study.machine.attached == 0 and study.store.pool.open_files == 0
+    gc.collect()
+    assert not [o for o in gc.get_objects() if isinstance(o, Session)]
