@@ -12,6 +12,7 @@ import platform
 import secrets
 import struct
 import time
+import weakref
 from collections import OrderedDict
 from importlib import metadata
 from pathlib import Path
@@ -120,6 +121,8 @@ class DataStore:
         self.sessions = root / "sessions"
         self.sessions.mkdir(parents=True, exist_ok=True)
         self.pool = FilePool(max_open_files)
+        self.journal = root / "snapshots.msgpack"
+        self._journal: int | None = None
 
     def describe_study(self, description: dict[str, Any]) -> None:
         """Append what was served, so every session in this directory can be traced to a definition."""
@@ -135,22 +138,31 @@ class DataStore:
         return session_id, SessionLog(self.sessions / f"{session_id}.msgpack", self.pool)
 
     def save_snapshot(self, saved: dict[str, Any]) -> None:
-        """Replace a session's snapshot atomically: a kill leaves the old one or the new one, never half of each."""
-        path = self.sessions / f"{saved['session_id']}.state"
-        tmp = path.with_suffix(".state.tmp")
-        with open(tmp, "wb", buffering=0) as f:
-            f.write(msgpack.packb(saved, use_bin_type=True))
-        os.replace(tmp, path)
+        """Append a session's latest snapshot to the journal: one `os.write`, cheap enough for every state change."""
+        if self._journal is None:
+            self._journal = os.open(self.journal, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+            weakref.finalize(self, os.close, self._journal)
+        view = memoryview(_PACK(saved))
+        while view:
+            view = view[os.write(self._journal, view):]
 
-    def snapshots(self) -> Iterator[dict[str, Any]]:
-        """Every session's last snapshot; unreadable ones are skipped."""
-        for path in sorted(self.sessions.glob("*.state")):
-            try:
-                saved = msgpack.unpackb(path.read_bytes(), raw=False, strict_map_key=False)
-            except (OSError, ValueError, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError):
-                continue
-            if isinstance(saved, dict) and "session_id" in saved:
-                yield saved
+    def snapshots(self) -> list[dict[str, Any]]:
+        """Each session's last snapshot, read at start-up; the journal is then rewritten with only those.
+
+        A torn last snapshot (a kill mid-write) is skipped: that session resumes from the one before it.
+        """
+        if not self.journal.exists():
+            return []
+        latest: dict[str, dict[str, Any]] = {}
+        for saved in read_records(self.journal):
+            if isinstance(saved, dict) and isinstance(saved.get("session_id"), str):
+                latest[saved["session_id"]] = saved
+        compacted = self.journal.with_suffix(".tmp")
+        with open(compacted, "wb") as f:
+            for saved in latest.values():
+                f.write(_PACK(saved))
+        os.replace(compacted, self.journal)
+        return list(latest.values())
 
 
 def read_records(path: os.PathLike[str] | str) -> Iterator[dict[str, Any]]:

@@ -10,7 +10,7 @@ from tornado.httpclient import HTTPClientError
 
 from client.participant import DESKTOP_CHROMIUM, ProtocolClient, walk
 from server.session import Timeouts
-from server.store import read_records
+from server.store import DataStore, read_records
 from tests.support import start_server
 
 READY = {"type": "preload", "status": "ready"}
@@ -262,3 +262,14 @@ async def test_participants_dropped_at_every_moment_finish_with_every_record(ws_
         assert steps == [0, 1, 2], log
         assert records[-1]["kind"] == "closed" and records[-1]["outcome"] == "completed"
         assert [r["kind"] for r in records].count("resumed") == 1
+
+
+def test_the_snapshot_journal_keeps_each_sessions_last_whole_snapshot(tmp_path):
+    store = DataStore(tmp_path)
+    for saved in ({"session_id": "a", "seq": 1}, {"session_id": "b", "seq": 1}, {"session_id": "a", "seq": 2}):
+        store.save_snapshot(saved)
+    with open(store.journal, "ab") as f:  # killed while writing a's third snapshot
+        f.write(msgpack.packb({"session_id": "a", "seq": 3, "facts": "x" * 100})[:20])
+    assert sorted(DataStore(tmp_path).snapshots(), key=lambda s: s["session_id"]) == [
+        {"session_id": "a", "seq": 2}, {"session_id": "b", "seq": 1}]
+    assert list(read_records(store.journal)) == [{"session_id": "a", "seq": 2}, {"session_id": "b", "seq": 1}]
