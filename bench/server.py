@@ -35,6 +35,7 @@ from client.trace import Trace, load  # noqa: E402
 from server import protocol  # noqa: E402
 from server.store import FilePool, SessionLog  # noqa: E402
 
+GRACE = 2.0  # seconds a dropped session waits for its participant; short, so ended rounds really end
 TICK = os.sysconf("SC_CLK_TCK")
 PAGE = os.sysconf("SC_PAGE_SIZE")
 SERVER_CPU, CLIENT_CPU = 1, 0
@@ -186,7 +187,8 @@ def main() -> None:
             for server in ("preflight", "echo"):
                 port = free_port()
                 argv = ([py, "-m", "server", "--port", str(port), "--data-dir", str(tmp / f"data-{run}"),
-                         "--experiment", str(ROOT / "bench" / "experiment.py")]
+                         "--experiment", str(ROOT / "bench" / "experiment.py"), "--rate-limit", "100000",
+                         "--grace", str(GRACE)]
                         if server == "preflight" else [py, "bench/echo.py", "--port", str(port)])
                 url = f"ws://127.0.0.1:{port}/ws"
                 with started(argv, port) as proc:

@@ -19,6 +19,10 @@ from .schedule import due
 from .trace import Expect, Trace
 
 
+ACK_EVERY = 0.2
+"""Seconds between acknowledgements, as the page batches them (the first goes at once)."""
+
+
 @dataclass(frozen=True)
 class Send:
     frame: bytes | str
@@ -66,6 +70,7 @@ class ReplaySession:
         self._pending: tuple[str, float, int] | None = None  # label, due time, index of the reply it waits for
         self._max_seq: int | None = None
         self._acked = 0
+        self._acked_at = float("-inf")
 
     # -- what the driver reports ---------------------------------------------------------
 
@@ -120,8 +125,8 @@ class ReplaySession:
     def poll(self, now: float) -> Send | Wait | None:
         if self.status != "unfinished":
             return None
-        if self._max_seq is not None and self._max_seq > self._acked:
-            self._acked = self._max_seq
+        if self._max_seq is not None and self._max_seq > self._acked and now - self._acked_at >= ACK_EVERY:
+            self._acked, self._acked_at = self._max_seq, now
             return Send(protocol.encode({"type": "ack", "seq": self._acked}), "ack")
         steps = self.trace.steps
         if self._next < len(steps):

@@ -226,10 +226,12 @@ class Session(RegionGuards):
         self._activate()
 
     def skip_preload(self, event: Any) -> None:
-        self.fire("skip_preload")
+        if self.machine.allows(self, "skip_preload"):  # the cached guard check spares a trigger that would not move
+            self.fire("skip_preload")
 
     def settle(self, event: Any) -> None:
-        self.fire("settle")
+        if self.machine.allows(self, "settle"):
+            self.fire("settle")
 
     def judge_screening(self, event: Any) -> None:
         self.facts = event.args[0]["facts"]
