@@ -23,6 +23,7 @@ bench: $(VENV)/.installed $(RUNTIME) browser graphviz
 	$(PY) bench/browser.py
 	$(PY) bench/diagrams.py
 	$(PY) bench/worker.py
+	$(PY) bench/faults.py
 
 wheelhouse: $(WHEELHOUSE)/.done
 

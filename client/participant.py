@@ -89,12 +89,10 @@ async def walk(url: str, *, facts: dict[str, Any] | None = None, participant_id:
             hello["participant_id"] = participant_id
         await client.send(hello)
         config = await client.until_type("experiment_config")
-        await client.send({"type": "screening", "facts": facts or DESKTOP_CHROMIUM})
-        if config["pyodide_config"]["needs_pyodide"]:
-            await client.send({"type": "preload", "status": "loading", "stage": "runtime", "elapsed_ms": 0})
-            await client.send({"type": "preload", "status": "ready", "elapsed_ms": 1})
+        needs_pyodide = config["pyodide_config"]["needs_pyodide"]
         scene: dict[str, Any] = {}
         acted_on: tuple[Any, ...] = ()
+        reported: set[str] = set()  # what this connection has told the preflight; a message lost in a drop is sent again
         received = 1
         while True:
             seen = client.last_seq
@@ -105,15 +103,25 @@ async def walk(url: str, *, facts: dict[str, Any] | None = None, participant_id:
             if received == drop_after:
                 client.last_seq = seen  # this message is lost with the connection; the server must resend it
                 client = await _come_back(client, url, config["session_token"], timeout, away)
+                reported.clear()
                 continue
             if message["type"] == "activate_scene":
                 scene = message
             elif message["type"] == "error":
-                raise RuntimeError(f"server refused a message: {message}")
+                if message["code"] != "not_allowed":  # a report the server already had, as the page ignores it
+                    raise RuntimeError(f"server refused a message: {message}")
             elif message["type"] == "state":
                 on_state(message["state"])
                 if message["state"] in FINAL_STATES:
                     return {**scene, "outcome": message["state"], "reason": message.get("reason")}
+                regions = message.get("regions") or {}
+                if regions.get("screening") == "checking" and "screening" not in reported:
+                    reported.add("screening")
+                    await client.send({"type": "screening", "facts": facts or DESKTOP_CHROMIUM})
+                if needs_pyodide and regions.get("preloading") in ("idle", "loading") and "preload" not in reported:
+                    reported.add("preload")
+                    await client.send({"type": "preload", "status": "loading", "stage": "runtime", "elapsed_ms": 0})
+                    await client.send({"type": "preload", "status": "ready", "elapsed_ms": 1})
                 situation = (message["state"], message.get("scene_id"), message["may_advance"])
                 if situation == acted_on:  # a resume confirms the state it resent: act once
                     continue
