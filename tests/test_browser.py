@@ -6,7 +6,6 @@ our server once, except where a test reloads the page or kills the runtime's wor
 """
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from urllib.parse import urlparse
 

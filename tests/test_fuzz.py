@@ -11,7 +11,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from client.participant import DESKTOP_CHROMIUM, ProtocolClient
-from server.protocol import CLIENT_TYPES, PRELOAD_STATUSES, SERVER_TYPES, Code
+from server.protocol import PRELOAD_STATUSES, SERVER_TYPES, Code
 from server.store import read_records
 from statemachine import STATES
 from tests.support import start_server

@@ -85,7 +85,6 @@ def test_the_core_substitutes_ids_and_times_from_the_due_time():
 
 
 def test_at_recorded_speed_latency_counts_from_when_a_message_was_due():
-    clock = [0.0]
     session = ReplaySession(TRACE, "fresh-2", start=0.0, speed=2.0)
     session.connected(0.0)
     late = [[CONFIG, SCENE, state("preflight")]]
