@@ -95,8 +95,9 @@ class Study:
         self.participants.setdefault(session.participant_id or "", "")
 
     def find(self, token: str) -> Session | None:
-        session = self.by_digest.get(token_digest(token))
-        return session if session is not None and hmac.compare_digest(session.digest, token_digest(token)) else None
+        digest = token_digest(token)
+        session = self.by_digest.get(digest)
+        return session if session is not None and hmac.compare_digest(session.digest, digest) else None
 
     def resume(self, session: Session, link: ParticipantSocket, token: str, last_seq: int) -> None:
         """The newest connection wins: a second tab with the same token takes the session over."""

@@ -44,6 +44,15 @@ def state_is(page, name: str, timeout: int = STEP_TIMEOUT_MS, **where) -> dict:
     return page.evaluate("window.__preflight.state")
 
 
+def play_from_instructions_to_the_end(page) -> None:
+    page.click("#advance")
+    state_is(page, "in_game")
+    play_to_goal(page)
+    page.click("#advance")
+    state_is(page, "completed")
+    assert page.inner_text("#completion-code") == "PREFLIGHT-EXAMPLE"
+
+
 def play_to_goal(page) -> None:
     page.wait_for_function("window.__preflight.firstFrameAt !== null", timeout=LOAD_TIMEOUT_MS)  # keys are read
     for key in ["ArrowRight"] * 4 + ["ArrowDown"] * 4:
@@ -123,12 +132,7 @@ def test_a_participant_walks_from_the_url_to_the_completion_code_offline(server,
 
     page.click("#advance")
     state_is(page, "ready", scene_id="instructions")
-    page.click("#advance")
-    state_is(page, "in_game")
-    play_to_goal(page)
-    page.click("#advance")
-    state_is(page, "completed")
-    assert page.inner_text("#completion-code") == "PREFLIGHT-EXAMPLE"
+    play_from_instructions_to_the_end(page)
 
     assert page.evaluate("window.__preflight.runtime.loads") == 1  # the game reused the preloaded instance
     assert offsite(context.requests) == []
@@ -308,12 +312,7 @@ def test_a_dropped_connection_and_a_reload_resume_the_session_where_it_was(serve
     page.reload()  # the page forgets everything; the session does not
     state_is(page, "ready", timeout=LOAD_TIMEOUT_MS, scene_id="instructions")
     assert page.inner_text("#title") == "How to play"
-    page.click("#advance")
-    state_is(page, "in_game")
-    play_to_goal(page)
-    page.click("#advance")
-    state_is(page, "completed")
-    assert page.inner_text("#completion-code") == "PREFLIGHT-EXAMPLE"
+    play_from_instructions_to_the_end(page)
 
     records = records_of(server["data"], "pw-resumer")
     assert [r["last_seq"] for r in records if r["kind"] == "resumed"][1] == 0  # the reload asked for everything

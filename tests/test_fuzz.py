@@ -34,12 +34,8 @@ messages = st.one_of(
                           optional={"stage": st.text(max_size=10), "elapsed_ms": plain}),
     st.fixed_dictionaries({"type": st.sampled_from(["advance", "game_over", "ack"])}, optional={"seq": plain}),
     st.fixed_dictionaries({"type": st.just("game_event")}, optional={"data": wild}),
-    st.dictionaries(st.text(max_size=8), wild, max_size=4).map(lambda m: {"type": st_type(m), **m}),
+    st.dictionaries(st.text(max_size=8), wild, max_size=4).map(lambda m: {"type": "teleport", **m}),
 )
-
-
-def st_type(m: dict) -> object:
-    return m.get("type", "teleport")
 
 
 frames = st.one_of(
