@@ -246,9 +246,10 @@ def state(name: str, may_advance: bool, **detail: Any) -> dict[str, Any]:
 
 
 def experiment_config(*, session_token: str, participant_id: str, entry_screening: dict[str, Any],
-                      pyodide_config: dict[str, Any], scene_count: int) -> dict[str, Any]:
+                      pyodide_config: dict[str, Any], scene_count: int, final_states: list[str]) -> dict[str, Any]:
     return {"type": "experiment_config", "session_token": session_token, "participant_id": participant_id,
-            "entry_screening": entry_screening, "pyodide_config": pyodide_config, "scene_count": scene_count}
+            "entry_screening": entry_screening, "pyodide_config": pyodide_config, "scene_count": scene_count,
+            "final_states": final_states}
 
 
 def activate_scene(scene_id: str, scene_type: str, index: int, count: int, payload: dict[str, Any]) -> dict[str, Any]:

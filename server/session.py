@@ -12,12 +12,14 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Any, Callable, Protocol
 
-from statemachine import RegionGuards, SessionMachine, top_state
+from statemachine import FINAL_STATES, RegionGuards, SessionMachine, top_state
 
 from . import protocol
 from .experiment import Experiment, Placed
 
 Emit = Callable[[dict[str, Any]], None]
+FINAL_LIST = sorted(FINAL_STATES)
+"""Sent to the page, so it knows from the table (not a copy) when a session is over."""
 Sink = Callable[[dict[str, Any]], None]
 
 
@@ -379,7 +381,7 @@ class Session(RegionGuards):
         return protocol.experiment_config(
             session_token=self.token, participant_id=self.participant_id,
             entry_screening=self.experiment.screening.describe(), pyodide_config=self.runtime_config,
-            scene_count=len(self.plan))
+            scene_count=len(self.plan), final_states=FINAL_LIST)
 
     def _save(self) -> None:
         saved = self.saved()

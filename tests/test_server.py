@@ -8,6 +8,7 @@ from client.participant import DESKTOP_CHROMIUM, walk
 from server.experiment import EndScene, Experiment, StartScene
 from server.session import Timeouts
 from server.store import read_records
+from statemachine import FINAL_STATES
 
 LOADING = {"type": "preload", "status": "loading", "stage": "runtime", "elapsed_ms": 10}
 
@@ -44,6 +45,7 @@ async def test_hello_gets_the_experiment_config_then_the_start_scene(connect):
     assert runtime["pyodide_url"] == "/pyodide/314.0.7/" and runtime["index_url"] == "/simple/{package_name}/"
     assert runtime["lock"]["packages"]["micropip"]["file_name"] == "micropip-0.11.1-py3-none-any.whl"
     assert len(config["session_token"]) >= 32
+    assert config["final_states"] == sorted(FINAL_STATES)
     assert (scene["type"], scene["scene_type"]) == ("activate_scene", "start")
     assert state == {"type": "state", "state": "preflight", "may_advance": False, "scene_id": "start",
                      "regions": {"screening": "checking", "preloading": "idle"}, "seq": 3}

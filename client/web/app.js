@@ -21,7 +21,6 @@ const preflight = (window.__preflight = { states: [], errors: [], runtime: null,
                                           connections: 0 });
 const params = Object.fromEntries(new URLSearchParams(location.search));
 const TOKEN_KEY = `preflight.token:${location.pathname}${location.search}`;
-const FINAL = new Set(["completed", "excluded", "abandoned"]);
 const GIVE_UP = new Set([1008, 1009, 4001]);  // abuse, too large, taken over by another tab: coming back won't help
 
 let socket = null, lastSeq = 0, ackTimer = null, retries = 0, screeningSent = false;
@@ -58,7 +57,7 @@ function connect() {
 }
 
 function onClose(event) {
-  if (FINAL.has(preflight.state?.state)) return;
+  if (preflight.config?.final_states.includes(preflight.state?.state)) return;  // over: nothing to come back to
   if (event.code === 4001) return notice("This study continues in another tab or window; please use that one.");
   if (GIVE_UP.has(event.code) || retries >= 8) {
     return notice(`Connection closed (${event.code}${event.reason ? ": " + event.reason : ""}). Please reload the page.`);
