@@ -9,13 +9,18 @@ WHEELHOUSE := build/wheelhouse
 GAME := server/examples/gridworld_env
 RUNTIME := node_modules/.installed $(WHEELHOUSE)/.done
 
-.PHONY: serve test bench wheelhouse browser graphviz clean
+.PHONY: serve test lint bench wheelhouse browser graphviz clean
 
 serve: $(VENV)/.installed $(RUNTIME) graphviz
 	$(PY) -m server $(ARGS)
 
-test: $(VENV)/.installed $(RUNTIME) browser graphviz
+test: $(VENV)/.installed $(RUNTIME) browser graphviz lint
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+# Style and types, enforced by the same command CI runs.
+lint: $(VENV)/.installed
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
 
 bench: $(VENV)/.installed $(RUNTIME) browser graphviz
 	$(PY) bench/machine.py

@@ -36,6 +36,7 @@ Before the measured runs, one unmeasured walk-through (which also warms the serv
 file cache) saves docs/loading.png, the start scene while the game's wheel request is
 held back so the progress indicator shows loading, and docs/game.png after a few moves.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -58,12 +59,20 @@ from playwright.sync_api import Browser, BrowserContext, Page, Route, sync_playw
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = ROOT / "docs"
 CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 VIEWPORT = {"width": 1000, "height": 900}
 SERVER_START_S = 30.0
 LOAD_TIMEOUT_MS = 120_000  # a full Pyodide load on a slow, shared machine
-STEP_TIMEOUT_MS = 10_000   # anything that does not load Python
+STEP_TIMEOUT_MS = 10_000  # anything that does not load Python
 
 # Runs before app.js: timestamps the page's own handling of messages and clicks into window.__bench.
 INIT_SCRIPT = """
@@ -121,7 +130,11 @@ class Server:
         self._log = self.log_path.open("w")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "server", "--port", str(self.port), "--data-dir", str(data_dir / "data")],
-            cwd=ROOT, stdout=self._log, stderr=subprocess.STDOUT, text=True)
+            cwd=ROOT,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
 
     def wait_until_serving(self) -> None:
         deadline = time.monotonic() + SERVER_START_S
@@ -191,12 +204,14 @@ def measure(browser: Browser, url: str, preload: bool) -> Run:
     try:
         aborted: list[str] = []
         if not preload:
+
             def abort_first(route: Route) -> None:
                 if aborted:
                     route.continue_()
                 else:
                     aborted.append(route.request.url)
                     route.abort()
+
             context.route(lambda u: "/pyodide/" in u and u.endswith("/pyodide.mjs"), abort_first)
         page = open_page(context, url)
         preload_status = enter_game(page)
@@ -212,12 +227,15 @@ def measure(browser: Browser, url: str, preload: bool) -> Run:
         }""")
         if not preload and len(aborted) != 1:
             raise RuntimeError(f"expected one aborted pyodide.mjs request, got {aborted}")
-        return Run(mode="with preload" if preload else "without preload",
-                   config_to_ready=(t["ready"] - t["config"]) / 1000,
-                   enter_to_frame=(t["frame"] - t["enter"]) / 1000,
-                   enter_to_step=(t["step"] - t["enter"]) / 1000,
-                   config_to_step=(t["step"] - t["config"]) / 1000,
-                   pyodide_loads=t["loads"], preload_status=preload_status)
+        return Run(
+            mode="with preload" if preload else "without preload",
+            config_to_ready=(t["ready"] - t["config"]) / 1000,
+            enter_to_frame=(t["frame"] - t["enter"]) / 1000,
+            enter_to_step=(t["step"] - t["enter"]) / 1000,
+            config_to_step=(t["step"] - t["config"]) / 1000,
+            pyodide_loads=t["loads"],
+            preload_status=preload_status,
+        )
     finally:
         context.close()
 
@@ -229,8 +247,11 @@ def screenshots(browser: Browser, url: str) -> None:
         held: list[Route] = []
         context.route("**/wheels/preflight_gridworld*", lambda route: held.append(route))
         page = open_page(context, url)
-        wait_js(page, "document.getElementById('progress-text')?.textContent.startsWith('Installing packages')",
-                LOAD_TIMEOUT_MS)
+        wait_js(
+            page,
+            "document.getElementById('progress-text')?.textContent.startsWith('Installing packages')",
+            LOAD_TIMEOUT_MS,
+        )
         deadline = time.monotonic() + STEP_TIMEOUT_MS / 1000
         while not held and time.monotonic() < deadline:
             page.wait_for_timeout(50)
@@ -253,11 +274,18 @@ def screenshots(browser: Browser, url: str) -> None:
 
 
 def machine_lines(browser: Browser) -> Iterator[str]:
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), "unknown")
+    cpu = next(
+        (
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        ),
+        "unknown",
+    )
     nproc = subprocess.run(["nproc"], capture_output=True, text=True, check=True).stdout.strip()
-    chromium = subprocess.run([CHROMIUM, "--version"], capture_output=True, text=True, timeout=30,
-                              check=False).stdout.strip()  # the wrapper script also complains on stderr
+    chromium = subprocess.run(
+        [CHROMIUM, "--version"], capture_output=True, text=True, timeout=30, check=False
+    ).stdout.strip()  # the wrapper script also complains on stderr
     yield f"- nproc: {nproc} ({cpu})"
     yield f"- chromium: {chromium} (playwright reports {browser.version})"
     yield f"- python: {platform.python_version()} ({sys.executable})"
@@ -265,7 +293,7 @@ def machine_lines(browser: Browser) -> Iterator[str]:
 
 def table(runs: list[Run]) -> Iterator[str]:
     def row(label: str, values: list[float]) -> str:
-        return (f"| {label} | {statistics.median(values):.3f} | {min(values):.3f} | {max(values):.3f} |")
+        return f"| {label} | {statistics.median(values):.3f} | {min(values):.3f} | {max(values):.3f} |"
 
     with_ = [r for r in runs if r.mode == "with preload"]
     without = [r for r in runs if r.mode == "without preload"]
@@ -324,10 +352,13 @@ def main() -> int:
         for k in range(runs_per_mode):
             for preload in (True, False):
                 run = measure(browser, server.url, preload)
-                print(f"run {k + 1} {run.mode}: config->ready {run.config_to_ready:.3f} s, "
-                      f"enter->frame {run.enter_to_frame:.3f} s, enter->step {run.enter_to_step:.3f} s "
-                      f"(preload {run.preload_status}, loadPyodide calls {run.pyodide_loads})",
-                      file=sys.stderr, flush=True)
+                print(
+                    f"run {k + 1} {run.mode}: config->ready {run.config_to_ready:.3f} s, "
+                    f"enter->frame {run.enter_to_frame:.3f} s, enter->step {run.enter_to_step:.3f} s "
+                    f"(preload {run.preload_status}, loadPyodide calls {run.pyodide_loads})",
+                    file=sys.stderr,
+                    flush=True,
+                )
                 runs.append(run)
         print("\n".join([*machine_lines(browser), "", *table(runs)]))
     return 0

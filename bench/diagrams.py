@@ -5,6 +5,7 @@ Times the generators in-process, the command end to end, mermaid rendering in De
 Chromium (the npm `mermaid` bundle), and attaching 1,000 plain models to the library's
 HierarchicalMachine against its HierarchicalGraphMachine on the same table, in the same run.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -21,10 +22,18 @@ sys.path.insert(0, str(ROOT))
 from transitions.extensions.nesting import HierarchicalMachine  # noqa: E402
 
 from statemachine import INITIAL, STATES, TRANSITIONS  # noqa: E402
-from statemachine.diagram import _DiagramMachine, _diagram_states, _LabelledState, lifecycle  # noqa: E402
+from statemachine.diagram import _diagram_states, _DiagramMachine, _LabelledState, lifecycle  # noqa: E402
 
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 
 
 def median_ms(fn, repeat: int) -> float:
@@ -58,12 +67,15 @@ def mermaid_in_chromium(repeat: int) -> tuple[float, float]:
         page.evaluate("mermaid.initialize({startOnLoad: false})")
         times = []
         for i in range(repeat + 1):
-            t = page.evaluate("""async ([text, id]) => {
+            t = page.evaluate(
+                """async ([text, id]) => {
                 const t0 = performance.now();
                 const {svg} = await mermaid.render(id, text);
                 document.getElementById('out').innerHTML = svg;
                 return performance.now() - t0;
-            }""", [text, f"d{i}"])
+            }""",
+                [text, f"d{i}"],
+            )
             times.append(t)
             if i == 0:
                 first = (time.perf_counter() - t0) * 1000
@@ -88,20 +100,33 @@ def main() -> None:
 
     plain = attach_us(_Plain)
     for engine in ("mermaid", "graphviz"):
-        graph = attach_us(lambda: _DiagramMachine(model=None, states=_diagram_states(STATES), initial=INITIAL,
-                                                  auto_transitions=False, graph_engine=engine,
-                                                  transitions=[{k: t[k] for k in ("trigger", "source", "dest")}
-                                                               for t in TRANSITIONS]))
-        print(f"add_model, 1,000 models: HierarchicalMachine {plain:.1f} µs, HierarchicalGraphMachine "
-              f"({engine}) {graph:.1f} µs ({graph / plain:.1f}×)")
+        graph = attach_us(
+            lambda: _DiagramMachine(
+                model=None,
+                states=_diagram_states(STATES),
+                initial=INITIAL,
+                auto_transitions=False,
+                graph_engine=engine,
+                transitions=[{k: t[k] for k in ("trigger", "source", "dest")} for t in TRANSITIONS],
+            )
+        )
+        print(
+            f"add_model, 1,000 models: HierarchicalMachine {plain:.1f} µs, HierarchicalGraphMachine "
+            f"({engine}) {graph:.1f} µs ({graph / plain:.1f}×)"
+        )
 
 
 class _Plain(HierarchicalMachine):
     state_cls = _LabelledState
 
     def __init__(self) -> None:
-        super().__init__(model=None, states=_diagram_states(STATES), initial=INITIAL, auto_transitions=False,
-                         transitions=[{k: t[k] for k in ("trigger", "source", "dest")} for t in TRANSITIONS])
+        super().__init__(
+            model=None,
+            states=_diagram_states(STATES),
+            initial=INITIAL,
+            auto_transitions=False,
+            transitions=[{k: t[k] for k in ("trigger", "source", "dest")} for t in TRANSITIONS],
+        )
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 
 Run: .venv/bin/python bench/echo.py --port 9999   (bench/server.py starts it itself)
 """
+
 from __future__ import annotations
 
 import argparse

@@ -3,6 +3,7 @@
 A saturated server measures WebSocket ping round trips above the example's 1 s limit and
 rightly excludes those participants; throughput figures need every session to walk the same path.
 """
+
 import dataclasses
 
 from server.examples.gridworld import experiment as example

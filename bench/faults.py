@@ -6,6 +6,7 @@ Starts `python -m server` on a free port with a fresh data directory, walks ever
 token), then reads every session's records back and counts what is missing. Server memory is read from
 /proc before the faulty round and after a second one, so growth per round shows whether ended sessions leak.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -14,9 +15,9 @@ import json
 import os
 import random
 import resource
+import secrets
 import sys
 import tempfile
-import secrets
 import time
 import urllib.request
 from collections import Counter
@@ -24,9 +25,9 @@ from pathlib import Path
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from client.participant import walk  # noqa: E402
-from server.store import read_records  # noqa: E402
-from tests.support import start_server  # noqa: E402
+from client.participant import walk
+from server.store import read_records
+from tests.support import start_server
 
 STEPS = 3
 GRACE = 10  # seconds; a 1,000-participant crowd on 2 shared cores takes seconds to reconnect
@@ -45,8 +46,9 @@ def rss_kb(pid: int) -> int:
     raise RuntimeError("no VmRSS")
 
 
-async def round_of(url: str, prefix: str, sessions: int, drop: float, concurrency: int, rng: random.Random,
-                   deadline: float) -> tuple[Counter, dict[str, int | None]]:
+async def round_of(
+    url: str, prefix: str, sessions: int, drop: float, concurrency: int, rng: random.Random, deadline: float
+) -> tuple[Counter, dict[str, int | None]]:
     gate = asyncio.Semaphore(concurrency)
     outcomes: Counter = Counter()
     failures: list[str] = []
@@ -56,8 +58,16 @@ async def round_of(url: str, prefix: str, sessions: int, drop: float, concurrenc
         async with gate:
             try:
                 end = await asyncio.wait_for(
-                    walk(url, participant_id=pid, steps=STEPS, timeout=30, drop_after=drop_after,
-                         away=rng.uniform(0, 0.5)), max(1.0, deadline - time.monotonic()))
+                    walk(
+                        url,
+                        participant_id=pid,
+                        steps=STEPS,
+                        timeout=30,
+                        drop_after=drop_after,
+                        away=rng.uniform(0, 0.5),
+                    ),
+                    max(1.0, deadline - time.monotonic()),
+                )
                 outcomes[end["outcome"]] += 1
             except Exception as exc:  # counted, not raised: the report says what failed and how
                 outcomes[f"failed:{type(exc).__name__}"] += 1
@@ -89,8 +99,13 @@ def audit(data: Path, plan: dict[str, int | None]) -> dict[str, int]:
         lost += not any(r["kind"] == "transition" and r["dest"] == "completed" for r in records)
         resumed += any(r["kind"] == "resumed" for r in records)
         abandoned += any(r["kind"] == "closed" and r["outcome"] == "abandoned" for r in records)
-    return {"records_lost": lost, "duplicated": duplicated, "resumed": resumed, "abandoned": abandoned,
-            "sessions_on_disk": len(found)}
+    return {
+        "records_lost": lost,
+        "duplicated": duplicated,
+        "resumed": resumed,
+        "abandoned": abandoned,
+        "sessions_on_disk": len(found),
+    }
 
 
 def main() -> int:
@@ -101,13 +116,22 @@ def main() -> int:
     parser.add_argument("--max-seconds", type=float, default=300.0)
     parser.add_argument("--seed", type=int, default=1)
     args = parser.parse_args()
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     rng = random.Random(args.seed)
     with tempfile.TemporaryDirectory() as tmp:
         data = Path(tmp) / "data"
-        proc, url = start_server(data, "--rate-limit", "1000", "--grace", str(GRACE), "--admin-token", TOKEN,
-                                 "--experiment", str(Path(__file__).with_name("experiment.py")))
+        proc, url = start_server(
+            data,
+            "--rate-limit",
+            "1000",
+            "--grace",
+            str(GRACE),
+            "--admin-token",
+            TOKEN,
+            "--experiment",
+            str(Path(__file__).with_name("experiment.py")),
+        )
         ws = url.replace("http", "ws") + "ws"
         try:
             deadline = time.monotonic() + args.max_seconds
@@ -115,8 +139,9 @@ def main() -> int:
             time.sleep(GRACE + 1)  # finished sessions stay resumable for --grace seconds
             before = rss_kb(proc.pid)
             started = time.monotonic()
-            outcomes, plan = asyncio.run(round_of(ws, "fault", args.sessions, args.drop, args.concurrency, rng,
-                                                  deadline))
+            outcomes, plan = asyncio.run(
+                round_of(ws, "fault", args.sessions, args.drop, args.concurrency, rng, deadline)
+            )
             took = time.monotonic() - started
             time.sleep(GRACE + 1)
             after = rss_kb(proc.pid)
@@ -129,10 +154,16 @@ def main() -> int:
             proc.terminate()
             proc.wait(timeout=10)
         report = {
-            "sessions": args.sessions, "dropped": sum(1 for d in plan.values() if d is not None),
-            "outcomes": dict(outcomes), **audit(data, plan), "seconds": round(took, 2),
-            "server_alive": alive, "rss_kb_before": before, "rss_kb_after": after,
-            "rss_kb_after_another_round": after_again, "live_sessions_after": live_after,
+            "sessions": args.sessions,
+            "dropped": sum(1 for d in plan.values() if d is not None),
+            "outcomes": dict(outcomes),
+            **audit(data, plan),
+            "seconds": round(took, 2),
+            "server_alive": alive,
+            "rss_kb_before": before,
+            "rss_kb_after": after,
+            "rss_kb_after_another_round": after_again,
+            "live_sessions_after": live_after,
         }
     print(json.dumps(report, indent=2))
     return 0 if report["records_lost"] == 0 and alive and outcomes["completed"] == args.sessions else 1

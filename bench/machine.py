@@ -4,6 +4,7 @@ Run: .venv/bin/python bench/machine.py [--sessions 10000]
 Compares SessionMachine with the library's own HierarchicalMachine.add_model on the
 same table in the same run, since absolute timings on a shared machine are noise.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -15,12 +16,12 @@ import tracemalloc
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from transitions.extensions.nesting import HierarchicalMachine  # noqa: E402
+from transitions.extensions.nesting import HierarchicalMachine
 
-from server.examples.gridworld import experiment  # noqa: E402
-from server.session import Session  # noqa: E402
-from statemachine import INITIAL, STATES, TRANSITIONS, SessionMachine  # noqa: E402
-from statemachine.lifecycle import _State  # noqa: E402
+from server.examples.gridworld import experiment
+from server.session import Session
+from statemachine import INITIAL, STATES, TRANSITIONS, SessionMachine
+from statemachine.lifecycle import _State
 
 
 class Clock:
@@ -37,8 +38,16 @@ class LibraryMachine(HierarchicalMachine):
     state_cls = _State
 
     def __init__(self) -> None:
-        super().__init__(model=None, states=STATES, transitions=TRANSITIONS, initial=INITIAL, auto_transitions=False,
-                         send_event=True, before_state_change="record_transition", after_state_change="publish_state")
+        super().__init__(
+            model=None,
+            states=STATES,
+            transitions=TRANSITIONS,
+            initial=INITIAL,
+            auto_transitions=False,
+            send_event=True,
+            before_state_change="record_transition",
+            after_state_change="publish_state",
+        )
 
     def fire(self, model, trigger, *args):
         return self.trigger_event(model, trigger, *args)
@@ -87,9 +96,13 @@ def trigger_cost(machine_cls, n: int) -> tuple[float, float]:
     machine = machine_cls()
     game = {"type": "game_event", "step": 1}
     s = Session(machine, experiment, Clock(), lambda m: None)
-    for trig, msg in [("hello", {}), ("screening", {"facts": {"webassembly": True, "screen_width": 2000,
-                                                                 "screen_height": 2000}}),
-                      ("preload", {"status": "ready"}), ("advance", {}), ("advance", {})]:
+    for trig, msg in [
+        ("hello", {}),
+        ("screening", {"facts": {"webassembly": True, "screen_width": 2000, "screen_height": 2000}}),
+        ("preload", {"status": "ready"}),
+        ("advance", {}),
+        ("advance", {}),
+    ]:
         s.rtt_ms = 1.0
         s.user_agent = "Chrome/1"
         s.fire(trig, msg)
@@ -136,15 +149,27 @@ def main() -> None:
         mem, left = memory_per_session(cls, n)
         rows.append((name, first, last, detach, internal, external, mem, left))
     print(f"sessions: {n}; python {sys.version.split()[0]}; {os.cpu_count()} cpus")
-    head = ("machine", "attach µs (first 1k)", f"attach µs (last 1k of {n})", "detach µs", "game_event µs",
-            "external trigger µs", "bytes/session (in preflight)", "bytes left/session after detach")
+    head = (
+        "machine",
+        "attach µs (first 1k)",
+        f"attach µs (last 1k of {n})",
+        "detach µs",
+        "game_event µs",
+        "external trigger µs",
+        "bytes/session (in preflight)",
+        "bytes left/session after detach",
+    )
     print("| " + " | ".join(head) + " |")
     print("|" + "---|" * len(head))
     for r in rows:
-        print(f"| {r[0]} | {r[1]:.1f} | {r[2]:.1f} | {r[3]:.2f} | {r[4]:.1f} | {r[5]:.1f} | {r[6]:,.0f} | {r[7]:,.0f} |")
+        print(
+            f"| {r[0]} | {r[1]:.1f} | {r[2]:.1f} | {r[3]:.2f} | {r[4]:.1f} | {r[5]:.1f} | {r[6]:,.0f} | {r[7]:,.0f} |"
+        )
     ours, lib = rows
-    print(f"ratios ours/library: attach at {n} {ours[2] / lib[2]:.3f}, detach {ours[3] / lib[3]:.3f}, "
-          f"memory {ours[6] / lib[6]:.2f}, game_event {ours[4] / lib[4]:.2f}")
+    print(
+        f"ratios ours/library: attach at {n} {ours[2] / lib[2]:.3f}, detach {ours[3] / lib[3]:.3f}, "
+        f"memory {ours[6] / lib[6]:.2f}, game_event {ours[4] / lib[4]:.2f}"
+    )
 
 
 if __name__ == "__main__":

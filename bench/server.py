@@ -5,6 +5,7 @@ Both servers run as subprocesses pinned to one core, the load client on the othe
 figure is a median over --runs and is also given as a ratio to the echo server's.
 Server CPU comes from /proc/<pid>/stat, so it does not depend on how fast the client is.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -19,9 +20,10 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -122,17 +124,23 @@ async def close_all(conns: list[Any]) -> None:
 
 def measure_replay(traces, url: str, pid: int, sessions: int, concurrency: int) -> dict[str, float]:
     cpu0, client0 = cpu_seconds(pid), resource.getrusage(resource.RUSAGE_SELF)
-    collector, duration = asyncio.run(replay(traces, url, sessions=sessions, concurrency=concurrency, speed=0, ramp=0,
-                                             max_seconds=300, timeout=30))
+    collector, duration = asyncio.run(
+        replay(traces, url, sessions=sessions, concurrency=concurrency, speed=0, ramp=0, max_seconds=300, timeout=30)
+    )
     cpu1, client1 = cpu_seconds(pid), resource.getrusage(resource.RUSAGE_SELF)
     report = collector.report(duration)
     bad = {k: v for k, v in report["sessions"].items() if k not in ("ok", "total") and v}
     if bad:
         raise RuntimeError(f"replay went wrong: {bad} {report['divergence_examples']}")
     client_cpu = (client1.ru_utime + client1.ru_stime) - (client0.ru_utime + client0.ru_stime)
-    return {"msgs_per_s": report["messages"]["sent_per_s"], "p99_ms": report["latency_ms"]["all"]["p99"],
-            "cpu_ms_per_session": (cpu1 - cpu0) / sessions * 1000, "server_busy": (cpu1 - cpu0) / duration,
-            "client_busy": client_cpu / duration, "cpu_us_per_msg": (cpu1 - cpu0) / report["messages"]["sent"] * 1e6}
+    return {
+        "msgs_per_s": report["messages"]["sent_per_s"],
+        "p99_ms": report["latency_ms"]["all"]["p99"],
+        "cpu_ms_per_session": (cpu1 - cpu0) / sessions * 1000,
+        "server_busy": (cpu1 - cpu0) / duration,
+        "client_busy": client_cpu / duration,
+        "cpu_us_per_msg": (cpu1 - cpu0) / report["messages"]["sent"] * 1e6,
+    }
 
 
 def steady(trace: Trace, events: int) -> Trace:
@@ -157,8 +165,12 @@ def write_cost(records: int, sessions: int, tmp: Path) -> dict[str, float]:
     for log in logs:
         log.close()
     times.sort()
-    return {"p50_us": times[len(times) // 2] * 1e6, "p99_us": times[int(len(times) * 0.99)] * 1e6,
-            "p999_us": times[int(len(times) * 0.999)] * 1e6, "max_us": times[-1] * 1e6}
+    return {
+        "p50_us": times[len(times) // 2] * 1e6,
+        "p99_us": times[int(len(times) * 0.99)] * 1e6,
+        "p999_us": times[int(len(times) * 0.999)] * 1e6,
+        "max_us": times[-1] * 1e6,
+    }
 
 
 def main() -> None:
@@ -167,10 +179,12 @@ def main() -> None:
     parser.add_argument("--sessions", type=int, default=2000, help="replayed sessions per measurement")
     parser.add_argument("--handshakes", type=int, default=2000)
     parser.add_argument("--idle", type=int, default=10_000, help="idle connected sessions for the memory figure")
-    parser.add_argument("--steady-events", type=int, default=200, help="game events per session in the steady-state figure")
+    parser.add_argument(
+        "--steady-events", type=int, default=200, help="game events per session in the steady-state figure"
+    )
     args = parser.parse_args()
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # stop the servers on the way out
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))  # 10,000 sockets each side; servers inherit it
     if len(os.sched_getaffinity(0)) > 1:
         os.sched_setaffinity(0, {CLIENT_CPU})
@@ -186,10 +200,25 @@ def main() -> None:
         for run in range(args.runs):
             for server in ("preflight", "echo"):
                 port = free_port()
-                argv = ([py, "-m", "server", "--port", str(port), "--data-dir", str(tmp / f"data-{run}"),
-                         "--experiment", str(ROOT / "bench" / "experiment.py"), "--rate-limit", "100000",
-                         "--grace", str(GRACE)]
-                        if server == "preflight" else [py, "bench/echo.py", "--port", str(port)])
+                argv = (
+                    [
+                        py,
+                        "-m",
+                        "server",
+                        "--port",
+                        str(port),
+                        "--data-dir",
+                        str(tmp / f"data-{run}"),
+                        "--experiment",
+                        str(ROOT / "bench" / "experiment.py"),
+                        "--rate-limit",
+                        "100000",
+                        "--grace",
+                        str(GRACE),
+                    ]
+                    if server == "preflight"
+                    else [py, "bench/echo.py", "--port", str(port)]
+                )
                 url = f"ws://127.0.0.1:{port}/ws"
                 with started(argv, port) as proc:
                     if server == "preflight" and run == 0:
@@ -203,8 +232,13 @@ def main() -> None:
                         for name, value in figures.items():
                             add(server, f"{name}@{concurrency}", value)
                     in_game = [steady(t, args.steady_events) for t in traces]
-                    figures = measure_replay(in_game if server == "preflight" else [t.as_echo() for t in in_game],
-                                             url, proc.pid, args.sessions // 10, 100)
+                    figures = measure_replay(
+                        in_game if server == "preflight" else [t.as_echo() for t in in_game],
+                        url,
+                        proc.pid,
+                        args.sessions // 10,
+                        100,
+                    )
                     add(server, "cpu_us_per_msg@steady", figures["cpu_us_per_msg"])
                     add(server, "msgs_per_s@steady", figures["msgs_per_s"])
                     if run == 0:
@@ -231,17 +265,21 @@ def main() -> None:
 def report(results: dict[str, dict[str, list[float]]], writes: dict[str, float], args: argparse.Namespace) -> None:
     med = {s: {k: statistics.median(v) for k, v in r.items()} for s, r in results.items()}
     p, e = med["preflight"], med["echo"]
-    print(f"python {sys.version.split()[0]}; {os.cpu_count()} cpus; servers pinned to cpu {SERVER_CPU}, client to "
-          f"cpu {CLIENT_CPU}; medians of {args.runs} runs; {args.sessions} replayed sessions per figure; "
-          f"memory from one run of {args.idle} idle sessions")
+    print(
+        f"python {sys.version.split()[0]}; {os.cpu_count()} cpus; servers pinned to cpu {SERVER_CPU}, client to "
+        f"cpu {CLIENT_CPU}; medians of {args.runs} runs; {args.sessions} replayed sessions per figure; "
+        f"memory from one run of {args.idle} idle sessions"
+    )
     print("| figure | Preflight | echo | ratio |")
     print("|---|---:|---:|---:|")
     for key in sorted(p):
         if key in e:
             ratio = p[key] / e[key] if e[key] else float("nan")
             print(f"| {key} | {p[key]:,.2f} | {e[key]:,.2f} | {ratio:.2f} |")
-    print(f"recorded frame write: p50 {writes['p50_us']:.1f} µs, p99 {writes['p99_us']:.1f} µs, "
-          f"p99.9 {writes['p999_us']:.1f} µs, max {writes['max_us']:.0f} µs")
+    print(
+        f"recorded frame write: p50 {writes['p50_us']:.1f} µs, p99 {writes['p99_us']:.1f} µs, "
+        f"p99.9 {writes['p999_us']:.1f} µs, max {writes['max_us']:.0f} µs"
+    )
     print("raw:", {s: {k: [round(x, 2) for x in v] for k, v in r.items()} for s, r in results.items()})
 
 

@@ -30,17 +30,28 @@ Per run, all taken inside the page (an init script that runs before app.js):
 One unmeasured run per mode comes first (the server's and the browser's first-use
 costs), then the modes alternate, each taking the first turn every other run.
 """
+
 from __future__ import annotations
 
 import os
 import statistics
 import sys
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
-from browser import (CHROMIUM, LOAD_TIMEOUT_MS, STEP_TIMEOUT_MS, VIEWPORT, Server, machine_lines, runs_argument,
-                     served_browser, wait_js, wait_state)
+from browser import (
+    CHROMIUM,
+    LOAD_TIMEOUT_MS,
+    STEP_TIMEOUT_MS,
+    VIEWPORT,
+    Server,
+    machine_lines,
+    runs_argument,
+    served_browser,
+    wait_js,
+    wait_state,
+)
 from playwright.sync_api import Browser
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -64,7 +75,7 @@ INIT_SCRIPT = """
     last = t;
     if (bench.readyAt === null) bench.maxGap = Math.max(bench.maxGap, gap);
     else if (window.__preflight?.firstFrameAt != null) bench.gameMaxGap = Math.max(bench.gameMaxGap, gap);
-  }, %d);
+  }, HEARTBEAT_MS);
   new PerformanceObserver((list) => {
     for (const e of list.getEntries()) bench.longTasks.push([e.startTime, e.duration]);
   }).observe({ type: "longtask", buffered: true });
@@ -80,7 +91,7 @@ INIT_SCRIPT = """
     } });
   } });
 })();
-""" % HEARTBEAT_MS
+""".replace("HEARTBEAT_MS", str(HEARTBEAT_MS))
 
 # Presses arrow keys at the game's frame rate, circling (0,0) (1,0) (1,1) (0,1): never the goal.
 DRIVE = """([fps, presses]) => new Promise((resolve) => {
@@ -96,11 +107,11 @@ DRIVE = """([fps, presses]) => new Promise((resolve) => {
 @dataclass
 class Run:
     mode: str
-    stall_ms: float          # longest heartbeat gap, page load -> ready
-    long_task_ms: float      # longest long task that started before ready (0: none)
+    stall_ms: float  # longest heartbeat gap, page load -> ready
+    long_task_ms: float  # longest long task that started before ready (0: none)
     nav_to_ready_s: float
     config_to_ready_s: float
-    game_stall_ms: float     # longest heartbeat gap while the game ran
+    game_stall_ms: float  # longest heartbeat gap while the game ran
     steps_ms: list[float]
     stages_ms: dict[str, int]  # each preload stage's elapsed_ms as the page reported it
     where: str
@@ -139,8 +150,18 @@ def measure(browser: Browser, server: Server, mode: str, k: int) -> Run:
     if len(steps) != GAME.max_steps:
         raise RuntimeError(f"{mode}: {len(steps)} steps recorded, expected {GAME.max_steps}")
     stages = {r.get("stage", r["status"]): r["elapsed_ms"] for r in found if r["kind"] == "preload"}
-    return Run(mode, before["gap"], before["task"], before["ready"] / 1000, (before["ready"] - before["config"]) / 1000,
-               game_gap, steps, stages, before["where"], before["loads"])
+    return Run(
+        mode,
+        before["gap"],
+        before["task"],
+        before["ready"] / 1000,
+        (before["ready"] - before["config"]) / 1000,
+        game_gap,
+        steps,
+        stages,
+        before["where"],
+        before["loads"],
+    )
 
 
 def records(server: Server, participant: str) -> list[dict]:
@@ -172,19 +193,21 @@ def table(runs: list[Run]) -> Iterator[str]:
     yield "| metric | worker | main thread | worker / main |"
     yield "| --- | ---: | ---: | ---: |"
     for label, field, fmt, unit in (
-            ("longest main-thread stall, load -> ready (10 ms heartbeat gap)", "stall_ms", ".0f", "ms"),
-            ("longest long task before ready (Long Tasks API)", "long_task_ms", ".0f", "ms"),
-            ("time to ready: navigation -> ready", "nav_to_ready_s", ".3f", "s"),
-            ("time to ready: experiment_config -> ready", "config_to_ready_s", ".3f", "s"),
-            ("longest main-thread stall while playing (heartbeat gap)", "game_stall_ms", ".0f", "ms")):
+        ("longest main-thread stall, load -> ready (10 ms heartbeat gap)", "stall_ms", ".0f", "ms"),
+        ("longest long task before ready (Long Tasks API)", "long_task_ms", ".0f", "ms"),
+        ("time to ready: navigation -> ready", "nav_to_ready_s", ".3f", "s"),
+        ("time to ready: experiment_config -> ready", "config_to_ready_s", ".3f", "s"),
+        ("longest main-thread stall while playing (heartbeat gap)", "game_stall_ms", ".0f", "ms"),
+    ):
         ratio = med("worker", field) / med("main", field) if med("main", field) else float("nan")
-        yield (f"| {label}, {unit} | {spread('worker', field, fmt)} | {spread('main', field, fmt)} "
-               f"| {ratio:.3f} |")
+        yield (f"| {label}, {unit} | {spread('worker', field, fmt)} | {spread('main', field, fmt)} | {ratio:.3f} |")
     pooled = {mode: [s for r in by[mode] for s in r.steps_ms] for mode in MODES}
     for q in (50, 99):
         w, m = percentile(pooled["worker"], q), percentile(pooled["main"], q)
-        yield (f"| step round trip p{q} at {GAME.fps} fps ({len(pooled['worker'])} steps per mode), ms "
-               f"| {w:.3f} | {m:.3f} | {w / m:.1f} |")
+        yield (
+            f"| step round trip p{q} at {GAME.fps} fps ({len(pooled['worker'])} steps per mode), ms "
+            f"| {w:.3f} | {m:.3f} | {w / m:.1f} |"
+        )
     w, m = max(pooled["worker"]), max(pooled["main"])
     yield f"| step round trip max, ms | {w:.3f} | {m:.3f} | {w / m:.1f} |"
     for stage in ("micropip", "packages", "preparing", "ready"):
@@ -203,16 +226,27 @@ def main() -> int:
             measure(browser, server, mode, -1)
         runs: list[Run] = []
         for k in range(runs_per_mode):
-            for mode in (MODES if k % 2 == 0 else MODES[::-1]):  # neither mode always goes first
+            for mode in MODES if k % 2 == 0 else MODES[::-1]:  # neither mode always goes first
                 run = measure(browser, server, mode, k)
-                print(f"run {k + 1} {mode}: stall {run.stall_ms:.0f} ms, long task {run.long_task_ms:.0f} ms, "
-                      f"ready {run.nav_to_ready_s:.3f} s, step p50 {percentile(run.steps_ms, 50):.3f} ms "
-                      f"p99 {percentile(run.steps_ms, 99):.3f} ms (loadPyodide calls {run.loads}, "
-                      f"load average {os.getloadavg()[0]:.2f})", file=sys.stderr, flush=True)
+                print(
+                    f"run {k + 1} {mode}: stall {run.stall_ms:.0f} ms, long task {run.long_task_ms:.0f} ms, "
+                    f"ready {run.nav_to_ready_s:.3f} s, step p50 {percentile(run.steps_ms, 50):.3f} ms "
+                    f"p99 {percentile(run.steps_ms, 99):.3f} ms (loadPyodide calls {run.loads}, "
+                    f"load average {os.getloadavg()[0]:.2f})",
+                    file=sys.stderr,
+                    flush=True,
+                )
                 runs.append(run)
-        print("\n".join([*machine_lines(browser),
-                         f"- load average (1 min) before / after: {load_before[0]:.2f} / {os.getloadavg()[0]:.2f}",
-                         "", *table(runs)]))
+        print(
+            "\n".join(
+                [
+                    *machine_lines(browser),
+                    f"- load average (1 min) before / after: {load_before[0]:.2f} / {os.getloadavg()[0]:.2f}",
+                    "",
+                    *table(runs),
+                ]
+            )
+        )
     return 0
 
 

@@ -1,4 +1,5 @@
 """`python -m client walk`: one simulated participant through a running server."""
+
 from __future__ import annotations
 
 import argparse
@@ -17,8 +18,12 @@ def main(argv: list[str] | None = None) -> int:
     w.add_argument("--participant-id", default=None, help="participant id to send in hello (default: server assigns)")
     w.add_argument("--steps", type=int, default=5, help="game events per game scene (default: %(default)s)")
     w.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for any reply (default: %(default)s)")
-    w.add_argument("--count", type=_count, default=1,
-                   help="participants to walk, one after another, each with its own id (default: %(default)s)")
+    w.add_argument(
+        "--count",
+        type=_count,
+        default=1,
+        help="participants to walk, one after another, each with its own id (default: %(default)s)",
+    )
     add_replay_parser(commands)
     args = parser.parse_args(argv)
     if args.command == "replay":
@@ -35,9 +40,12 @@ def main(argv: list[str] | None = None) -> int:
 
     print("connected", flush=True)
     try:
-        end = asyncio.run(walk(args.url, participant_id=args.participant_id, steps=args.steps,
-                               timeout=args.timeout, on_state=on_state))
-    except (OSError, ConnectionError, RuntimeError, asyncio.TimeoutError) as exc:
+        end = asyncio.run(
+            walk(
+                args.url, participant_id=args.participant_id, steps=args.steps, timeout=args.timeout, on_state=on_state
+            )
+        )
+    except (TimeoutError, OSError, ConnectionError, RuntimeError) as exc:
         print(f"python -m client: error: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 1
     print("path: " + " → ".join(path))
@@ -62,7 +70,7 @@ def _walk_many(args: argparse.Namespace) -> int:
         pid = f"{args.participant_id}-{n + 1}" if args.participant_id else None
         try:
             end = asyncio.run(walk(args.url, participant_id=pid, steps=args.steps, timeout=args.timeout))
-        except (OSError, ConnectionError, RuntimeError, asyncio.TimeoutError) as exc:
+        except (TimeoutError, OSError, ConnectionError, RuntimeError) as exc:
             print(f"python -m client: error: participant {n + 1}: {type(exc).__name__}: {exc}", file=sys.stderr)
             return 1
         outcomes[end["outcome"]] = outcomes.get(end["outcome"], 0) + 1

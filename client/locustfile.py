@@ -8,6 +8,7 @@ Each user replays one recorded session after another, each with a fresh particip
 Every timed reply is a `WS` request named after the message type; each session ends with a
 `session` request named `ok` or after its divergence (a failure with the detail).
 """
+
 from __future__ import annotations
 
 import itertools
@@ -32,8 +33,12 @@ _counter = itertools.count()
 @events.init_command_line_parser.add_listener
 def _arguments(parser) -> None:
     parser.add_argument("--traces", default="data", help="recorded sessions: files or directories, comma-separated")
-    parser.add_argument("--speed", type=float, default=1.0, help="recorded timing divided by this; 0 = as fast as replies come")
-    parser.add_argument("--reply-timeout", type=float, default=10.0, help="seconds without an expected reply: a timeout")
+    parser.add_argument(
+        "--speed", type=float, default=1.0, help="recorded timing divided by this; 0 = as fast as replies come"
+    )
+    parser.add_argument(
+        "--reply-timeout", type=float, default=10.0, help="seconds without an expected reply: a timeout"
+    )
 
 
 def drive(session: ReplaySession, url: str, timeout: float) -> ReplaySession:
@@ -104,8 +109,13 @@ class ReplayUser(User):
     def replay_one(self) -> None:
         index = next(_counter)
         participant = schedule.participant_id(f"{_run}-{os.getpid()}", index)
-        session = ReplaySession(self.traces[index % len(self.traces)], participant, start=time.monotonic(),
-                                speed=self.speed, timeout=self.timeout)
+        session = ReplaySession(
+            self.traces[index % len(self.traces)],
+            participant,
+            start=time.monotonic(),
+            speed=self.speed,
+            timeout=self.timeout,
+        )
         drive(session, self.host, self.timeout)
         for event in stats.locust_events(session):
             self.environment.events.request.fire(context={}, **event)

@@ -1,8 +1,10 @@
 """An asyncio participant over a real WebSocket, speaking the `/ws` protocol."""
+
 from __future__ import annotations
 
 import asyncio
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from tornado.websocket import WebSocketClientConnection, websocket_connect
 
@@ -10,9 +12,18 @@ from server import protocol
 from statemachine import FINAL_STATES
 
 DESKTOP_CHROMIUM = {
-    "user_agent": "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/156.0.0.0 Safari/537.36",
-    "screen_width": 1920, "screen_height": 1080, "device_pixel_ratio": 1, "webassembly": True,
-    "touch": False, "max_touch_points": 0, "hardware_concurrency": 8, "language": "en-US", "platform": "Linux x86_64",
+    "user_agent": (
+        "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/156.0.0.0 Safari/537.36"
+    ),
+    "screen_width": 1920,
+    "screen_height": 1080,
+    "device_pixel_ratio": 1,
+    "webassembly": True,
+    "touch": False,
+    "max_touch_points": 0,
+    "hardware_concurrency": 8,
+    "language": "en-US",
+    "platform": "Linux x86_64",
 }
 
 
@@ -25,8 +36,9 @@ class ProtocolClient:
         self.last_seq = 0
 
     @classmethod
-    async def connect(cls, url: str, *, timeout: float = 10.0, user_agent: str | None = None,
-                      headers: dict[str, str] | None = None) -> "ProtocolClient":
+    async def connect(
+        cls, url: str, *, timeout: float = 10.0, user_agent: str | None = None, headers: dict[str, str] | None = None
+    ) -> ProtocolClient:
         from tornado.httpclient import HTTPRequest
 
         headers = {"User-Agent": user_agent or DESKTOP_CHROMIUM["user_agent"], **(headers or {})}
@@ -73,9 +85,17 @@ class ProtocolClient:
         self.conn.close()
 
 
-async def walk(url: str, *, facts: dict[str, Any] | None = None, participant_id: str | None = None,
-               steps: int = 5, timeout: float = 10.0, on_state: Callable[[str], None] = lambda s: None,
-               drop_after: int | None = None, away: float = 0.0) -> dict[str, Any]:
+async def walk(
+    url: str,
+    *,
+    facts: dict[str, Any] | None = None,
+    participant_id: str | None = None,
+    steps: int = 5,
+    timeout: float = 10.0,
+    on_state: Callable[[str], None] = lambda s: None,
+    drop_after: int | None = None,
+    away: float = 0.0,
+) -> dict[str, Any]:
     """One simulated participant from `hello` to the end scene; returns the end scene's message.
 
     With `drop_after=n` the connection is cut without a goodbye after the n-th message received, and the
@@ -92,7 +112,9 @@ async def walk(url: str, *, facts: dict[str, Any] | None = None, participant_id:
         needs_pyodide = config["pyodide_config"]["needs_pyodide"]
         scene: dict[str, Any] = {}
         acted_on: tuple[Any, ...] = ()
-        reported: set[str] = set()  # what this connection has told the preflight; a message lost in a drop is sent again
+        reported: set[str] = (
+            set()
+        )  # what this connection has told the preflight; a message lost in a drop is sent again
         received = 1
         while True:
             seen = client.last_seq
@@ -130,8 +152,7 @@ async def walk(url: str, *, facts: dict[str, Any] | None = None, participant_id:
                     for step in range(steps):
                         if (scene["scene_id"], step) not in sent_steps:
                             sent_steps.add((scene["scene_id"], step))
-                            await client.send({"type": "game_event", "step": step, "action": step % 4,
-                                               "reward": -0.01})
+                            await client.send({"type": "game_event", "step": step, "action": step % 4, "reward": -0.01})
                     await client.send({"type": "game_over", "steps": steps, "score": 1.0})
                 elif message["may_advance"]:
                     await client.send({"type": "advance"})

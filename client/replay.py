@@ -6,6 +6,7 @@ then `poll(now)` says what to do (a `Send`, or `Wait` until a time or a message)
 not from when the client got round to sending it (coordinated omission), and the
 client's own lateness is kept apart as scheduling lag.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -17,7 +18,6 @@ from server import protocol
 
 from .schedule import due
 from .trace import Expect, Trace
-
 
 ACK_EVERY = 0.2
 """Seconds between acknowledgements, as the page batches them (the first goes at once)."""
@@ -46,8 +46,9 @@ def decode(frame: bytes | str) -> dict[str, Any]:
 class ReplaySession:
     """One replayed participant; `status` ends as ok, diverged, failed or unfinished."""
 
-    def __init__(self, trace: Trace, participant_id: str, *, start: float, speed: float = 1.0,
-                 timeout: float = 10.0) -> None:
+    def __init__(
+        self, trace: Trace, participant_id: str, *, start: float, speed: float = 1.0, timeout: float = 10.0
+    ) -> None:
         self.trace = trace
         self.participant_id = participant_id
         self.start = start  # when the session was due to connect
@@ -94,7 +95,9 @@ class ReplaySession:
             if self._next >= len(self.trace.steps) and self.received_count >= len(self.trace.expected):
                 self.status = "ok"
             else:
-                self._diverge("disconnect", f"closed after {self.received_count} of {len(self.trace.expected)} messages")
+                self._diverge(
+                    "disconnect", f"closed after {self.received_count} of {len(self.trace.expected)} messages"
+                )
             return
         index = self.received_count
         self.received_count += 1
@@ -107,18 +110,21 @@ class ReplaySession:
             self.token = message["session_token"]
         got = Expect.of(message)
         self.seen.append(got)
-        if message.get("type") == "state":
-            if message.get("state") == "ready" and self.time_to_ready is None:
-                self.time_to_ready = now - self.start
+        if message.get("type") == "state" and message.get("state") == "ready" and self.time_to_ready is None:
+            self.time_to_ready = now - self.start
         if self._pending is not None and self._pending[2] == index:
             self.latencies.append((self._pending[0], now - self._pending[1]))
             self._pending = None
         if index >= len(self.trace.expected):
-            return self._diverge(_classify(message, None), f"message {index + 1} beyond the recording: {_brief(message)}")
+            return self._diverge(
+                _classify(message, None), f"message {index + 1} beyond the recording: {_brief(message)}"
+            )
         expected = self.trace.expected[index]
         if got != expected:
-            self._diverge(_classify(message, expected), f"message {index + 1}: expected {expected.type} "
-                                                         f"{expected.key or ''}, got {_brief(message)}")
+            self._diverge(
+                _classify(message, expected),
+                f"message {index + 1}: expected {expected.type} {expected.key or ''}, got {_brief(message)}",
+            )
 
     # -- what the driver should do next --------------------------------------------------
 
@@ -147,8 +153,11 @@ class ReplaySession:
         deadline = self._progress + self.timeout
         if now >= deadline:
             waiting = f"{step.label} (needs {step.after} replies)" if self._next < len(steps) else "the last replies"
-            self._diverge("timeout", f"no reply within {self.timeout:g}s; {self.received_count} of "
-                                     f"{len(self.trace.expected)} received, waiting to send {waiting}")
+            self._diverge(
+                "timeout",
+                f"no reply within {self.timeout:g}s; {self.received_count} of "
+                f"{len(self.trace.expected)} received, waiting to send {waiting}",
+            )
             return None
         return Wait(deadline)
 

@@ -1,4 +1,5 @@
 """`python -m client replay`: recorded sessions replayed as many simulated participants, with a report."""
+
 from __future__ import annotations
 
 import argparse
@@ -41,28 +42,65 @@ def _thresholds(text: str) -> list[stats.Threshold]:
 
 
 def add_replay_parser(commands: Any) -> None:
-    r = commands.add_parser("replay", help="replay recorded sessions as many simulated participants (a load test)",
-                            description="Replay the client side of recorded sessions against a server and check "
-                                        "that each gets the same states and scenes as the recording.")
-    r.add_argument("traces", nargs="+", metavar="TRACE_OR_DIR",
-                   help="session files (sessions/<id>.msgpack) or directories of them (a data directory)")
+    r = commands.add_parser(
+        "replay",
+        help="replay recorded sessions as many simulated participants (a load test)",
+        description="Replay the client side of recorded sessions against a server and check "
+        "that each gets the same states and scenes as the recording.",
+    )
+    r.add_argument(
+        "traces",
+        nargs="+",
+        metavar="TRACE_OR_DIR",
+        help="session files (sessions/<id>.msgpack) or directories of them (a data directory)",
+    )
     r.add_argument("--url", default="ws://127.0.0.1:8888/ws", help="the server's WebSocket URL (default: %(default)s)")
-    r.add_argument("--sessions", type=_positive_int, default=None,
-                   help="simulated participants, the traces taken in turn (default: one per trace)")
-    r.add_argument("--concurrency", type=_positive_int, default=None,
-                   help="sessions open at once at most (default: all of them)")
-    r.add_argument("--speed", type=_nonnegative, default=1.0,
-                   help="recorded timing divided by this; 0 = as fast as the replies come (default: %(default)s)")
-    r.add_argument("--ramp", type=_nonnegative, default=0.0,
-                   help="new sessions started per second; 0 = all at once (default: %(default)s)")
-    r.add_argument("--max-seconds", type=_nonnegative, default=600.0,
-                   help="hard limit on the run; sessions still open then count as unfinished (default: %(default)s)")
-    r.add_argument("--timeout", type=_nonnegative, default=10.0,
-                   help="seconds without an expected reply before a session counts as timed out (default: %(default)s)")
-    r.add_argument("--report", type=Path, default=None,
-                   help="write the report as JSON here, and as CSV next to it (same name, .csv)")
-    r.add_argument("--fail-on", type=_thresholds, default=[], metavar="THRESHOLDS",
-                   help="exit 1 if any is crossed, e.g. p99>200ms,errors>0 (metrics: " + ", ".join(stats.METRICS) + ")")
+    r.add_argument(
+        "--sessions",
+        type=_positive_int,
+        default=None,
+        help="simulated participants, the traces taken in turn (default: one per trace)",
+    )
+    r.add_argument(
+        "--concurrency", type=_positive_int, default=None, help="sessions open at once at most (default: all of them)"
+    )
+    r.add_argument(
+        "--speed",
+        type=_nonnegative,
+        default=1.0,
+        help="recorded timing divided by this; 0 = as fast as the replies come (default: %(default)s)",
+    )
+    r.add_argument(
+        "--ramp",
+        type=_nonnegative,
+        default=0.0,
+        help="new sessions started per second; 0 = all at once (default: %(default)s)",
+    )
+    r.add_argument(
+        "--max-seconds",
+        type=_nonnegative,
+        default=600.0,
+        help="hard limit on the run; sessions still open then count as unfinished (default: %(default)s)",
+    )
+    r.add_argument(
+        "--timeout",
+        type=_nonnegative,
+        default=10.0,
+        help="seconds without an expected reply before a session counts as timed out (default: %(default)s)",
+    )
+    r.add_argument(
+        "--report",
+        type=Path,
+        default=None,
+        help="write the report as JSON here, and as CSV next to it (same name, .csv)",
+    )
+    r.add_argument(
+        "--fail-on",
+        type=_thresholds,
+        default=[],
+        metavar="THRESHOLDS",
+        help="exit 1 if any is crossed, e.g. p99>200ms,errors>0 (metrics: " + ", ".join(stats.METRICS) + ")",
+    )
     r.add_argument("--no-progress", action="store_true", help="no live progress line")
 
 
@@ -78,27 +116,58 @@ def run_replay(args: argparse.Namespace) -> int:
     if not args.url.startswith(("ws://", "wss://")):
         print(f"python -m client replay: error: --url must be a ws:// or wss:// URL, got {args.url}", file=sys.stderr)
         return 2
-    progress = Progress(TextColumn("[bold]replay"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.description}"),
-                        TimeElapsedColumn(), console=err, disable=args.no_progress, transient=False)
+    progress = Progress(
+        TextColumn("[bold]replay"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.description}"),
+        TimeElapsedColumn(),
+        console=err,
+        disable=args.no_progress,
+        transient=False,
+    )
     task = progress.add_task("", total=sessions)
 
     def on_done(c: stats.Collector, session: object) -> None:
-        progress.update(task, completed=c.done, description=f"ok {c.statuses['ok']} diverged {c.statuses['diverged']} "
-                                                              f"failed {c.statuses['failed']} · sent {c.sent}")
+        progress.update(
+            task,
+            completed=c.done,
+            description=f"ok {c.statuses['ok']} diverged {c.statuses['diverged']} "
+            f"failed {c.statuses['failed']} · sent {c.sent}",
+        )
 
     with progress:
         try:
-            collector, duration = asyncio.run(replay(
-                traces, args.url, sessions=sessions, concurrency=concurrency, speed=args.speed, ramp=args.ramp,
-                max_seconds=args.max_seconds, timeout=args.timeout, on_done=on_done))
+            collector, duration = asyncio.run(
+                replay(
+                    traces,
+                    args.url,
+                    sessions=sessions,
+                    concurrency=concurrency,
+                    speed=args.speed,
+                    ramp=args.ramp,
+                    max_seconds=args.max_seconds,
+                    timeout=args.timeout,
+                    on_done=on_done,
+                )
+            )
         except KeyboardInterrupt:
             return 130
         except Exception as exc:  # a replayer bug must still end with a named error, not a traceback
-            print(f"python -m client replay: error: the replay itself failed: {type(exc).__name__}: {exc}",
-                  file=sys.stderr)
+            print(
+                f"python -m client replay: error: the replay itself failed: {type(exc).__name__}: {exc}",
+                file=sys.stderr,
+            )
             return 3
-    report = collector.report(duration, url=args.url, traces=len(traces), planned=sessions, concurrency=concurrency,
-                              speed=args.speed, ramp=args.ramp)
+    report = collector.report(
+        duration,
+        url=args.url,
+        traces=len(traces),
+        planned=sessions,
+        concurrency=concurrency,
+        speed=args.speed,
+        ramp=args.ramp,
+    )
     report["sessions"]["not_started"] = sessions - collector.done
     crossed = stats.breaches(report, args.fail_on)
     report["thresholds"] = {"checked": [t.text for t in args.fail_on], "crossed": crossed}
@@ -112,8 +181,10 @@ def run_replay(args: argparse.Namespace) -> int:
                 writer.writeheader()
                 writer.writerows(stats.rows(report))
         except OSError as exc:
-            print(f"python -m client replay: error: cannot write the report to {args.report}: {exc.strerror}",
-                  file=sys.stderr)
+            print(
+                f"python -m client replay: error: cannot write the report to {args.report}: {exc.strerror}",
+                file=sys.stderr,
+            )
             return 2
         print(f"report: {args.report} and {args.report.with_suffix('.csv')}")
     for line in crossed:
@@ -129,16 +200,27 @@ def _print(report: dict[str, Any]) -> None:
     out = Console(width=110)
     s = report["sessions"]
     m = report["messages"]
-    out.print(f"sessions: ok {s['ok']}, diverged {s['diverged']}, failed {s['failed']}, unfinished {s['unfinished']}, "
-              f"not started {s['not_started']} of {report['planned']} in {report['duration_s']:.2f} s")
-    out.print(f"messages: sent {m['sent']} ({m['sent_per_s'] or 0:.0f}/s), received {m['received']} "
-              f"({m['received_per_s'] or 0:.0f}/s)")
+    out.print(
+        f"sessions: ok {s['ok']}, diverged {s['diverged']}, failed {s['failed']}, unfinished {s['unfinished']}, "
+        f"not started {s['not_started']} of {report['planned']} in {report['duration_s']:.2f} s"
+    )
+    out.print(
+        f"messages: sent {m['sent']} ({m['sent_per_s'] or 0:.0f}/s), received {m['received']} "
+        f"({m['received_per_s'] or 0:.0f}/s)"
+    )
     if report["divergences"]:
         out.print("divergences: " + ", ".join(f"{k} {v}" for k, v in report["divergences"].items()))
         for kind, example in report["divergence_examples"].items():
             out.print(f"  e.g. {kind}: {example}")
     table = Table("series", "name", "count", "p50 ms", "p95 ms", "p99 ms", "max ms")
     for row in stats.rows(report):
-        table.add_row(row["series"], row["name"], str(row["count"]), _ms(row["p50"]), _ms(row["p95"]), _ms(row["p99"]),
-                      _ms(row["max"]))
+        table.add_row(
+            row["series"],
+            row["name"],
+            str(row["count"]),
+            _ms(row["p50"]),
+            _ms(row["p95"]),
+            _ms(row["p99"]),
+            _ms(row["max"]),
+        )
     out.print(table)

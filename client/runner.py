@@ -1,10 +1,11 @@
 """The asyncio driver: many ReplaySessions over Tornado WebSocket connections in one event loop."""
+
 from __future__ import annotations
 
 import asyncio
 import time
 from collections import deque
-from typing import Callable
+from collections.abc import Callable
 
 from tornado.httpclient import HTTPRequest
 from tornado.websocket import WebSocketClosedError, websocket_connect
@@ -44,8 +45,12 @@ class Inbox:
 async def drive(session: ReplaySession, url: str, connect_timeout: float = 10.0) -> ReplaySession:
     """Play one session to its end over a Tornado WebSocket connection."""
     inbox = Inbox()
-    request = HTTPRequest(url, headers={"User-Agent": DESKTOP_CHROMIUM["user_agent"]}, connect_timeout=connect_timeout,
-                          request_timeout=connect_timeout)
+    request = HTTPRequest(
+        url,
+        headers={"User-Agent": DESKTOP_CHROMIUM["user_agent"]},
+        connect_timeout=connect_timeout,
+        request_timeout=connect_timeout,
+    )
     try:
         conn = await websocket_connect(request, on_message_callback=inbox.put)
     except Exception as exc:  # refused, reset, timed out, HTTP error: all are a failed session
@@ -79,15 +84,25 @@ async def drive(session: ReplaySession, url: str, connect_timeout: float = 10.0)
     return session
 
 
-def _closed_is_fine(written: "asyncio.Future[None]") -> None:
+def _closed_is_fine(written: asyncio.Future[None]) -> None:
     """A write the server never took: the close reaches the session through the inbox, so the error is dropped."""
     if not written.cancelled():
         written.exception()
 
 
-async def replay(traces: list[Trace], url: str, *, sessions: int, concurrency: int, speed: float, ramp: float,
-                 max_seconds: float, timeout: float = 10.0, run: str | None = None,
-                 on_done: Callable[[Collector, ReplaySession], None] = lambda c, s: None) -> tuple[Collector, float]:
+async def replay(
+    traces: list[Trace],
+    url: str,
+    *,
+    sessions: int,
+    concurrency: int,
+    speed: float,
+    ramp: float,
+    max_seconds: float,
+    timeout: float = 10.0,
+    run: str | None = None,
+    on_done: Callable[[Collector, ReplaySession], None] = lambda c, s: None,
+) -> tuple[Collector, float]:
     """Replay `sessions` sessions (traces in turn) within `max_seconds`; returns the merged statistics and duration."""
     run = run or schedule.run_id()
     collector = Collector()
@@ -98,8 +113,13 @@ async def replay(traces: list[Trace], url: str, *, sessions: int, concurrency: i
         await asyncio.sleep(max(0.0, start + planned.offset - time.monotonic()))
         async with slots:
             due = max(start + planned.offset, time.monotonic())
-            session = ReplaySession(traces[planned.trace], schedule.participant_id(run, planned.index), start=due,
-                                    speed=speed, timeout=timeout)
+            session = ReplaySession(
+                traces[planned.trace],
+                schedule.participant_id(run, planned.index),
+                start=due,
+                speed=speed,
+                timeout=timeout,
+            )
             try:
                 await drive(session, url, connect_timeout=timeout)
             finally:

@@ -1,4 +1,5 @@
 """When each replayed session starts and each message is due: pure arithmetic, no clocks, no I/O."""
+
 from __future__ import annotations
 
 import secrets

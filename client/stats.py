@@ -1,11 +1,13 @@
 """Replay statistics: percentiles, the per-session outcome counts, thresholds for CI. Pure functions."""
+
 from __future__ import annotations
 
 import math
 import operator
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any, Iterable
+from typing import Any
 
 STATUSES = ("ok", "diverged", "failed", "unfinished")
 
@@ -23,8 +25,14 @@ def summary(seconds: Iterable[float]) -> dict[str, float | int | None]:
     if not values:
         return {"count": 0, "p50": None, "p95": None, "p99": None, "max": None, "mean": None}
     ms = [v * 1000.0 for v in values]
-    return {"count": len(ms), "p50": percentile(ms, 50), "p95": percentile(ms, 95), "p99": percentile(ms, 99),
-            "max": ms[-1], "mean": sum(ms) / len(ms)}
+    return {
+        "count": len(ms),
+        "p50": percentile(ms, 50),
+        "p95": percentile(ms, 95),
+        "p99": percentile(ms, 99),
+        "max": ms[-1],
+        "mean": sum(ms) / len(ms),
+    }
 
 
 @dataclass
@@ -66,9 +74,12 @@ class Collector:
             "sessions": {**self.statuses, "total": self.done},
             "divergences": dict(sorted(self.divergences.items())),
             "divergence_examples": self.examples,
-            "messages": {"sent": self.sent, "received": self.received,
-                         "sent_per_s": self.sent / duration if duration > 0 else None,
-                         "received_per_s": self.received / duration if duration > 0 else None},
+            "messages": {
+                "sent": self.sent,
+                "received": self.received,
+                "sent_per_s": self.sent / duration if duration > 0 else None,
+                "received_per_s": self.received / duration if duration > 0 else None,
+            },
             "latency_ms": {"all": summary(every), **{k: summary(v) for k, v in sorted(self.latency.items())}},
             "scheduling_lag_ms": summary(self.lag),
             "time_to_ready_ms": summary(self.ready),
@@ -77,12 +88,26 @@ class Collector:
 
 def locust_events(session: Any) -> list[dict[str, Any]]:
     """One finished session as Locust `request` events: each timed reply, then the session's outcome."""
-    events = [{"request_type": "WS", "name": label, "response_time": seconds * 1000.0, "response_length": 0,
-               "exception": None} for label, seconds in session.latencies]
+    events = [
+        {
+            "request_type": "WS",
+            "name": label,
+            "response_time": seconds * 1000.0,
+            "response_length": 0,
+            "exception": None,
+        }
+        for label, seconds in session.latencies
+    ]
     failed = session.status != "ok"
-    events.append({"request_type": "session", "name": session.divergence or session.status,
-                   "response_time": (session.time_to_ready or 0.0) * 1000.0, "response_length": session.sent_count,
-                   "exception": ReplayDivergence(session.detail or session.status) if failed else None})
+    events.append(
+        {
+            "request_type": "session",
+            "name": session.divergence or session.status,
+            "response_time": (session.time_to_ready or 0.0) * 1000.0,
+            "response_length": session.sent_count,
+            "exception": ReplayDivergence(session.detail or session.status) if failed else None,
+        }
+    )
     return events
 
 
@@ -93,8 +118,11 @@ class ReplayDivergence(Exception):
 def rows(report: dict[str, Any]) -> list[dict[str, Any]]:
     """The report as flat rows (one per measured series), for CSV and the terminal table."""
     out = []
-    for section, series in (("latency_ms", report["latency_ms"]), ("scheduling_lag_ms", {"all": report["scheduling_lag_ms"]}),
-                            ("time_to_ready_ms", {"all": report["time_to_ready_ms"]})):
+    for section, series in (
+        ("latency_ms", report["latency_ms"]),
+        ("scheduling_lag_ms", {"all": report["scheduling_lag_ms"]}),
+        ("time_to_ready_ms", {"all": report["time_to_ready_ms"]}),
+    ):
         for name, s in series.items():
             out.append({"series": section, "name": name, **s})
     return out
@@ -121,8 +149,10 @@ def parse_thresholds(text: str) -> list[Threshold]:
     for part in filter(None, (p.strip() for p in text.split(","))):
         match = _THRESHOLD.fullmatch(part)
         if not match or match.group(1) not in METRICS:
-            raise ValueError(f"cannot read threshold {part!r}: use METRIC OP VALUE with METRIC one of "
-                             f"{', '.join(METRICS)} (e.g. p99>200ms,errors>0)")
+            raise ValueError(
+                f"cannot read threshold {part!r}: use METRIC OP VALUE with METRIC one of "
+                f"{', '.join(METRICS)} (e.g. p99>200ms,errors>0)"
+            )
         metric, op, number, unit = match.groups()
         if metric in COUNT_METRICS and unit:
             raise ValueError(f"threshold {part!r}: {metric} is a count, not a time")

@@ -5,12 +5,14 @@ sent, when (seconds after the first), and how many server messages had arrived
 before it, since the participant was reacting to them. The server side becomes
 the expectation: the sequence of states, scene types and error codes.
 """
+
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import msgpack
 
@@ -42,7 +44,7 @@ class Expect:
     key: str | None  # the state, the scene type or the error code
 
     @classmethod
-    def of(cls, message: dict[str, Any]) -> "Expect":
+    def of(cls, message: dict[str, Any]) -> Expect:
         kind = message.get("type")
         key = {"state": "state", "activate_scene": "scene_type", "error": "code"}.get(kind)  # type: ignore[arg-type]
         return cls(str(kind), message.get(key) if key else None)
@@ -58,7 +60,7 @@ class Trace:
     def duration(self) -> float:
         return self.steps[-1].offset if self.steps else 0.0
 
-    def as_echo(self) -> "Trace":
+    def as_echo(self) -> Trace:
         """The same client messages against an echo server: each is answered by itself."""
         steps = tuple(Step(s.offset, s.message, i, 1) for i, s in enumerate(self.steps))
         expected = tuple(Expect(s.label, None) for s in self.steps)

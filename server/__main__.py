@@ -1,4 +1,5 @@
 """`python -m server`: serve an experiment to participants."""
+
 from __future__ import annotations
 
 import argparse
@@ -22,47 +23,95 @@ def _positive(text: str) -> float:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m server", description="Serve a Preflight experiment.",
-                                     epilog="`python -m server export --help`: the data directory as tidy tables.")
+    parser = argparse.ArgumentParser(
+        prog="python -m server",
+        description="Serve a Preflight experiment.",
+        epilog="`python -m server export --help`: the data directory as tidy tables.",
+    )
     parser.add_argument("--host", default="127.0.0.1", help="interface to listen on (default: %(default)s)")
     parser.add_argument("--port", type=int, default=8888, help="port to listen on (default: %(default)s)")
-    parser.add_argument("--experiment", default=DEFAULT,
-                        help="a Python file (path/to/study.py[:name]) or module (pkg.mod[:name]) that defines "
-                             "an Experiment named `experiment` (default: the built-in example)")
-    parser.add_argument("--data-dir", type=Path, default=Path("data"),
-                        help="where participants' records are written (default: %(default)s)")
-    parser.add_argument("--screening-timeout", type=_positive, default=Timeouts.screening,
-                        help="seconds a page has to report its screening facts (default: %(default)s)")
-    parser.add_argument("--preload-timeout", type=_positive, default=Timeouts.preload,
-                        help="seconds a page has to report its Python runtime ready or failed (default: %(default)s)")
-    parser.add_argument("--grace", type=_positive, default=Timeouts.grace,
-                        help="seconds a dropped participant has to reconnect before the session is abandoned "
-                             "(default: %(default)s)")
-    parser.add_argument("--rate-limit", type=_positive, default=Config.messages_per_second,
-                        help="messages per second one connection may send, with bursts of twice as many "
-                             "(default: %(default)s)")
-    parser.add_argument("--max-message-bytes", type=int, default=Config.max_message_bytes,
-                        help="larger frames are refused; frames over 4x this close the connection "
-                             "(default: %(default)s)")
-    parser.add_argument("--allow-origin", action="append", default=[], metavar="ORIGIN",
-                        help="a page origin besides the server's own that may open /ws, e.g. "
-                             "https://study.example.org (repeatable)")
-    parser.add_argument("--ping-interval", type=_positive, default=Config.ping_interval,
-                        help="seconds between WebSocket pings (default: %(default)s)")
-    parser.add_argument("--ping-timeout", type=_positive, default=Config.ping_timeout,
-                        help="seconds without a pong before a connection is dropped; at most the ping interval "
-                             "(default: %(default)s)")
-    parser.add_argument("--pyodide-dir", type=Path, default=Config.pyodide_dir,
-                        help="a local Pyodide distribution to serve: the npm core (default: %(default)s) or a "
-                             "copy of the full release, for binary packages such as numpy")
-    parser.add_argument("--pyodide-url", default=None,
-                        help="load Pyodide from this URL instead of serving it (a distribution you host)")
-    parser.add_argument("--wheelhouse", type=Path, default=Config.wheelhouse,
-                        help="directory of wheels served as the package index micropip installs from "
-                             "(default: %(default)s)")
-    parser.add_argument("--admin-token", default=None,
-                        help="token that opens /admin (at least 16 characters; default: a random one, printed at "
-                             "start-up)")
+    parser.add_argument(
+        "--experiment",
+        default=DEFAULT,
+        help="a Python file (path/to/study.py[:name]) or module (pkg.mod[:name]) that defines "
+        "an Experiment named `experiment` (default: the built-in example)",
+    )
+    parser.add_argument(
+        "--data-dir",
+        type=Path,
+        default=Path("data"),
+        help="where participants' records are written (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--screening-timeout",
+        type=_positive,
+        default=Timeouts.screening,
+        help="seconds a page has to report its screening facts (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--preload-timeout",
+        type=_positive,
+        default=Timeouts.preload,
+        help="seconds a page has to report its Python runtime ready or failed (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--grace",
+        type=_positive,
+        default=Timeouts.grace,
+        help="seconds a dropped participant has to reconnect before the session is abandoned (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--rate-limit",
+        type=_positive,
+        default=Config.messages_per_second,
+        help="messages per second one connection may send, with bursts of twice as many (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--max-message-bytes",
+        type=int,
+        default=Config.max_message_bytes,
+        help="larger frames are refused; frames over 4x this close the connection (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--allow-origin",
+        action="append",
+        default=[],
+        metavar="ORIGIN",
+        help="a page origin besides the server's own that may open /ws, e.g. https://study.example.org (repeatable)",
+    )
+    parser.add_argument(
+        "--ping-interval",
+        type=_positive,
+        default=Config.ping_interval,
+        help="seconds between WebSocket pings (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--ping-timeout",
+        type=_positive,
+        default=Config.ping_timeout,
+        help="seconds without a pong before a connection is dropped; at most the ping interval (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--pyodide-dir",
+        type=Path,
+        default=Config.pyodide_dir,
+        help="a local Pyodide distribution to serve: the npm core (default: %(default)s) or a "
+        "copy of the full release, for binary packages such as numpy",
+    )
+    parser.add_argument(
+        "--pyodide-url", default=None, help="load Pyodide from this URL instead of serving it (a distribution you host)"
+    )
+    parser.add_argument(
+        "--wheelhouse",
+        type=Path,
+        default=Config.wheelhouse,
+        help="directory of wheels served as the package index micropip installs from (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--admin-token",
+        default=None,
+        help="token that opens /admin (at least 16 characters; default: a random one, printed at start-up)",
+    )
     args = parser.parse_args(argv)
     if args.max_message_bytes < 1024:
         parser.error(f"--max-message-bytes must be at least 1024, got {args.max_message_bytes}")
@@ -80,6 +129,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["export"]:
         from .export import main as export
+
         return export(argv[1:])
     args = parse_args(argv)
     try:
@@ -87,13 +137,22 @@ def main(argv: list[str] | None = None) -> int:
     except ExperimentError as exc:
         print(f"python -m server: error: {exc}", file=sys.stderr)
         return 2
-    config = Config(experiment=experiment, data_dir=args.data_dir, host=args.host, port=args.port,
-                    timeouts=Timeouts(screening=args.screening_timeout, preload=args.preload_timeout, grace=args.grace),
-                    messages_per_second=args.rate_limit, max_message_bytes=args.max_message_bytes,
-                    allowed_origins=tuple(args.allow_origin),
-                    ping_interval=args.ping_interval, ping_timeout=args.ping_timeout,
-                    pyodide_dir=args.pyodide_dir, pyodide_url=args.pyodide_url, wheelhouse=args.wheelhouse,
-                    admin_token=args.admin_token or new_admin_token())
+    config = Config(
+        experiment=experiment,
+        data_dir=args.data_dir,
+        host=args.host,
+        port=args.port,
+        timeouts=Timeouts(screening=args.screening_timeout, preload=args.preload_timeout, grace=args.grace),
+        messages_per_second=args.rate_limit,
+        max_message_bytes=args.max_message_bytes,
+        allowed_origins=tuple(args.allow_origin),
+        ping_interval=args.ping_interval,
+        ping_timeout=args.ping_timeout,
+        pyodide_dir=args.pyodide_dir,
+        pyodide_url=args.pyodide_url,
+        wheelhouse=args.wheelhouse,
+        admin_token=args.admin_token or new_admin_token(),
+    )
     generated_token = args.admin_token is None
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     logging.getLogger("transitions").setLevel(logging.WARNING)

@@ -3,6 +3,7 @@
 Everything is counted from the live sessions and the lifecycle table, so states added
 to the table appear here without a change; ended sessions are read back from disk.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -13,8 +14,9 @@ import secrets
 import sys
 import time
 from collections import Counter
+from collections.abc import Iterable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterable
+from typing import TYPE_CHECKING, Any
 
 import tornado.web
 from tornado.iostream import StreamClosedError
@@ -82,7 +84,7 @@ def counts(study: Study) -> dict[str, Any]:
 
 
 def _prefixed(counter: Counter[str], prefix: str) -> dict[str, int]:
-    return {k[len(prefix):]: n for k, n in sorted(counter.items()) if k.startswith(prefix)}
+    return {k[len(prefix) :]: n for k, n in sorted(counter.items()) if k.startswith(prefix)}
 
 
 def live_summary(sessions: Iterable[Session]) -> list[dict[str, Any]]:
@@ -90,8 +92,15 @@ def live_summary(sessions: Iterable[Session]) -> list[dict[str, Any]]:
     for session in sessions:
         name, regions = top_state(session.state)
         since = session.history[-1][0] if session.history else None
-        out.append({"session_id": session.session_id, "participant_id": session.participant_id, "state": name,
-                    "regions": regions, "in_state_s": None if since is None else round(time.monotonic() - since, 1)})
+        out.append(
+            {
+                "session_id": session.session_id,
+                "participant_id": session.participant_id,
+                "state": name,
+                "regions": regions,
+                "in_state_s": None if since is None else round(time.monotonic() - since, 1),
+            }
+        )
     return out
 
 
@@ -102,9 +111,20 @@ def details(study: Study, session_id: str) -> dict[str, Any] | None:
         return None
     records = list(read_records(path))
     t0 = records[0]["t"] if records else 0.0
-    out: dict[str, Any] = {"session_id": session_id, "live": session_id in study.sessions, "path": [],
-                           "screening": None, "preload": [], "scene_order": [], "scenes_shown": [],
-                           "participant_id": None, "params": {}, "seed": None, "outcome": None, "state": None}
+    out: dict[str, Any] = {
+        "session_id": session_id,
+        "live": session_id in study.sessions,
+        "path": [],
+        "screening": None,
+        "preload": [],
+        "scene_order": [],
+        "scenes_shown": [],
+        "participant_id": None,
+        "params": {},
+        "seed": None,
+        "outcome": None,
+        "state": None,
+    }
 
     def when(r: dict[str, Any]) -> dict[str, Any]:
         return {"at_s": round(r["t"] - t0, 3), "wall": r["wall"]}
@@ -112,19 +132,32 @@ def details(study: Study, session_id: str) -> dict[str, Any] | None:
     for r in records:
         kind = r["kind"]
         if kind == "begin":
-            out.update(participant_id=r.get("participant_id"), params=r.get("params", {}), seed=r.get("seed"),
-                       scene_order=r.get("order", []), user_agent=r.get("user_agent"), started_wall=r["wall"])
+            out.update(
+                participant_id=r.get("participant_id"),
+                params=r.get("params", {}),
+                seed=r.get("seed"),
+                scene_order=r.get("order", []),
+                user_agent=r.get("user_agent"),
+                started_wall=r["wall"],
+            )
         elif kind == "transition":
             out["path"].append({"event": r["event"], "source": r["source"], "dest": r["dest"], **when(r)})
         elif kind == "screening":
-            out["screening"] = {"facts": r.get("facts", {}), "rtt_ms": r.get("rtt_ms"),
-                                "verdict": r.get("verdict", []), **when(r)}
+            out["screening"] = {
+                "facts": r.get("facts", {}),
+                "rtt_ms": r.get("rtt_ms"),
+                "verdict": r.get("verdict", []),
+                **when(r),
+            }
         elif kind == "preload":
-            out["preload"].append({k: r[k] for k in ("status", "stage", "package", "done", "total", "elapsed_ms",
-                                                     "error") if k in r} | when(r))
+            out["preload"].append(
+                {k: r[k] for k in ("status", "stage", "package", "done", "total", "elapsed_ms", "error") if k in r}
+                | when(r)
+            )
         elif kind == "scene":
-            out["scenes_shown"].append({"scene_id": r["scene_id"], "scene_type": r.get("scene_type"),
-                                        "index": r.get("index"), **when(r)})
+            out["scenes_shown"].append(
+                {"scene_id": r["scene_id"], "scene_type": r.get("scene_type"), "index": r.get("index"), **when(r)}
+            )
         elif kind == "closed":
             out.update(outcome=r.get("outcome"), state=r.get("state"), **{"ended": when(r)})
     session = study.sessions.get(session_id)
@@ -159,16 +192,23 @@ class LifecycleSvg:
     async def _draw(self) -> tuple[str | None, str]:
         try:
             proc = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "statemachine", "diagram", "--format", "svg",
+                sys.executable,
+                "-m",
+                "statemachine",
+                "diagram",
+                "--format",
+                "svg",
                 cwd=str(Path(__file__).resolve().parent.parent),
-                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.PIPE,
+            )
             out, err = await asyncio.wait_for(proc.communicate(), 60)
-        except (OSError, asyncio.TimeoutError) as exc:
+        except (TimeoutError, OSError) as exc:
             return None, f"the diagram could not be drawn: {exc}"
         if proc.returncode != 0:
             return None, err.decode(errors="replace").strip()
         svg = out.decode()
-        return svg[svg.index("<svg"):], ""
+        return svg[svg.index("<svg") :], ""
 
 
 class AdminHandler(tornado.web.RequestHandler):
@@ -187,7 +227,7 @@ class AdminHandler(tornado.web.RequestHandler):
     def _given_token(self) -> str | None:
         header = self.request.headers.get("Authorization", "")
         if header.startswith("Bearer "):
-            return header[len("Bearer "):]
+            return header[len("Bearer ") :]
         return self.get_query_argument("token", None) or self.get_cookie(COOKIE)
 
     def write_error(self, status_code: int, **kwargs: Any) -> None:
@@ -214,8 +254,13 @@ class AdminPage(AdminHandler):
         if self.remember_token():
             return
         svg, problem = await self.diagram.get()
-        self.render(str(ADMIN_DIR / "admin.html"), svg=svg, problem=problem, state_names=state_names(),
-                    name=self.study.config.experiment.name)
+        self.render(
+            str(ADMIN_DIR / "admin.html"),
+            svg=svg,
+            problem=problem,
+            state_names=state_names(),
+            name=self.study.config.experiment.name,
+        )
 
 
 class SessionPage(AdminHandler):
@@ -291,8 +336,14 @@ def log_request(handler: tornado.web.RequestHandler) -> None:
     status = handler.get_status()
     log = access_log.info if status < 400 else access_log.warning if status < 500 else access_log.error
     uri = re.sub(r"([?&]token=)[^&]*", r"\1…", handler.request.uri or "")
-    log("%d %s %s (%s) %.2fms", status, handler.request.method, uri, handler.request.remote_ip,
-        1000.0 * handler.request.request_time())
+    log(
+        "%d %s %s (%s) %.2fms",
+        status,
+        handler.request.method,
+        uri,
+        handler.request.remote_ip,
+        1000.0 * handler.request.request_time(),
+    )
 
 
 def admin_routes(study: Study) -> list[Any]:

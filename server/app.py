@@ -1,6 +1,8 @@
 """The Tornado application: thin handlers over one shared lifecycle machine."""
+
 from __future__ import annotations
 
+import contextlib
 import hmac
 import logging
 import struct
@@ -20,8 +22,7 @@ from . import __version__, protocol
 from .admin import admin_routes, log_request, new_admin_token, tally
 from .experiment import Experiment
 from .protocol import Close, Code, Refusal
-from .runtime import (DEFAULT_PYODIDE_DIR, DEFAULT_WHEELHOUSE, MSGPACK_DIR, SimpleIndex, VersionedFiles,
-                      load_runtime)
+from .runtime import DEFAULT_PYODIDE_DIR, DEFAULT_WHEELHOUSE, MSGPACK_DIR, SimpleIndex, VersionedFiles, load_runtime
 from .session import Session, Timeouts, token_digest
 from .store import DataStore, SessionLog, record_frame
 
@@ -48,6 +49,7 @@ class Config:
     wheelhouse: Path = DEFAULT_WHEELHOUSE
     admin_token: str = field(default_factory=new_admin_token, repr=False)  # never a default password
 
+
 CLIENT_DIR = Path(__file__).resolve().parent.parent / "client" / "web"
 
 
@@ -65,10 +67,14 @@ class Study:
         self.by_digest: dict[str, Session] = {}
         self.links: dict[str, ParticipantSocket] = {}  # session id -> the one connection driving it
         self.participants: dict[str, str] = {}  # participant id -> outcome ("" while in progress)
-        self.store.describe_study({
-            "wall": time.time(), "preflight_version": __version__,
-            "experiment": config.experiment.describe(), "runtime": self.runtime.describe(),
-        })
+        self.store.describe_study(
+            {
+                "wall": time.time(),
+                "preflight_version": __version__,
+                "experiment": config.experiment.describe(),
+                "runtime": self.runtime.describe(),
+            }
+        )
         self._restore()
 
     def admit(self, hello: dict[str, Any]) -> Refusal | None:
@@ -82,10 +88,19 @@ class Study:
     def open(self, link: ParticipantSocket) -> Session:
         """A new session for a connection that said `hello`; the caller fires it once the frame is recorded."""
         session_id, log = self.store.open_session()
-        session = Session(self.machine, self.config.experiment, IOLoop.current(), link.send,
-                          runtime_config=self.runtime_config, timeouts=self.config.timeouts, sink=log,
-                          persist=self.store.save_snapshot, ended=self.end, user_agent=link.user_agent,
-                          session_id=session_id)
+        session = Session(
+            self.machine,
+            self.config.experiment,
+            IOLoop.current(),
+            link.send,
+            runtime_config=self.runtime_config,
+            timeouts=self.config.timeouts,
+            sink=log,
+            persist=self.store.save_snapshot,
+            ended=self.end,
+            user_agent=link.user_agent,
+            session_id=session_id,
+        )
         session.rtt_ms = link.rtt_ms
         self._track(session)
         self.links[session_id] = link
@@ -151,9 +166,17 @@ class Study:
                 continue
             _, sink = self.store.open_session(saved["session_id"])
             try:
-                session = Session.restore(saved, self.machine, self.config.experiment, IOLoop.current(),
-                                          runtime_config=self.runtime_config, timeouts=self.config.timeouts,
-                                          sink=sink, persist=self.store.save_snapshot, ended=self.end)
+                session = Session.restore(
+                    saved,
+                    self.machine,
+                    self.config.experiment,
+                    IOLoop.current(),
+                    runtime_config=self.runtime_config,
+                    timeouts=self.config.timeouts,
+                    sink=sink,
+                    persist=self.store.save_snapshot,
+                    ended=self.end,
+                )
             except (KeyError, TypeError, ValueError) as exc:
                 log.warning("not resuming session %s: %s", saved.get("session_id"), exc)
                 sink.close()
@@ -161,14 +184,17 @@ class Study:
             self._track(session)
             self.participants[session.participant_id or ""] = ""
         if self.sessions:
-            log.info("%d sessions from before the restart wait %.0f s for their participants",
-                     len(self.sessions), self.config.timeouts.grace)
+            log.info(
+                "%d sessions from before the restart wait %.0f s for their participants",
+                len(self.sessions),
+                self.config.timeouts.grace,
+            )
 
 
 class RateLimit:
     """A token bucket: `rate` messages a second on average, bursts of twice that."""
 
-    __slots__ = ("rate", "tokens", "last")
+    __slots__ = ("last", "rate", "tokens")
 
     def __init__(self, rate: float) -> None:
         self.rate = rate
@@ -215,7 +241,9 @@ class ParticipantSocket(tornado.websocket.WebSocketHandler):
         if not self.limit.take():
             return self.refuse(Refusal(Code.RATE_LIMITED, "too many messages; slow down"))
         if len(frame) > self.study.config.max_message_bytes:
-            return self.refuse(Refusal(Code.TOO_LARGE, f"frames may be at most {self.study.config.max_message_bytes} bytes"))
+            return self.refuse(
+                Refusal(Code.TOO_LARGE, f"frames may be at most {self.study.config.max_message_bytes} bytes")
+            )
         message = protocol.decode(frame)
         if self.session is not None:
             self.record_in(frame, message)
@@ -275,10 +303,8 @@ class ParticipantSocket(tornado.websocket.WebSocketHandler):
         if self.session is not None:
             stored = protocol.redacted(message)
             record_frame(self.session.sink, "out", frame if stored is message else protocol.encode(stored))
-        try:
+        with contextlib.suppress(tornado.websocket.WebSocketClosedError):
             self.write_message(frame, binary=True)
-        except tornado.websocket.WebSocketClosedError:
-            pass
 
     def on_close(self) -> None:
         if self.session is not None:
@@ -308,8 +334,9 @@ def make_app(config: Config) -> tornado.web.Application:
         *admin_routes(study),
     ]
     if study.runtime.pyodide_dir is not None:
-        routes.append((rf"/pyodide/{study.runtime.version}/(.*)", VersionedFiles,
-                       {"path": str(study.runtime.pyodide_dir)}))
+        routes.append(
+            (rf"/pyodide/{study.runtime.version}/(.*)", VersionedFiles, {"path": str(study.runtime.pyodide_dir)})
+        )
     return tornado.web.Application(
         routes,
         compress_response=True,

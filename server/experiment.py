@@ -3,13 +3,15 @@
 A researcher declares an `Experiment` in a Python file; the server gives each
 participant their own order of it, from a seed recorded with their data.
 """
+
 from __future__ import annotations
 
 import random
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import Any, Iterator, Union
+from typing import Any
 
 
 @dataclass(frozen=True)
@@ -56,16 +58,22 @@ class GymScene:
     def __post_init__(self) -> None:
         object.__setattr__(self, "packages_to_install", tuple(self.packages_to_install))
         if not re.fullmatch(r"[A-Za-z_][\w.]*:[A-Za-z_]\w*", self.environment):
-            raise ValueError(f"GymScene {self.scene_id!r}: environment must be 'module:factory', got {self.environment!r}")
+            raise ValueError(
+                f"GymScene {self.scene_id!r}: environment must be 'module:factory', got {self.environment!r}"
+            )
         if self.episodes < 1 or self.max_steps < 1 or self.fps < 1:
             raise ValueError(f"GymScene {self.scene_id!r}: episodes, max_steps and fps must be at least 1")
 
     def payload(self) -> dict[str, Any]:
         return {
-            "title": self.title, "html": self.html, "environment": self.environment,
+            "title": self.title,
+            "html": self.html,
+            "environment": self.environment,
             "run_through_pyodide": self.run_through_pyodide,
             "packages_to_install": list(self.packages_to_install),
-            "episodes": self.episodes, "max_steps": self.max_steps, "fps": self.fps,
+            "episodes": self.episodes,
+            "max_steps": self.max_steps,
+            "fps": self.fps,
         }
 
 
@@ -83,14 +91,14 @@ class EndScene:
         return {"html": self.html, "completion_code": self.completion_code, "redirect_url": self.redirect_url}
 
 
-Scene = Union[StartScene, StaticScene, GymScene, EndScene]
+Scene = StartScene | StaticScene | GymScene | EndScene
 
 
 @dataclass(frozen=True)
 class RandomizeOrder:
     """Shuffle the wrapped scenes for each participant, keeping the first `keep_n`."""
 
-    scenes: tuple["Node", ...]
+    scenes: tuple[Node, ...]
     keep_n: int | None = None
 
     def __post_init__(self) -> None:
@@ -108,7 +116,7 @@ class RandomizeOrder:
 class RepeatScene:
     """Show the wrapped scene (or wrapper) `times` times in a row."""
 
-    scene: "Node"
+    scene: Node
     times: int
 
     def __post_init__(self) -> None:
@@ -119,7 +127,7 @@ class RepeatScene:
         return [scene for _ in range(self.times) for scene in _unfold(self.scene, rng)]
 
 
-Node = Union[Scene, RandomizeOrder, RepeatScene]
+Node = Scene | RandomizeOrder | RepeatScene
 WRAPPERS = (RandomizeOrder, RepeatScene)
 SCENES = (StartScene, StaticScene, GymScene, EndScene)
 
@@ -155,8 +163,14 @@ _MOBILE = re.compile(r"Mobi|Android|iPhone|iPad|iPod")
 
 def browser_of(user_agent: str) -> str:
     """The browser family a User-Agent names; order matters, as most UAs claim to be several."""
-    for token, name in (("Edg/", "edge"), ("OPR/", "opera"), ("Firefox/", "firefox"),
-                        ("Chrome/", "chrome"), ("Chromium/", "chrome"), ("Safari/", "safari")):
+    for token, name in (
+        ("Edg/", "edge"),
+        ("OPR/", "opera"),
+        ("Firefox/", "firefox"),
+        ("Chrome/", "chrome"),
+        ("Chromium/", "chrome"),
+        ("Safari/", "safari"),
+    ):
         if token in user_agent:
             return name
     return "other"
@@ -199,8 +213,11 @@ class ScreeningRules:
     def describe(self) -> dict[str, Any]:
         return {
             "browsers": list(self.browsers) if self.browsers is not None else None,
-            "allow_mobile": self.allow_mobile, "min_width": self.min_width, "min_height": self.min_height,
-            "require_webassembly": self.require_webassembly, "max_rtt_ms": self.max_rtt_ms,
+            "allow_mobile": self.allow_mobile,
+            "min_width": self.min_width,
+            "min_height": self.min_height,
+            "require_webassembly": self.require_webassembly,
+            "max_rtt_ms": self.max_rtt_ms,
         }
 
 
@@ -218,7 +235,11 @@ class Experiment:
             for leaf in _leaves(node) if isinstance(node, (*SCENES, *WRAPPERS)) else [node]:
                 if not isinstance(leaf, SCENES):
                     raise TypeError(f"experiment {self.name!r}: {leaf!r} is not a scene or a scene wrapper")
-        if len(self.scenes) < 2 or not isinstance(self.scenes[0], StartScene) or not isinstance(self.scenes[-1], EndScene):
+        if (
+            len(self.scenes) < 2
+            or not isinstance(self.scenes[0], StartScene)
+            or not isinstance(self.scenes[-1], EndScene)
+        ):
             raise ValueError(f"experiment {self.name!r} must begin with a StartScene and end with an EndScene")
         leaves = list(self.leaves())
         if sum(isinstance(s, StartScene) for s in leaves) != 1 or sum(isinstance(s, EndScene) for s in leaves) != 1:
@@ -254,7 +275,11 @@ class Experiment:
 
     def describe(self) -> dict[str, Any]:
         """The definition as plain data, stored with the participants' records."""
-        return {"name": self.name, "scenes": [_describe(n) for n in self.scenes], "screening": self.screening.describe()}
+        return {
+            "name": self.name,
+            "scenes": [_describe(n) for n in self.scenes],
+            "screening": self.screening.describe(),
+        }
 
 
 def _same_scene(leaves: list[Scene], scene_id: str) -> bool:

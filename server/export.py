@@ -4,14 +4,16 @@ Two tables: `events` (one row per record of every session, frames included) and
 `participants` (one row per session: who, what order, screening, preload timings,
 outcome and timings). Sessions cut short by a crash are exported as far as they go.
 """
+
 from __future__ import annotations
 
 import argparse
 import csv
 import json
 import sys
+from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any
 
 from statemachine import FINAL_STATES
 
@@ -19,11 +21,32 @@ from .store import read_records, torn_bytes
 
 EVENT_COLUMNS = ["session_id", "participant_id", "n", "kind", "t", "wall", "dir", "type", "scene_id", "data"]
 PARTICIPANT_COLUMNS = [
-    "session_id", "participant_id", "params", "seed", "scene_order", "user_agent",
-    "screening_verdict", "screening_rtt_ms", "screening_facts",
-    "preload_status", "preload_runtime_ms", "preload_micropip_ms", "preload_packages_ms", "preload_ready_ms",
-    "preload_error", "game_events", "outcome", "final_state", "started_wall", "ended_wall", "duration_s",
-    "time_to_ready_s", "frames_in", "frames_out", "records", "torn_bytes",
+    "session_id",
+    "participant_id",
+    "params",
+    "seed",
+    "scene_order",
+    "user_agent",
+    "screening_verdict",
+    "screening_rtt_ms",
+    "screening_facts",
+    "preload_status",
+    "preload_runtime_ms",
+    "preload_micropip_ms",
+    "preload_packages_ms",
+    "preload_ready_ms",
+    "preload_error",
+    "game_events",
+    "outcome",
+    "final_state",
+    "started_wall",
+    "ended_wall",
+    "duration_s",
+    "time_to_ready_s",
+    "frames_in",
+    "frames_out",
+    "records",
+    "torn_bytes",
 ]
 
 
@@ -53,17 +76,32 @@ def events(session_id: str, records: list[dict[str, Any]]) -> Iterator[dict[str,
         data = _fields(record)
         if isinstance(message, dict):
             data = {k: v for k, v in message.items() if k != "type"}
-        yield {"session_id": session_id, "participant_id": participant, "n": n, "kind": record["kind"],
-               "t": record.get("t"), "wall": record.get("wall"), "dir": record.get("dir"),
-               "type": message.get("type") if isinstance(message, dict) else None,
-               "scene_id": record.get("scene_id"), "data": data}
+        yield {
+            "session_id": session_id,
+            "participant_id": participant,
+            "n": n,
+            "kind": record["kind"],
+            "t": record.get("t"),
+            "wall": record.get("wall"),
+            "dir": record.get("dir"),
+            "type": message.get("type") if isinstance(message, dict) else None,
+            "scene_id": record.get("scene_id"),
+            "data": data,
+        }
 
 
 def participant(session_id: str, records: list[dict[str, Any]], torn: int) -> dict[str, Any]:
     """One row for a session: everything an analysis joins on, with its timings."""
     row: dict[str, Any] = {c: None for c in PARTICIPANT_COLUMNS}
-    row.update(session_id=session_id, records=len(records), torn_bytes=torn, game_events=0, frames_in=0,
-               frames_out=0, final_state="connected")
+    row.update(
+        session_id=session_id,
+        records=len(records),
+        torn_bytes=torn,
+        game_events=0,
+        frames_in=0,
+        frames_out=0,
+        final_state="connected",
+    )
     start_t = None
     for record in records:
         kind = record["kind"]
@@ -73,19 +111,28 @@ def participant(session_id: str, records: list[dict[str, Any]], torn: int) -> di
         if record.get("wall") is not None:
             row["ended_wall"] = record["wall"]
         if kind == "begin":
-            row.update(participant_id=record.get("participant_id"), params=record.get("params"),
-                       seed=record.get("seed"), scene_order=record.get("order"), user_agent=record.get("user_agent"))
+            row.update(
+                participant_id=record.get("participant_id"),
+                params=record.get("params"),
+                seed=record.get("seed"),
+                scene_order=record.get("order"),
+                user_agent=record.get("user_agent"),
+            )
         elif kind == "screening":
-            row.update(screening_verdict=",".join(record.get("verdict") or []) or "passed",
-                       screening_rtt_ms=record.get("rtt_ms"), screening_facts=record.get("facts"))
+            row.update(
+                screening_verdict=",".join(record.get("verdict") or []) or "passed",
+                screening_rtt_ms=record.get("rtt_ms"),
+                screening_facts=record.get("facts"),
+            )
         elif kind == "preload":
             stage, status = record.get("stage"), record.get("status")
             if status == "loading" and stage in ("runtime", "micropip", "packages"):
                 row[f"preload_{stage}_ms"] = record.get("elapsed_ms")
             elif status in ("ready", "error"):
                 row["preload_status"] = status
-                row["preload_ready_ms" if status == "ready" else "preload_error"] = \
+                row["preload_ready_ms" if status == "ready" else "preload_error"] = (
                     record.get("elapsed_ms") if status == "ready" else record.get("error")
+                )
             else:
                 row["preload_status"] = row["preload_status"] or status
         elif kind == "game_event":
@@ -110,8 +157,10 @@ def export(data_dir: Path, fmt: str, output: Path) -> dict[str, int]:
     files = session_files(data_dir)
     output.mkdir(parents=True, exist_ok=True)
     counts = {"participants": 0, "events": 0}
-    with _Table(output / f"events.{fmt}", EVENT_COLUMNS) as ev, \
-            _Table(output / f"participants.{fmt}", PARTICIPANT_COLUMNS) as people:
+    with (
+        _Table(output / f"events.{fmt}", EVENT_COLUMNS) as ev,
+        _Table(output / f"participants.{fmt}", PARTICIPANT_COLUMNS) as people,
+    ):
         for path in files:
             records = list(read_records(path))
             for row in events(path.stem, records):
@@ -138,7 +187,7 @@ class _Table:
     def __init__(self, path: Path, columns: list[str]) -> None:
         self.path, self.columns = path, columns
 
-    def __enter__(self) -> "_Table":
+    def __enter__(self) -> _Table:
         self.file = open(self.path, "w", newline="")
         if self.path.suffix == ".csv":
             self.csv = csv.DictWriter(self.file, self.columns)
@@ -157,12 +206,19 @@ class _Table:
 
 
 def main(argv: Iterable[str]) -> int:
-    parser = argparse.ArgumentParser(prog="python -m server export",
-                                     description="Write a data directory's sessions as tidy tables.")
-    parser.add_argument("--data-dir", type=Path, default=Path("data"), help="the server's data directory (default: %(default)s)")
+    parser = argparse.ArgumentParser(
+        prog="python -m server export", description="Write a data directory's sessions as tidy tables."
+    )
+    parser.add_argument(
+        "--data-dir", type=Path, default=Path("data"), help="the server's data directory (default: %(default)s)"
+    )
     parser.add_argument("--format", choices=("jsonl", "csv"), default="csv", help="table format (default: %(default)s)")
-    parser.add_argument("--output", type=Path, default=None,
-                        help="directory for events.<fmt> and participants.<fmt> (default: DATA_DIR/export)")
+    parser.add_argument(
+        "--output",
+        type=Path,
+        default=None,
+        help="directory for events.<fmt> and participants.<fmt> (default: DATA_DIR/export)",
+    )
     args = parser.parse_args(list(argv))
     output = args.output or args.data_dir / "export"
     try:
@@ -173,6 +229,8 @@ def main(argv: Iterable[str]) -> int:
     except OSError as exc:
         print(f"python -m server export: error: cannot write {output}: {exc.strerror}", file=sys.stderr)
         return 2
-    print(f"{counts['participants']} participants, {counts['events']} events → "
-          f"{output / ('participants.' + args.format)}, {output / ('events.' + args.format)}")
+    print(
+        f"{counts['participants']} participants, {counts['events']} events → "
+        f"{output / ('participants.' + args.format)}, {output / ('events.' + args.format)}"
+    )
     return 0

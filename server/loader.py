@@ -1,4 +1,5 @@
 """Find the researcher's `Experiment` in a Python file or module, with errors that name the problem."""
+
 from __future__ import annotations
 
 import importlib
@@ -49,7 +50,9 @@ def _load_module(name: str) -> ModuleType:
         return importlib.import_module(name)
     except ModuleNotFoundError as exc:
         if exc.name and name.startswith(exc.name):
-            raise ExperimentError(f"no experiment module named {name!r} (give a .py path or an importable module)") from exc
+            raise ExperimentError(
+                f"no experiment module named {name!r} (give a .py path or an importable module)"
+            ) from exc
         raise ExperimentError(f"{name} failed to load: {_where(exc)}") from exc
     except Exception as exc:
         raise ExperimentError(f"{name} failed to load: {_where(exc)}") from exc

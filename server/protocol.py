@@ -3,17 +3,19 @@
 Every frame is one binary msgpack map with a string `type`. Nothing here touches a
 socket or a session, so the server, the protocol client and the load tester share it.
 """
+
 from __future__ import annotations
 
 import enum
 import re
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping
+from typing import Any
 
 import msgpack
 
 
-class Code(str, enum.Enum):
+class Code(enum.StrEnum):
     """Why a message was refused; the socket stays open and the session's state is unchanged."""
 
     BAD_MESSAGE = "bad_message"  # not msgpack, not a map, no `type`, or a field of the wrong type
@@ -167,23 +169,28 @@ class Schema:
 
 
 SCHEMAS: dict[str, Schema] = {
-    "hello": Schema({
-        "participant_id": _pattern(PARTICIPANT_ID, "1-64 letters, digits, '-' or '_'"),
-        "resume_token": _pattern(TOKEN, "a session token"),
-        "last_seq": _count,
-        "params": _params,
-    }),
+    "hello": Schema(
+        {
+            "participant_id": _pattern(PARTICIPANT_ID, "1-64 letters, digits, '-' or '_'"),
+            "resume_token": _pattern(TOKEN, "a session token"),
+            "last_seq": _count,
+            "params": _params,
+        }
+    ),
     "ack": Schema({"seq": _count}, required=("seq",)),
     "screening": Schema({"facts": _facts}, required=("facts",)),
-    "preload": Schema({
-        "status": _one_of(*PRELOAD_STATUSES),
-        "stage": _text(64),
-        "elapsed_ms": _number,
-        "error": _text(),
-        "package": _text(128),
-        "done": _count,
-        "total": _count,
-    }, required=("status",)),
+    "preload": Schema(
+        {
+            "status": _one_of(*PRELOAD_STATUSES),
+            "stage": _text(64),
+            "elapsed_ms": _number,
+            "error": _text(),
+            "package": _text(128),
+            "done": _count,
+            "total": _count,
+        },
+        required=("status",),
+    ),
     "advance": Schema({}),
     "game_event": Schema({}, open=True),
     "game_over": Schema({}, open=True),
@@ -227,7 +234,7 @@ SECRETS = ("session_token", "resume_token")
 
 
 def redacted(message: Mapping[str, Any]) -> Mapping[str, Any]:
-    """The message as it may be stored: a session token on disk would let anyone holding the data act as the participant."""
+    """The message as it may be stored: a token on disk would let anyone holding the data act as the participant."""
     if not any(key in message for key in SECRETS):
         return message
     return {k: ("<redacted>" if k in SECRETS else v) for k, v in message.items()}
@@ -245,13 +252,32 @@ def state(name: str, may_advance: bool, **detail: Any) -> dict[str, Any]:
     return {"type": "state", "state": name, "may_advance": may_advance, **detail}
 
 
-def experiment_config(*, session_token: str, participant_id: str, entry_screening: dict[str, Any],
-                      pyodide_config: dict[str, Any], scene_count: int, final_states: list[str]) -> dict[str, Any]:
-    return {"type": "experiment_config", "session_token": session_token, "participant_id": participant_id,
-            "entry_screening": entry_screening, "pyodide_config": pyodide_config, "scene_count": scene_count,
-            "final_states": final_states}
+def experiment_config(
+    *,
+    session_token: str,
+    participant_id: str,
+    entry_screening: dict[str, Any],
+    pyodide_config: dict[str, Any],
+    scene_count: int,
+    final_states: list[str],
+) -> dict[str, Any]:
+    return {
+        "type": "experiment_config",
+        "session_token": session_token,
+        "participant_id": participant_id,
+        "entry_screening": entry_screening,
+        "pyodide_config": pyodide_config,
+        "scene_count": scene_count,
+        "final_states": final_states,
+    }
 
 
 def activate_scene(scene_id: str, scene_type: str, index: int, count: int, payload: dict[str, Any]) -> dict[str, Any]:
-    return {"type": "activate_scene", "scene_id": scene_id, "scene_type": scene_type, "index": index,
-            "count": count, **payload}
+    return {
+        "type": "activate_scene",
+        "scene_id": scene_id,
+        "scene_type": scene_type,
+        "index": index,
+        "count": count,
+        **payload,
+    }

@@ -4,6 +4,7 @@ The npm `pyodide` package ships only the core, and its lock file names micropip
 wheels it does not include (with other checksums than PyPI's), so the page gets a
 lock written for the wheels this server actually serves.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -61,19 +62,29 @@ class Runtime:
 
     def page_config(self) -> dict[str, Any]:
         """The part of `pyodide_config` that says where everything is; URLs relative to the origin."""
-        return {"pyodide_url": self.pyodide_url, "pyodide_version": self.version, "lock": self.lock,
-                "wheel_base_url": "/wheels/", "index_url": "/simple/{package_name}/"}
+        return {
+            "pyodide_url": self.pyodide_url,
+            "pyodide_version": self.version,
+            "lock": self.lock,
+            "wheel_base_url": "/wheels/",
+            "index_url": "/simple/{package_name}/",
+        }
 
     def describe(self) -> dict[str, Any]:
-        return {"pyodide_version": self.version, "pyodide_url": self.pyodide_url,
-                "wheels": {w.filename: w.sha256 for ws in self.wheels.values() for w in ws},
-                "packages": {p: [w.filename.split("-")[1] for w in ws] for p, ws in self.wheels.items()}}
+        return {
+            "pyodide_version": self.version,
+            "pyodide_url": self.pyodide_url,
+            "wheels": {w.filename: w.sha256 for ws in self.wheels.values() for w in ws},
+            "packages": {p: [w.filename.split("-")[1] for w in ws] for p, ws in self.wheels.items()},
+        }
 
 
 def load_runtime(pyodide_dir: Path | None, wheelhouse: Path, pyodide_url: str | None = None) -> Runtime:
     """Check the files are there and write the lock; fail with set-up instructions if not."""
     if not wheelhouse.is_dir():
-        raise RuntimeSetupError(f"wheelhouse not found: {wheelhouse} (run `make serve`, or `make wheelhouse`, to prepare it)")
+        raise RuntimeSetupError(
+            f"wheelhouse not found: {wheelhouse} (run `make serve`, or `make wheelhouse`, to prepare it)"
+        )
     wheels = scan_wheelhouse(wheelhouse)
     if pyodide_url:  # a distribution the researcher hosts elsewhere, with its own lock and packages
         return Runtime(None, pyodide_url.rstrip("/") + "/", "external", wheelhouse, wheels, None)
@@ -82,18 +93,24 @@ def load_runtime(pyodide_dir: Path | None, wheelhouse: Path, pyodide_url: str | 
     if not (pyodide_dir / "pyodide.mjs").is_file() or not lock_path.is_file():
         raise RuntimeSetupError(f"Pyodide not found in {pyodide_dir} (run `make serve`, or `npm ci`, to install it)")
     original = json.loads(lock_path.read_text())
-    version = json.loads((pyodide_dir / "package.json").read_text())["version"] \
-        if (pyodide_dir / "package.json").is_file() else original["info"].get("version", "local")
+    version = (
+        json.loads((pyodide_dir / "package.json").read_text())["version"]
+        if (pyodide_dir / "package.json").is_file()
+        else original["info"].get("version", "local")
+    )
     lock = None
     if not (pyodide_dir / original["packages"]["micropip"]["file_name"]).is_file():
         if "micropip" not in wheels:
-            raise RuntimeSetupError(f"no micropip wheel in {wheelhouse} and none in {pyodide_dir} (run `make wheelhouse`)")
+            raise RuntimeSetupError(
+                f"no micropip wheel in {wheelhouse} and none in {pyodide_dir} (run `make wheelhouse`)"
+            )
         lock = {"info": original["info"], "packages": {}}
         for project in ("micropip",):
             wheel = wheels[project][-1]
             entry = dict(original["packages"][project])
-            entry.update(file_name=wheel.filename, sha256=wheel.sha256,
-                         version=wheel.filename.split("-")[1], depends=[])
+            entry.update(
+                file_name=wheel.filename, sha256=wheel.sha256, version=wheel.filename.split("-")[1], depends=[]
+            )
             lock["packages"][project] = entry
     return Runtime(pyodide_dir, f"/pyodide/{version}/", version, wheelhouse, wheels, lock)
 
@@ -139,11 +156,27 @@ class SimpleIndex(tornado.web.RequestHandler):
         if "application/vnd.pypi.simple.v1+json" in self.request.headers.get("Accept", ""):
             origin = f"{self.request.protocol}://{self.request.host}"
             self.set_header("Content-Type", "application/vnd.pypi.simple.v1+json")
-            self.finish(json.dumps({
-                "meta": {"api-version": "1.0"}, "name": normalize(project),
-                "files": [{"filename": w.filename, "url": f"{origin}/wheels/{w.filename}", "hashes": {"sha256": w.sha256}}
-                          for w in files]}))
+            self.finish(
+                json.dumps(
+                    {
+                        "meta": {"api-version": "1.0"},
+                        "name": normalize(project),
+                        "files": [
+                            {
+                                "filename": w.filename,
+                                "url": f"{origin}/wheels/{w.filename}",
+                                "hashes": {"sha256": w.sha256},
+                            }
+                            for w in files
+                        ],
+                    }
+                )
+            )
             return
         self.set_header("Content-Type", "text/html; charset=utf-8")
-        self.finish("".join(f'<a href="/wheels/{html.escape(w.filename)}#sha256={w.sha256}">'
-                            f"{html.escape(w.filename)}</a><br/>\n" for w in files))
+        self.finish(
+            "".join(
+                f'<a href="/wheels/{html.escape(w.filename)}#sha256={w.sha256}">{html.escape(w.filename)}</a><br/>\n'
+                for w in files
+            )
+        )

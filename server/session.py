@@ -3,14 +3,16 @@
 It holds the participant's data and the callbacks the lifecycle table names; it
 knows nothing about sockets: messages leave through `emit`, records through `sink`.
 """
+
 from __future__ import annotations
 
 import hashlib
 import secrets
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable, Protocol
+from typing import Any, Protocol
 
 from statemachine import FINAL_STATES, RegionGuards, SessionMachine, top_state
 
@@ -80,15 +82,54 @@ def _drop(record: dict[str, Any]) -> None:
 class Session(RegionGuards):
     """A participant's place in the lifecycle and everything they produced on the way."""
 
-    __slots__ = ("state", "session_id", "machine", "experiment", "runtime_config", "timeouts", "clock", "send", "sink",
-                 "persist", "token", "digest", "user_agent", "rtt_ms", "participant_id", "params", "seed", "plan",
-                 "index", "facts", "verdict", "runtime", "outcome", "place", "outbox", "ended", "history", "_timers",
-                 "_published", "_persisted")
+    __slots__ = (
+        "_persisted",
+        "_published",
+        "_timers",
+        "clock",
+        "digest",
+        "ended",
+        "experiment",
+        "facts",
+        "history",
+        "index",
+        "machine",
+        "outbox",
+        "outcome",
+        "params",
+        "participant_id",
+        "persist",
+        "place",
+        "plan",
+        "rtt_ms",
+        "runtime",
+        "runtime_config",
+        "seed",
+        "send",
+        "session_id",
+        "sink",
+        "state",
+        "timeouts",
+        "token",
+        "user_agent",
+        "verdict",
+    )
 
-    def __init__(self, machine: SessionMachine, experiment: Experiment, clock: Clock, send: Emit | None = None, *,
-                 runtime_config: dict[str, Any] | None = None, timeouts: Timeouts = Timeouts(),
-                 sink: Sink = _drop, persist: Sink = _drop, ended: Callable[["Session"], None] = lambda s: None,
-                 user_agent: str = "", session_id: str = "") -> None:
+    def __init__(
+        self,
+        machine: SessionMachine,
+        experiment: Experiment,
+        clock: Clock,
+        send: Emit | None = None,
+        *,
+        runtime_config: dict[str, Any] | None = None,
+        timeouts: Timeouts = Timeouts(),
+        sink: Sink = _drop,
+        persist: Sink = _drop,
+        ended: Callable[[Session], None] = lambda s: None,
+        user_agent: str = "",
+        session_id: str = "",
+    ) -> None:
         self.session_id = session_id or secrets.token_hex(8)
         self.machine = machine
         self.experiment = experiment
@@ -165,15 +206,29 @@ class Session(RegionGuards):
 
     def saved(self) -> dict[str, Any]:
         """What survives a server restart: enough to put the participant back exactly where they were."""
-        return {"session_id": self.session_id, "digest": self.digest, "participant_id": self.participant_id,
-                "params": self.params, "seed": self.seed, "order": [p.instance_id for p in self.plan],
-                "index": self.index, "facts": self.facts, "verdict": list(self.verdict), "runtime": self.runtime,
-                "outcome": self.outcome, "state": self.state, "place": self.place, "seq": self.outbox.seq,
-                "user_agent": self.user_agent, "rtt_ms": self.rtt_ms}
+        return {
+            "session_id": self.session_id,
+            "digest": self.digest,
+            "participant_id": self.participant_id,
+            "params": self.params,
+            "seed": self.seed,
+            "order": [p.instance_id for p in self.plan],
+            "index": self.index,
+            "facts": self.facts,
+            "verdict": list(self.verdict),
+            "runtime": self.runtime,
+            "outcome": self.outcome,
+            "state": self.state,
+            "place": self.place,
+            "seq": self.outbox.seq,
+            "user_agent": self.user_agent,
+            "rtt_ms": self.rtt_ms,
+        }
 
     @classmethod
-    def restore(cls, saved: dict[str, Any], machine: SessionMachine, experiment: Experiment, clock: Clock,
-                **kwargs: Any) -> "Session":
+    def restore(
+        cls, saved: dict[str, Any], machine: SessionMachine, experiment: Experiment, clock: Clock, **kwargs: Any
+    ) -> Session:
         """A session from before a restart, parked as if its connection had just dropped."""
         self = cls(machine, experiment, clock, session_id=saved["session_id"], user_agent=saved["user_agent"], **kwargs)
         self.digest = saved["digest"]
@@ -183,7 +238,9 @@ class Session(RegionGuards):
         self.plan = experiment.plan(self.seed)
         if [p.instance_id for p in self.plan] != saved["order"]:
             machine.remove_model(self)
-            raise ValueError(f"session {self.session_id}: the experiment no longer gives this participant the same scenes")
+            raise ValueError(
+                f"session {self.session_id}: the experiment no longer gives this participant the same scenes"
+            )
         self.index = saved["index"]
         self.facts = saved["facts"]
         self.verdict = tuple(saved["verdict"])
@@ -222,8 +279,14 @@ class Session(RegionGuards):
         self.participant_id = self.claimed_participant(hello) or secrets.token_hex(8)
         self.seed = secrets.randbits(32)
         self.plan = self.experiment.plan(self.seed)
-        self.record("begin", participant_id=self.participant_id, params=self.params, seed=self.seed,
-                    order=[p.instance_id for p in self.plan], user_agent=self.user_agent)
+        self.record(
+            "begin",
+            participant_id=self.participant_id,
+            params=self.params,
+            seed=self.seed,
+            order=[p.instance_id for p in self.plan],
+            user_agent=self.user_agent,
+        )
         self.emit(self._config_message())
         self._activate()
 
@@ -324,12 +387,18 @@ class Session(RegionGuards):
         self._cancel("grace")
 
     def note_game_event(self, event: Any) -> None:
-        self.record("game_event", scene_id=self.plan[self.index].instance_id,
-                    data={k: v for k, v in event.args[0].items() if k != "type"})
+        self.record(
+            "game_event",
+            scene_id=self.plan[self.index].instance_id,
+            data={k: v for k, v in event.args[0].items() if k != "type"},
+        )
 
     def note_game_over(self, event: Any) -> None:
-        self.record("game_over", scene_id=self.plan[self.index].instance_id,
-                    data={k: v for k, v in event.args[0].items() if k != "type"})
+        self.record(
+            "game_over",
+            scene_id=self.plan[self.index].instance_id,
+            data={k: v for k, v in event.args[0].items() if k != "type"},
+        )
 
     def start_screening_timer(self, event: Any) -> None:
         self._start("screening", self.timeouts.screening, "screening_timeout")
@@ -374,14 +443,21 @@ class Session(RegionGuards):
 
     def _emit_scene(self) -> None:
         placed = self.plan[self.index]
-        self.emit(protocol.activate_scene(placed.instance_id, placed.scene_type, self.index, len(self.plan),
-                                          placed.scene.payload()))
+        self.emit(
+            protocol.activate_scene(
+                placed.instance_id, placed.scene_type, self.index, len(self.plan), placed.scene.payload()
+            )
+        )
 
     def _config_message(self) -> dict[str, Any]:
         return protocol.experiment_config(
-            session_token=self.token, participant_id=self.participant_id,
-            entry_screening=self.experiment.screening.describe(), pyodide_config=self.runtime_config,
-            scene_count=len(self.plan), final_states=FINAL_LIST)
+            session_token=self.token,
+            participant_id=self.participant_id,
+            entry_screening=self.experiment.screening.describe(),
+            pyodide_config=self.runtime_config,
+            scene_count=len(self.plan),
+            final_states=FINAL_LIST,
+        )
 
     def _save(self) -> None:
         saved = self.saved()

@@ -5,6 +5,7 @@ loses at most the record it was writing; `read_records` skips such a torn tail.
 Frames in both directions are recorded next to the session's own records, so a
 session can be analysed, and replayed, from its file alone.
 """
+
 from __future__ import annotations
 
 import os
@@ -14,9 +15,10 @@ import struct
 import time
 import weakref
 from collections import OrderedDict
+from collections.abc import Callable, Iterator
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import msgpack
 
@@ -42,7 +44,7 @@ class FilePool:
             self._open.move_to_end(path)
         view = memoryview(data)
         while view:
-            view = view[os.write(fd, view):]
+            view = view[os.write(fd, view) :]
 
     def release(self, path: str) -> None:
         fd = self._open.pop(path, None)
@@ -55,8 +57,10 @@ class FilePool:
 
 
 _PACK = msgpack.Packer(use_bin_type=True).pack
-_FRAME_HEAD = {direction: bytes([0x85]) + _PACK("kind") + _PACK("frame") + _PACK("dir") + _PACK(direction)
-               for direction in ("in", "out")}
+_FRAME_HEAD = {
+    direction: bytes([0x85]) + _PACK("kind") + _PACK("frame") + _PACK("dir") + _PACK(direction)
+    for direction in ("in", "out")
+}
 _T, _WALL, _MESSAGE, _RAW = _PACK("t"), _PACK("wall"), _PACK("message"), _PACK("raw")
 
 
@@ -67,7 +71,7 @@ def _float(value: float) -> bytes:
 class SessionLog:
     """The sink a session writes its records to."""
 
-    __slots__ = ("path", "_pool", "_closed")
+    __slots__ = ("_closed", "_pool", "path")
 
     def __init__(self, path: Path, pool: FilePool | None = None) -> None:
         self.path = str(path)
@@ -95,8 +99,9 @@ class SessionLog:
             self._pool.release(self.path)
 
 
-def record_frame(sink: Callable[[dict[str, Any]], None], direction: str, frame: bytes | str,
-                 valid: bool = True) -> None:
+def record_frame(
+    sink: Callable[[dict[str, Any]], None], direction: str, frame: bytes | str, valid: bool = True
+) -> None:
     """Record a frame `in` (as received; `valid` once it decoded) or `out` (as sent) if the sink keeps frames."""
     if isinstance(sink, SessionLog):
         sink.frame(direction, frame, valid)
@@ -144,7 +149,7 @@ class DataStore:
             weakref.finalize(self, os.close, self._journal)
         view = memoryview(_PACK(saved))
         while view:
-            view = view[os.write(self._journal, view):]
+            view = view[os.write(self._journal, view) :]
 
     def snapshots(self) -> list[dict[str, Any]]:
         """Each session's last snapshot, read at start-up; the journal is then rewritten with only those.

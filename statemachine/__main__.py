@@ -1,4 +1,5 @@
 """`python -m statemachine diagram`: draw the lifecycle, or an experiment's scene flow, from the code itself."""
+
 from __future__ import annotations
 
 import argparse
@@ -9,18 +10,25 @@ from .diagram import FORMATS, DiagramError, lifecycle
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m statemachine",
-                                     description="Diagrams drawn from the lifecycle table the server runs.")
+    parser = argparse.ArgumentParser(
+        prog="python -m statemachine", description="Diagrams drawn from the lifecycle table the server runs."
+    )
     commands = parser.add_subparsers(dest="command", required=True)
     d = commands.add_parser("diagram", help="draw the participant lifecycle (or, with --scenes, an experiment)")
-    d.add_argument("--format", choices=FORMATS, default="mermaid",
-                   help="mermaid text, Graphviz dot source, or SVG rendered by Graphviz (default: %(default)s)")
+    d.add_argument(
+        "--format",
+        choices=FORMATS,
+        default="mermaid",
+        help="mermaid text, Graphviz dot source, or SVG rendered by Graphviz (default: %(default)s)",
+    )
     d.add_argument("--output", "-o", type=Path, default=None, help="write to FILE instead of standard output")
-    d.add_argument("--scenes", action="store_true",
-                   help="draw the scene flow of --experiment instead of the lifecycle")
-    d.add_argument("--experiment", default=None,
-                   help="with --scenes: a Python file (path/to/study.py[:name]) or module defining an Experiment "
-                        "(default: the built-in example)")
+    d.add_argument("--scenes", action="store_true", help="draw the scene flow of --experiment instead of the lifecycle")
+    d.add_argument(
+        "--experiment",
+        default=None,
+        help="with --scenes: a Python file (path/to/study.py[:name]) or module defining an Experiment "
+        "(default: the built-in example)",
+    )
     args = parser.parse_args(argv)
     if args.experiment is not None and not args.scenes:
         parser.error("--experiment is only used with --scenes")
@@ -30,6 +38,7 @@ def main(argv: list[str] | None = None) -> int:
             from server.loader import DEFAULT, ExperimentError, load_experiment
 
             from .scenes import scene_flow
+
             try:
                 experiment = load_experiment(args.experiment or DEFAULT)
             except ExperimentError as exc:

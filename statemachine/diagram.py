@@ -3,9 +3,10 @@
 The diagram machine is built here, on demand, and never attached to live sessions:
 graph support makes every `add_model` several times dearer.
 """
+
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 import graphviz
 from transitions.extensions import diagrams_graphviz, diagrams_mermaid
@@ -33,15 +34,18 @@ def guard_words(name: str) -> str:
 
 
 def transition_label(index: int, newline: str = " ") -> str:
-    """`trigger: what happens [guards]`; an unguarded transition after guarded ones of its trigger reads `[otherwise]`."""
+    """`trigger: what happens [guards]`; an unguarded one after guarded ones of its trigger reads `[otherwise]`."""
     transition = TRANSITIONS[index]
     trigger = transition["trigger"]
     label = f"{trigger}: {TRIGGER_LABELS[trigger]}" if trigger in TRIGGER_LABELS else trigger
     guards = _guards(transition)
     if guards:
         return f"{label}{newline}[{' ∧ '.join(guard_words(g) for g in guards)}]"
-    earlier = [t for t in TRANSITIONS[:index] if t["trigger"] == trigger and _guards(t)
-               and set(_sources(t)) & set(_sources(transition))]
+    earlier = [
+        t
+        for t in TRANSITIONS[:index]
+        if t["trigger"] == trigger and _guards(t) and set(_sources(t)) & set(_sources(transition))
+    ]
     return f"{label}{newline}[otherwise]" if earlier else label
 
 
@@ -77,7 +81,7 @@ def final_state_names(items: list[Any] = STATES, prefix: tuple[str, ...] = ()) -
     out = []
     for item in items:
         if isinstance(item, dict):
-            name = prefix + (item["name"],)
+            name = (*prefix, item["name"])
             if item.get("final"):
                 out.append(SEPARATOR.join(name))
             out += final_state_names(item.get("parallel") or item.get("children") or [], name)
@@ -133,12 +137,22 @@ def _lower_class(line: str) -> str:
 class _DiagramMachine(HierarchicalGraphMachine):
     state_cls = _LabelledState
 
-    style_attributes = {
+    style_attributes: ClassVar[dict[str, Any]] = {
         "node": {
-            "default": {"style": "rounded,filled", "shape": "rectangle", "fillcolor": "white", "color": "black",
-                        "peripheries": "1"},
-            "parallel": {"shape": "rectangle", "color": "black", "fillcolor": "white",
-                         "style": "dashed, rounded, filled", "peripheries": "1"},
+            "default": {
+                "style": "rounded,filled",
+                "shape": "rectangle",
+                "fillcolor": "white",
+                "color": "black",
+                "peripheries": "1",
+            },
+            "parallel": {
+                "shape": "rectangle",
+                "color": "black",
+                "fillcolor": "white",
+                "style": "dashed, rounded, filled",
+                "peripheries": "1",
+            },
             "final": {"peripheries": "2", "fillcolor": "#eeeeee"},
         },
         "edge": {"default": {"color": "black"}},
@@ -159,11 +173,21 @@ class _Model:
 def lifecycle_graph(engine: str) -> Any:
     """The lifecycle as the library's graph object (`graphviz.Digraph` or mermaid text), no state highlighted."""
     machine = _DiagramMachine(
-        model=None, states=_diagram_states(STATES), initial=INITIAL, auto_transitions=False,
-        transitions=[{"trigger": t["trigger"], "source": t["source"], "dest": t["dest"],
-                      "label": transition_label(i, " " if engine == "mermaid" else "\\n")}
-                     for i, t in enumerate(TRANSITIONS)],
-        graph_engine=engine, title=TITLE,
+        model=None,
+        states=_diagram_states(STATES),
+        initial=INITIAL,
+        auto_transitions=False,
+        transitions=[
+            {
+                "trigger": t["trigger"],
+                "source": t["source"],
+                "dest": t["dest"],
+                "label": transition_label(i, " " if engine == "mermaid" else "\\n"),
+            }
+            for i, t in enumerate(TRANSITIONS)
+        ],
+        graph_engine=engine,
+        title=TITLE,
     )
     machine.add_model(_Model())
     model = machine.models[0]
@@ -190,7 +214,9 @@ def render_svg(graph: graphviz.Digraph) -> str:
     try:
         return graph.pipe(format="svg", engine="dot").decode()
     except graphviz.ExecutableNotFound:
-        raise DiagramError("Graphviz's `dot` is not installed (Debian: apt-get install graphviz; "
-                           "`make test` and `make serve` install it)") from None
+        raise DiagramError(
+            "Graphviz's `dot` is not installed (Debian: apt-get install graphviz; "
+            "`make test` and `make serve` install it)"
+        ) from None
     except graphviz.CalledProcessError as exc:
         raise DiagramError(f"dot failed: {(exc.stderr or b'').decode(errors='replace').strip()}") from None

@@ -3,9 +3,11 @@
 The server drives sessions with it, the diagrams are drawn from it and the tests
 walk it; nothing else in the project knows which state allows what.
 """
+
 from __future__ import annotations
 
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 from transitions import MachineError
 from transitions.core import EventData
@@ -68,47 +70,121 @@ _PRELOAD_PENDING = [_in(PRELOADING, "idle"), _in(PRELOADING, "loading")]
 TRANSITIONS: list[dict[str, Any]] = [
     # The first message opens the preflight: screening and preloading run side by side.
     {"trigger": "hello", "source": "connected", "dest": "preflight", "before": "begin", "after": "skip_preload"},
-    {"trigger": "skip_preload", "source": _in(PRELOADING, "idle"), "dest": _in(PRELOADING, "skipped"),
-     "conditions": "runtime_not_needed", "after": "settle"},
+    {
+        "trigger": "skip_preload",
+        "source": _in(PRELOADING, "idle"),
+        "dest": _in(PRELOADING, "skipped"),
+        "conditions": "runtime_not_needed",
+        "after": "settle",
+    },
     # Screening: the server judges the page's facts; silence ends in failure.
-    {"trigger": "screening", "source": _in(SCREENING, "checking"), "dest": _in(SCREENING, "passed"),
-     "prepare": "judge_screening", "conditions": "screening_ok", "after": "settle"},
-    {"trigger": "screening", "source": _in(SCREENING, "checking"), "dest": _in(SCREENING, "failed"),
-     "after": "settle"},
-    {"trigger": "screening_timeout", "source": _in(SCREENING, "checking"), "dest": _in(SCREENING, "failed"),
-     "before": "screening_timed_out", "after": "settle"},
+    {
+        "trigger": "screening",
+        "source": _in(SCREENING, "checking"),
+        "dest": _in(SCREENING, "passed"),
+        "prepare": "judge_screening",
+        "conditions": "screening_ok",
+        "after": "settle",
+    },
+    {"trigger": "screening", "source": _in(SCREENING, "checking"), "dest": _in(SCREENING, "failed"), "after": "settle"},
+    {
+        "trigger": "screening_timeout",
+        "source": _in(SCREENING, "checking"),
+        "dest": _in(SCREENING, "failed"),
+        "before": "screening_timed_out",
+        "after": "settle",
+    },
     # Preloading: the page reports its progress; silence ends in error, which never traps anyone.
-    {"trigger": "preload", "source": _in(PRELOADING, "idle"), "dest": _in(PRELOADING, "loading"),
-     "conditions": "reports_loading", "before": "note_preload"},
-    {"trigger": "preload", "source": _in(PRELOADING, "loading"), "dest": None,
-     "conditions": "reports_loading", "before": "note_preload"},
-    {"trigger": "preload", "source": _PRELOAD_PENDING, "dest": _in(PRELOADING, "ready"),
-     "conditions": "reports_ready", "before": "note_preload", "after": "settle"},
-    {"trigger": "preload", "source": _PRELOAD_PENDING, "dest": _in(PRELOADING, "error"),
-     "conditions": "reports_error", "before": "note_preload", "after": "settle"},
-    {"trigger": "preload_timeout", "source": _PRELOAD_PENDING, "dest": _in(PRELOADING, "error"),
-     "before": "preload_timed_out", "after": "settle"},
+    {
+        "trigger": "preload",
+        "source": _in(PRELOADING, "idle"),
+        "dest": _in(PRELOADING, "loading"),
+        "conditions": "reports_loading",
+        "before": "note_preload",
+    },
+    {
+        "trigger": "preload",
+        "source": _in(PRELOADING, "loading"),
+        "dest": None,
+        "conditions": "reports_loading",
+        "before": "note_preload",
+    },
+    {
+        "trigger": "preload",
+        "source": _PRELOAD_PENDING,
+        "dest": _in(PRELOADING, "ready"),
+        "conditions": "reports_ready",
+        "before": "note_preload",
+        "after": "settle",
+    },
+    {
+        "trigger": "preload",
+        "source": _PRELOAD_PENDING,
+        "dest": _in(PRELOADING, "error"),
+        "conditions": "reports_error",
+        "before": "note_preload",
+        "after": "settle",
+    },
+    {
+        "trigger": "preload_timeout",
+        "source": _PRELOAD_PENDING,
+        "dest": _in(PRELOADING, "error"),
+        "before": "preload_timed_out",
+        "after": "settle",
+    },
     # The preflight settles by itself once both regions have an answer.
     {"trigger": "settle", "source": "preflight", "dest": "excluded", "conditions": "screening_failed"},
-    {"trigger": "settle", "source": "preflight", "dest": "ready",
-     "conditions": ["screening_passed", "preload_settled"]},
+    {
+        "trigger": "settle",
+        "source": "preflight",
+        "dest": "ready",
+        "conditions": ["screening_passed", "preload_settled"],
+    },
     # The gate: an advance before the preflight has settled is refused, never queued.
-    {"trigger": "advance", "source": "preflight", "dest": "ready",
-     "conditions": ["screening_passed", "preload_settled"]},
-    {"trigger": "advance", "source": "ready", "dest": "in_game",
-     "conditions": ["next_is_game", "runtime_available"], "before": "activate_next"},
-    {"trigger": "advance", "source": "ready", "dest": "completed", "conditions": "next_is_end",
-     "before": "activate_next"},
-    {"trigger": "advance", "source": "ready", "dest": None, "conditions": "next_is_static",
-     "before": "activate_next", "after": "publish"},
+    {
+        "trigger": "advance",
+        "source": "preflight",
+        "dest": "ready",
+        "conditions": ["screening_passed", "preload_settled"],
+    },
+    {
+        "trigger": "advance",
+        "source": "ready",
+        "dest": "in_game",
+        "conditions": ["next_is_game", "runtime_available"],
+        "before": "activate_next",
+    },
+    {
+        "trigger": "advance",
+        "source": "ready",
+        "dest": "completed",
+        "conditions": "next_is_end",
+        "before": "activate_next",
+    },
+    {
+        "trigger": "advance",
+        "source": "ready",
+        "dest": None,
+        "conditions": "next_is_static",
+        "before": "activate_next",
+        "after": "publish",
+    },
     # The game: events are research data; game_over hands control back to the participant.
     {"trigger": "game_event", "source": "in_game", "dest": None, "before": "note_game_event"},
     {"trigger": "preload", "source": ["ready", "in_game"], "dest": None, "before": "note_preload"},
     {"trigger": "game_over", "source": "in_game", "dest": "ready", "before": "note_game_over"},
     # The connection: a dropped socket parks the session; its token brings it back exactly where it was.
     {"trigger": "drop", "source": list(RESUMABLE), "dest": "disconnected", "before": "remember_place"},
-    *({"trigger": "resume", "source": "disconnected", "dest": place, "conditions": f"left_{place}",
-       "after": "restore_place"} for place in RESUMABLE),
+    *(
+        {
+            "trigger": "resume",
+            "source": "disconnected",
+            "dest": place,
+            "conditions": f"left_{place}",
+            "after": "restore_place",
+        }
+        for place in RESUMABLE
+    ),
     {"trigger": "grace_expired", "source": "disconnected", "dest": "abandoned"},
 ]
 
@@ -221,7 +297,7 @@ class SessionMachine(HierarchicalMachine):
         return False
 
     def candidates(self, trigger: str, state: Any) -> tuple[Any, ...]:
-        """The table's transitions for `trigger` from the active states and their parents, found once per configuration."""
+        """The transitions for `trigger` from the active states and their parents, found once per configuration."""
         key = (trigger, state if isinstance(state, str) else tuple(_flatten(state)))
         found = self._candidates.get(key)
         if found is None:
@@ -246,7 +322,7 @@ def state_names() -> list[str]:
             name = item if isinstance(item, str) else item["name"]
             out.append(_in(*prefix, name))
             if isinstance(item, dict):
-                walk(item.get("parallel") or item.get("children") or [], prefix + (name,))
+                walk(item.get("parallel") or item.get("children") or [], (*prefix, name))
 
     walk(STATES, ())
     return out

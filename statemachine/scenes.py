@@ -3,8 +3,10 @@
 Wrappers are drawn as what they do to each participant's order, games say that they
 need Python, and the gates carry the lifecycle table's own guard words.
 """
+
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -33,7 +35,7 @@ class _Box:
     label: str
     kind: str  # "scene" or "group"
     python: bool = False
-    children: list["_Box"] = field(default_factory=list)
+    children: list[_Box] = field(default_factory=list)
 
 
 def _scene_label(scene: Any) -> tuple[str, bool]:
@@ -108,28 +110,32 @@ def _mermaid(boxes: list[_Box], title: str, gate: str) -> str:
 
     for box in boxes:
         add(box, "  ")
-    for i, (a, b) in enumerate(zip(boxes, boxes[1:])):
+    for i, (a, b) in enumerate(itertools.pairwise(boxes)):
         label = f'|"{_mermaid_text(gate)}"|' if i == 0 else ""
         lines.append(f"  {a.key} -->{label} {b.key}")
     return "\n".join(lines) + "\n"
 
 
 def _graphviz(boxes: list[_Box], title: str, gate: str) -> graphviz.Digraph:
-    graph = graphviz.Digraph(title, graph_attr={"rankdir": "LR", "compound": "true", "label": title},
-                             node_attr={"shape": "rectangle", "style": "rounded,filled", "fillcolor": "white"})
+    graph = graphviz.Digraph(
+        title,
+        graph_attr={"rankdir": "LR", "compound": "true", "label": title},
+        node_attr={"shape": "rectangle", "style": "rounded,filled", "fillcolor": "white"},
+    )
 
     def add(box: _Box, into: graphviz.Digraph) -> None:
         if box.kind == "scene":
             into.node(box.key, box.label, fillcolor="#fff4d6" if box.python else "white")
             return
-        with into.subgraph(name=f"cluster_{box.key}",
-                           graph_attr={"label": box.label, "style": "dashed,filled", "fillcolor": "#f4f4f4"}) as sub:
+        with into.subgraph(
+            name=f"cluster_{box.key}", graph_attr={"label": box.label, "style": "dashed,filled", "fillcolor": "#f4f4f4"}
+        ) as sub:
             for child in box.children:
                 add(child, sub)
 
     for box in boxes:
         add(box, graph)
-    for i, (a, b) in enumerate(zip(boxes, boxes[1:])):
+    for i, (a, b) in enumerate(itertools.pairwise(boxes)):
         attr = {"label": gate} if i == 0 else {}
         if a.kind == "group":
             attr["ltail"] = f"cluster_{a.key}"

@@ -1,4 +1,5 @@
 """Fixtures: the real app on a real socket, and participants that always hang up."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -12,8 +13,16 @@ from server.app import Config, make_app
 from server.examples.gridworld import experiment as example
 
 CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 
 
 def pytest_collection_modifyitems(items):
@@ -64,4 +73,3 @@ def connect(ws_url, io_loop):
     yield open_one
     for client in opened:
         client.close()
-

@@ -1,4 +1,5 @@
 """Helpers for tests: `python -m server` started as a researcher would, and participants held in chosen states."""
+
 from __future__ import annotations
 
 import asyncio
@@ -7,9 +8,9 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 
 from client.participant import DESKTOP_CHROMIUM, ProtocolClient
 from statemachine import INITIAL, SEPARATOR
@@ -28,8 +29,12 @@ def start_server(data_dir: Path, *flags: str, port: int | None = None) -> tuple[
     port = port or free_port()
     log = data_dir.parent / f"server-{port}.log"
     with open(log, "w") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "server", "--port", str(port), "--data-dir", str(data_dir),
-                                 *flags], cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "server", "--port", str(port), "--data-dir", str(data_dir), *flags],
+            cwd=ROOT,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
     deadline = time.monotonic() + 30
     while "Participant URL" not in log.read_text() and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.05)

@@ -1,4 +1,5 @@
 """`/admin`: refused without the token, counts equal to where participants really are, live in Chromium."""
+
 from __future__ import annotations
 
 import asyncio
@@ -13,13 +14,28 @@ from server.session import Timeouts
 from statemachine import state_names
 from tests.support import ROOT, Crowd, bring, served, true_states
 
-ADMIN_URLS = ["/admin", "/admin/", "/admin/sessions/0123456789abcdef", "/admin/lifecycle.svg", "/admin/api/counts",
-              "/admin/api/sessions", "/admin/api/sessions/0123456789abcdef", "/admin/api/events",
-              "/admin/static/admin.js"]
+ADMIN_URLS = [
+    "/admin",
+    "/admin/",
+    "/admin/sessions/0123456789abcdef",
+    "/admin/lifecycle.svg",
+    "/admin/api/counts",
+    "/admin/api/sessions",
+    "/admin/api/sessions/0123456789abcdef",
+    "/admin/api/events",
+    "/admin/static/admin.js",
+]
 PLAN = {  # situation: how many participants stay connected in it (before `hello` there is no session to count)
-    "checking+idle": 9, "passed+idle": 5, "passed+loading": 5, "checking+loading": 4,
-    "ready at start": 3, "ready after a preload error": 2, "ready at instructions": 4, "in game": 5,
-    "completed": 4, "excluded": 4,
+    "checking+idle": 9,
+    "passed+idle": 5,
+    "passed+loading": 5,
+    "checking+loading": 4,
+    "ready at start": 3,
+    "ready after a preload error": 2,
+    "ready at instructions": 4,
+    "in game": 5,
+    "completed": 4,
+    "excluded": 4,
 }
 ENDED = {"completed": 2, "excluded": 1, "checking+loading": 2}  # ... and these leave again
 GRACE = 2.0
@@ -29,8 +45,9 @@ def fetch(port: int, path: str, token: str | None = None, **kwargs):
     headers = kwargs.pop("headers", {})
     if token is not None:
         headers["Authorization"] = f"Bearer {token}"
-    return AsyncHTTPClient().fetch(HTTPRequest(f"http://127.0.0.1:{port}{path}", headers=headers, **kwargs),
-                                   raise_error=False)
+    return AsyncHTTPClient().fetch(
+        HTTPRequest(f"http://127.0.0.1:{port}{path}", headers=headers, **kwargs), raise_error=False
+    )
 
 
 async def api(port: int, token: str, path: str) -> dict:
@@ -54,8 +71,13 @@ async def test_every_admin_url_is_refused_without_the_right_token(http_server, h
     token = config.admin_token
     assert len(token) >= 32
     for url in ADMIN_URLS:
-        for headers in ({}, {"Authorization": "Bearer " + token[:-1]}, {"Authorization": "Bearer " + token + "x"},
-                        {"Authorization": token}, {"Cookie": "preflight_admin=nope"}):
+        for headers in (
+            {},
+            {"Authorization": "Bearer " + token[:-1]},
+            {"Authorization": "Bearer " + token + "x"},
+            {"Authorization": token},
+            {"Cookie": "preflight_admin=nope"},
+        ):
             response = await fetch(http_port, url, headers=headers, follow_redirects=False)
             assert response.code == 403, (url, headers)
             assert b"admin token" in response.body and b"Traceback" not in response.body
@@ -82,7 +104,7 @@ async def test_fifty_participants_are_counted_where_they_really_are(http_server,
     situations = [s for s, n in PLAN.items() for _ in range(n)] + [s for s, n in ENDED.items() for _ in range(n)]
     assert len(situations) == 50
     brought = await asyncio.gather(*(bring(ws_url, s, f"p{i:02}") for i, s in enumerate(situations)))
-    opened = [(situation, client, last) for situation, (client, last) in zip(situations, brought)]
+    opened = [(situation, client, last) for situation, (client, last) in zip(situations, brought, strict=False)]
     # Five leave: two after completing and one after being excluded (they stay resumable for the grace period,
     # still counted where they ended), two in the middle of the preflight (parked as disconnected).
     leaving = Counter(ENDED)
@@ -97,12 +119,17 @@ async def test_fifty_participants_are_counted_where_they_really_are(http_server,
         counts = await until(http_port, token, lambda c: c["states"]["disconnected"] == 2, "2 disconnected")
         assert counts["live"] == 50
         assert counts["states"] == {name: truth[name] for name in state_names()}
-        assert counts["states"]["preflight"] == sum(PLAN[s] for s in
-                                                    ("checking+idle", "passed+idle", "passed+loading", "checking+loading"))
+        assert counts["states"]["preflight"] == sum(
+            PLAN[s] for s in ("checking+idle", "passed+idle", "passed+loading", "checking+loading")
+        )
         assert counts["states"]["in_game"] == PLAN["in game"]
-        assert counts["outcomes"] == {"completed": PLAN["completed"] + 2, "excluded": PLAN["excluded"] + 1,
-                                      "abandoned": 0, "preload_error": PLAN["ready after a preload error"],
-                                      "timed_out": 0}
+        assert counts["outcomes"] == {
+            "completed": PLAN["completed"] + 2,
+            "excluded": PLAN["excluded"] + 1,
+            "abandoned": 0,
+            "preload_error": PLAN["ready after a preload error"],
+            "timed_out": 0,
+        }
         assert counts["excluded_reasons"] == {"screen_too_small": PLAN["excluded"] + 1}
         sessions = await api(http_port, token, "sessions")
         assert len(sessions) == 50 and Counter(s["state"] for s in sessions)["ready"] == 9
@@ -134,9 +161,13 @@ async def test_one_participants_path_screening_preload_and_scene_order(http_serv
     live = await api(http_port, token, f"sessions/{row['session_id']}")
     assert live["live"] is True and live["state"] == "in_game"
     assert [(p["event"], p["dest"]) for p in live["path"]] == [
-        ("hello", "preflight"), ("screening", "preflight.screening.passed"), ("preload", "preflight.preloading.ready"),
-        ("settle", "ready"), ("advance", "in_game")]
-    assert all(b["at_s"] >= a["at_s"] for a, b in zip(live["path"], live["path"][1:]))
+        ("hello", "preflight"),
+        ("screening", "preflight.screening.passed"),
+        ("preload", "preflight.preloading.ready"),
+        ("settle", "ready"),
+        ("advance", "in_game"),
+    ]
+    assert all(b["at_s"] >= a["at_s"] for a, b in zip(live["path"], live["path"][1:], strict=False))
     assert live["screening"]["verdict"] == [] and live["screening"]["facts"]["screen_width"] == 1920
     assert [p["status"] for p in live["preload"]] == ["ready"] and live["preload"][0]["elapsed_ms"] == 9
     assert live["scene_order"] == ["start", "instructions", "gridworld", "end"]
@@ -152,8 +183,10 @@ async def test_one_participants_path_screening_preload_and_scene_order(http_serv
     ended = await api(http_port, token, f"sessions/{row['session_id']}")
     assert ended["live"] is False and ended["outcome"] == "abandoned"
     assert ended["path"][:-2] == live["path"]
-    assert [(p["event"], p["dest"]) for p in ended["path"][-2:]] == [("drop", "disconnected"),
-                                                                    ("grace_expired", "abandoned")]
+    assert [(p["event"], p["dest"]) for p in ended["path"][-2:]] == [
+        ("drop", "disconnected"),
+        ("grace_expired", "abandoned"),
+    ]
     for missing in ("0123456789abcdef", "..%2F..%2Fstudy", "XYZ"):
         response = await fetch(http_port, f"/admin/api/sessions/{missing}", token)
         assert response.code == 404 and b"Traceback" not in response.body
@@ -172,8 +205,7 @@ async def test_the_event_stream_pushes_new_counts_when_participants_move(http_se
             event, buffer = buffer.split(b"\n\n", 1)
             events.put_nowait(json.loads(event.decode().removeprefix("data: ")))
 
-    stream = fetch(http_port, "/admin/api/events", config.admin_token, streaming_callback=on_chunk,
-                   request_timeout=60)
+    stream = fetch(http_port, "/admin/api/events", config.admin_token, streaming_callback=on_chunk, request_timeout=60)
     first = await asyncio.wait_for(events.get(), 5)
     assert first["live"] == 0
     client, _ = await bring(ws_url, "ready at start", "mover")
@@ -191,8 +223,14 @@ async def test_the_event_stream_pushes_new_counts_when_participants_move(http_se
 
 # -- the page in Chromium ------------------------------------------------------------------------------------------
 
-BROWSER_PLAN = {"checking+idle": 3, "passed+loading": 2, "ready at start": 1, "in game": 2,
-                "completed": 1, "excluded": 1}
+BROWSER_PLAN = {
+    "checking+idle": 3,
+    "passed+loading": 2,
+    "ready at start": 1,
+    "in game": 2,
+    "completed": 1,
+    "excluded": 1,
+}
 TOKEN = "browser-test-admin-token-0123456789"
 
 

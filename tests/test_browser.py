@@ -4,6 +4,7 @@ One server serves the whole module and the suite shares one browser (tests/conft
 each test opens its own context (a fresh profile), so each participant loads Pyodide from
 our server once, except where a test reloads the page or kills the runtime's worker on purpose.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -39,8 +40,7 @@ def context(browser):
 
 def state_is(page, name: str, timeout: int = STEP_TIMEOUT_MS, **where) -> dict:
     cond = " && ".join([f"s.state === '{name}'"] + [f"s.{k} === {v!r}" for k, v in where.items()])
-    page.wait_for_function(f"(() => {{ const s = window.__preflight?.state; return s && {cond}; }})()",
-                           timeout=timeout)
+    page.wait_for_function(f"(() => {{ const s = window.__preflight?.state; return s && {cond}; }})()", timeout=timeout)
     return page.evaluate("window.__preflight.state")
 
 
@@ -89,8 +89,11 @@ def resources(where) -> list[str]:
 
 
 def records_of(data: Path, participant_id: str) -> list[dict]:
-    [records] = [r for r in map(list, map(read_records, (data / "sessions").glob("*.msgpack")))
-                 if any(x["kind"] == "begin" and x["participant_id"] == participant_id for x in r)]
+    [records] = [
+        r
+        for r in map(list, map(read_records, (data / "sessions").glob("*.msgpack")))
+        if any(x["kind"] == "begin" and x["participant_id"] == participant_id for x in r)
+    ]
     return records
 
 
@@ -110,16 +113,21 @@ def test_a_participant_walks_from_the_url_to_the_completion_code_offline(server,
 
     # While the game's package is held back, the preload is loading and the gate is shut.
     page.wait_for_function("window.__preflight?.state?.regions?.preloading === 'loading'", timeout=LOAD_TIMEOUT_MS)
-    page.wait_for_function("document.getElementById('progress-text').textContent.startsWith('Installing packages')",
-                           timeout=LOAD_TIMEOUT_MS)
+    page.wait_for_function(
+        "document.getElementById('progress-text').textContent.startsWith('Installing packages')",
+        timeout=LOAD_TIMEOUT_MS,
+    )
     assert page.is_disabled("#advance")
     assert "Python is still loading" in page.inner_text("#waiting")
     assert page.get_attribute("#progress", "aria-live") == "polite"
     page.evaluate("window.__preflight.send({type: 'advance'})")  # forged from the console
     page.wait_for_function("window.__preflight.errors.length > 0", timeout=STEP_TIMEOUT_MS)
     assert page.evaluate("window.__preflight.errors[0]") == {
-        "type": "error", "code": "gated", "state": "preflight",
-        "message": "advance must wait: the participant may not move on yet"}
+        "type": "error",
+        "code": "gated",
+        "state": "preflight",
+        "message": "advance must wait: the participant may not move on yet",
+    }
     assert page.evaluate("window.__preflight.state.state") == "preflight"
 
     for _ in range(200):  # the held request reaches us while Playwright waits
@@ -168,7 +176,8 @@ def test_python_lives_in_one_worker_and_the_game_steps_through_it(server, contex
     # Every step was a message to the same worker, answered before the page drew and reported it.
     assert page.evaluate("window.__workerLog") == {
         "started": ["/client/runtime-worker.js"],
-        "ops": ["load", "open", "reset"] + ["step"] * 8 + ["close"]}
+        "ops": ["load", "open", "reset"] + ["step"] * 8 + ["close"],
+    }
     assert page.workers == [worker]
     steps = [r["data"]["step"] for r in records_of(server["data"], "pw-worker") if r["kind"] == "game_event"]
     assert steps == list(range(1, 9))
@@ -225,7 +234,8 @@ def test_a_crashed_worker_is_an_error_and_the_game_loads_python_in_a_new_one(ser
             return route.continue_()
         crashed.append(route.request.url)
         script = route.fetch().text() + (
-            "\nself.addEventListener('message', () => setTimeout(() => { throw new Error('injected crash'); }, 20));\n")
+            "\nself.addEventListener('message', () => setTimeout(() => { throw new Error('injected crash'); }, 20));\n"
+        )
         route.fulfill(status=200, content_type="text/javascript", body=script)
 
     context.route("**/client/runtime-worker.js", crash_first)
@@ -247,8 +257,7 @@ def test_a_crashed_worker_is_an_error_and_the_game_loads_python_in_a_new_one(ser
     assert statuses[-1] == ("ready", None)
 
 
-def test_a_preload_the_server_stopped_waiting_for_is_ended_and_the_game_loads_python_in_a_new_worker(
-        tmp_path, context):
+def test_a_preload_the_server_stopped_waiting_for_is_ended_and_the_game_loads_python_in_a_new_worker(tmp_path, context):
     held: list[Route] = []
 
     def hold_first(route: Route) -> None:

@@ -1,4 +1,5 @@
 """The commands as a researcher types them: `python -m server`, `python -m client walk`."""
+
 from __future__ import annotations
 
 import subprocess
@@ -15,14 +16,25 @@ def run(*args: str, timeout: float = 30) -> subprocess.CompletedProcess:
 
 def test_help_documents_the_flags():
     out = run("-m", "server", "--help").stdout
-    for flag in ("--host", "--port", "--experiment", "--data-dir", "--screening-timeout", "--preload-timeout",
-                 "--pyodide-dir", "--wheelhouse", "--admin-token"):
+    for flag in (
+        "--host",
+        "--port",
+        "--experiment",
+        "--data-dir",
+        "--screening-timeout",
+        "--preload-timeout",
+        "--pyodide-dir",
+        "--wheelhouse",
+        "--admin-token",
+    ):
         assert flag in out
 
 
 def test_a_bad_experiment_is_named_on_the_command_line(tmp_path):
     missing = run("-m", "server", "--experiment", str(tmp_path / "nope.py"))
-    assert missing.returncode == 2 and "experiment file not found" in missing.stderr and "Traceback" not in missing.stderr
+    assert (
+        missing.returncode == 2 and "experiment file not found" in missing.stderr and "Traceback" not in missing.stderr
+    )
     bad_ping = run("-m", "server", "--ping-interval", "1", "--ping-timeout", "5")
     assert bad_ping.returncode == 2 and "--ping-timeout (5.0) cannot exceed --ping-interval" in bad_ping.stderr
     weak = run("-m", "server", "--admin-token", "secret")

@@ -1,12 +1,21 @@
 """The experiment model: wrappers, per-participant orders, the preload config."""
+
 from __future__ import annotations
 
 import copy
 
 import pytest
 
-from server.experiment import (EndScene, Experiment, GymScene, RandomizeOrder, RepeatScene, ScreeningRules,
-                               StartScene, StaticScene)
+from server.experiment import (
+    EndScene,
+    Experiment,
+    GymScene,
+    RandomizeOrder,
+    RepeatScene,
+    ScreeningRules,
+    StartScene,
+    StaticScene,
+)
 from server.loader import ExperimentError, load_experiment
 
 A, B, C = (StaticScene(x, f"<p>{x}</p>") for x in "abc")
@@ -46,16 +55,19 @@ def test_planning_leaves_the_shared_definition_untouched():
     assert exp.scenes[1].scenes == (A, B, C)
 
 
-@pytest.mark.parametrize("build, problem", [
-    (lambda: Experiment("t", [StaticScene("a", ""), EndScene()]), "begin with a StartScene"),
-    (lambda: Experiment("t", [StartScene(), A]), "end with an EndScene"),
-    (lambda: make(RepeatScene(StartScene("again"), 1)), "exactly one StartScene"),
-    (lambda: make("not a scene"), "not a scene"),
-    (lambda: make(StaticScene("a", "x"), StaticScene("a", "y")), "scene ids used by different scenes: a"),
-    (lambda: RandomizeOrder([A, B], keep_n=3), "keep_n must be between 1 and 2"),
-    (lambda: RepeatScene(A, 0), "times must be at least 1"),
-    (lambda: GymScene("g", "no-colon"), "module:factory"),
-])
+@pytest.mark.parametrize(
+    "build, problem",
+    [
+        (lambda: Experiment("t", [StaticScene("a", ""), EndScene()]), "begin with a StartScene"),
+        (lambda: Experiment("t", [StartScene(), A]), "end with an EndScene"),
+        (lambda: make(RepeatScene(StartScene("again"), 1)), "exactly one StartScene"),
+        (lambda: make("not a scene"), "not a scene"),
+        (lambda: make(StaticScene("a", "x"), StaticScene("a", "y")), "scene ids used by different scenes: a"),
+        (lambda: RandomizeOrder([A, B], keep_n=3), "keep_n must be between 1 and 2"),
+        (lambda: RepeatScene(A, 0), "times must be at least 1"),
+        (lambda: GymScene("g", "no-colon"), "module:factory"),
+    ],
+)
 def test_bad_definitions_say_what_is_wrong(build, problem):
     with pytest.raises((ValueError, TypeError), match=problem):
         build()
@@ -67,15 +79,18 @@ IPHONE = "Mozilla/5.0 (iPhone; CPU iPhone OS 17_0 like Mac OS X) AppleWebKit/605
 GOOD = {"screen_width": 1920, "screen_height": 1080, "webassembly": True}
 
 
-@pytest.mark.parametrize("ua, facts, rtt, reasons", [
-    (CHROME, GOOD, 20.0, ()),
-    (FIREFOX, GOOD, 20.0, ("browser:firefox",)),
-    (IPHONE, GOOD, 20.0, ("browser:safari", "mobile")),
-    (CHROME, {**GOOD, "screen_width": 800}, 20.0, ("screen_too_small",)),
-    (CHROME, {**GOOD, "webassembly": False}, 20.0, ("no_webassembly",)),
-    (CHROME, GOOD, 900.0, ("rtt_too_high",)),
-    (CHROME, GOOD, None, ("rtt_unmeasured",)),
-])
+@pytest.mark.parametrize(
+    "ua, facts, rtt, reasons",
+    [
+        (CHROME, GOOD, 20.0, ()),
+        (FIREFOX, GOOD, 20.0, ("browser:firefox",)),
+        (IPHONE, GOOD, 20.0, ("browser:safari", "mobile")),
+        (CHROME, {**GOOD, "screen_width": 800}, 20.0, ("screen_too_small",)),
+        (CHROME, {**GOOD, "webassembly": False}, 20.0, ("no_webassembly",)),
+        (CHROME, GOOD, 900.0, ("rtt_too_high",)),
+        (CHROME, GOOD, None, ("rtt_unmeasured",)),
+    ],
+)
 def test_screening_rules_are_judged_from_facts_header_and_measured_rtt(ua, facts, rtt, reasons):
     rules = ScreeningRules(browsers=("chrome",), allow_mobile=False, min_width=1024, min_height=700, max_rtt_ms=500)
     assert rules.evaluate(facts, ua, rtt) == reasons
@@ -94,5 +109,5 @@ def test_the_loader_names_the_problem(tmp_path):
     (tmp_path / "broken.py").write_text("from server.experiment import *\nexperiment = Experiment('x', [])\n")
     with pytest.raises(ExperimentError, match="ValueError: experiment 'x' must begin with a StartScene"):
         load_experiment(str(tmp_path / "broken.py"))
-    with pytest.raises(ExperimentError, match="no experiment module named 'no.such.module'"):
+    with pytest.raises(ExperimentError, match=r"no experiment module named 'no\.such\.module'"):
         load_experiment("no.such.module")

@@ -1,5 +1,6 @@
 """Arbitrary frames and message sequences against a real `python -m server`: it keeps serving, every reply is a
 valid message, and nothing reaches a game without passing screening and the gate."""
+
 from __future__ import annotations
 
 import asyncio
@@ -18,20 +19,40 @@ from tests.support import start_server
 
 TOP_STATES = {s if isinstance(s, str) else s["name"] for s in STATES}
 
-plain = st.recursive(st.none() | st.booleans() | st.integers(-2**40, 2**40) | st.floats(allow_nan=False) | st.text(max_size=20),
-                     lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
-                     max_leaves=12)
-wild = st.recursive(plain | st.binary(max_size=16),
-                    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8) | st.integers(-2**63, 2**63 - 1), inner,
-                                                                                  max_size=4), max_leaves=12)
+plain = st.recursive(
+    st.none() | st.booleans() | st.integers(-(2**40), 2**40) | st.floats(allow_nan=False) | st.text(max_size=20),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
+    max_leaves=12,
+)
+wild = st.recursive(
+    plain | st.binary(max_size=16),
+    lambda inner: (
+        st.lists(inner, max_size=4)
+        | st.dictionaries(st.text(max_size=8) | st.integers(-(2**63), 2**63 - 1), inner, max_size=4)
+    ),
+    max_leaves=12,
+)
 ids = st.sampled_from(["p1", "p2", "p3", "../x", "", "a" * 80])
 messages = st.one_of(
-    st.fixed_dictionaries({"type": st.just("hello")}, optional={"participant_id": ids, "resume_token": st.text(max_size=40),
-                                                                "last_seq": st.integers(-1, 50), "params": wild}),
-    st.fixed_dictionaries({"type": st.just("screening"),
-                           "facts": st.just(DESKTOP_CHROMIUM) | st.dictionaries(st.text(max_size=12), plain, max_size=5)}),
-    st.fixed_dictionaries({"type": st.just("preload"), "status": st.sampled_from(PRELOAD_STATUSES) | st.text(max_size=6)},
-                          optional={"stage": st.text(max_size=10), "elapsed_ms": plain}),
+    st.fixed_dictionaries(
+        {"type": st.just("hello")},
+        optional={
+            "participant_id": ids,
+            "resume_token": st.text(max_size=40),
+            "last_seq": st.integers(-1, 50),
+            "params": wild,
+        },
+    ),
+    st.fixed_dictionaries(
+        {
+            "type": st.just("screening"),
+            "facts": st.just(DESKTOP_CHROMIUM) | st.dictionaries(st.text(max_size=12), plain, max_size=5),
+        }
+    ),
+    st.fixed_dictionaries(
+        {"type": st.just("preload"), "status": st.sampled_from(PRELOAD_STATUSES) | st.text(max_size=6)},
+        optional={"stage": st.text(max_size=10), "elapsed_ms": plain},
+    ),
     st.fixed_dictionaries({"type": st.sampled_from(["advance", "game_over", "ack"])}, optional={"seq": plain}),
     st.fixed_dictionaries({"type": st.just("game_event")}, optional={"data": wild}),
     st.dictionaries(st.text(max_size=8), wild, max_size=4).map(lambda m: {"type": "teleport", **m}),
@@ -102,26 +123,48 @@ def gate_held(replies: list[dict]) -> None:
         seen_ready = seen_ready or reply["state"] == "ready"
 
 
-@settings(max_examples=150, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow,
-                                                                                   HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=150,
+    deadline=None,
+    database=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+)
 @given(sequence=st.lists(frames, max_size=12))
 def test_arbitrary_frames_never_break_the_server(server, sequence):
     url, _ = server
     gate_held(asyncio.run(play(url, sequence)))
 
 
-WALK = [{"type": "hello"}, {"type": "screening", "facts": DESKTOP_CHROMIUM}, {"type": "preload", "status": "ready"},
-        {"type": "advance"}, {"type": "advance"}, {"type": "game_event", "step": 1}, {"type": "game_over"}]
+WALK = [
+    {"type": "hello"},
+    {"type": "screening", "facts": DESKTOP_CHROMIUM},
+    {"type": "preload", "status": "ready"},
+    {"type": "advance"},
+    {"type": "advance"},
+    {"type": "game_event", "step": 1},
+    {"type": "game_over"},
+]
 
 
-@settings(max_examples=100, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow,
-                                                                                   HealthCheck.function_scoped_fixture])
-@given(steps=st.lists(st.tuples(st.sampled_from([True] * 6 + [False]), st.lists(messages, max_size=2)),
-                      min_size=len(WALK), max_size=len(WALK)))
+@settings(
+    max_examples=100,
+    deadline=None,
+    database=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+)
+@given(
+    steps=st.lists(
+        st.tuples(st.sampled_from([True] * 6 + [False]), st.lists(messages, max_size=2)),
+        min_size=len(WALK),
+        max_size=len(WALK),
+    )
+)
 def test_no_message_order_reaches_a_game_without_screening_and_the_gate(server, steps):
     """A participant's walk with steps dropped and arbitrary messages slipped in between."""
     url, _ = server
-    sequence = [m for (keep, extra), step in zip(steps, WALK) for m in [*extra, *([step] if keep else [])]]
+    sequence = [
+        m for (keep, extra), step in zip(steps, WALK, strict=False) for m in [*extra, *([step] if keep else [])]
+    ]
     gate_held(asyncio.run(play(url, [msgpack.packb(m, use_bin_type=True) for m in sequence])))
 
 

@@ -1,5 +1,8 @@
 """The lifecycle on plain sessions: no network, a hand-driven clock."""
+
 from __future__ import annotations
+
+import itertools
 
 import pytest
 
@@ -71,21 +74,42 @@ SITUATIONS = {
     "preflight/checking+idle": [("hello", msg("hello"))],
     "preflight/passed+loading": [("hello", msg("hello")), ("screening", SCREEN), ("preload", LOADING)],
     "ready/start": [("hello", msg("hello")), ("screening", SCREEN), ("preload", READY)],
-    "ready/instructions": [("hello", msg("hello")), ("screening", SCREEN), ("preload", READY),
-                           ("advance", msg("advance"))],
-    "in_game": [("hello", msg("hello")), ("screening", SCREEN), ("preload", READY), ("advance", msg("advance")),
-                ("advance", msg("advance"))],
-    "completed": [("hello", msg("hello")), ("screening", SCREEN), ("preload", READY), ("advance", msg("advance")),
-                  ("advance", msg("advance")), ("game_over", msg("game_over")), ("advance", msg("advance"))],
+    "ready/instructions": [
+        ("hello", msg("hello")),
+        ("screening", SCREEN),
+        ("preload", READY),
+        ("advance", msg("advance")),
+    ],
+    "in_game": [
+        ("hello", msg("hello")),
+        ("screening", SCREEN),
+        ("preload", READY),
+        ("advance", msg("advance")),
+        ("advance", msg("advance")),
+    ],
+    "completed": [
+        ("hello", msg("hello")),
+        ("screening", SCREEN),
+        ("preload", READY),
+        ("advance", msg("advance")),
+        ("advance", msg("advance")),
+        ("game_over", msg("game_over")),
+        ("advance", msg("advance")),
+    ],
 }
 
 
 def accepted_triggers(state) -> set[str]:
     """What the table says a state accepts: transitions whose source is the state or one of its parents."""
     leaves = [state] if isinstance(state, str) else state
-    sources = {SEPARATOR.join(leaf.split(SEPARATOR)[:n]) for leaf in leaves for n in range(1, leaf.count(SEPARATOR) + 2)}
-    return {t["trigger"] for t in TRANSITIONS
-            if sources & set(t["source"] if isinstance(t["source"], list) else [t["source"]])}
+    sources = {
+        SEPARATOR.join(leaf.split(SEPARATOR)[:n]) for leaf in leaves for n in range(1, leaf.count(SEPARATOR) + 2)
+    }
+    return {
+        t["trigger"]
+        for t in TRANSITIONS
+        if sources & set(t["source"] if isinstance(t["source"], list) else [t["source"]])
+    }
 
 
 def test_states_keep_the_names_they_were_given(machine):
@@ -108,7 +132,7 @@ def _refused_pairs() -> list[tuple[str, str]]:
 
 @pytest.mark.parametrize("situation, trigger", _refused_pairs())
 def test_every_message_the_state_does_not_accept_is_refused_without_a_change(machine, clock, situation, trigger):
-    session, sent = new_session(machine, clock)
+    session, _sent = new_session(machine, clock)
     drive(session, SITUATIONS[situation])
     before, history = session.state, list(session.history)
     message = {"hello": msg("hello"), "screening": SCREEN, "preload": READY}.get(trigger, msg(trigger))
@@ -121,8 +145,15 @@ def test_the_cached_lookups_agree_with_the_library(machine, clock, situation):
     session, _ = new_session(machine, clock)
     drive(session, SITUATIONS[situation])
     # every trigger whose guards read only the session (the others need a message to be judged)
-    for trigger in ("advance", "game_event", "game_over", "settle", "skip_preload", "screening_timeout",
-                    "preload_timeout"):
+    for trigger in (
+        "advance",
+        "game_event",
+        "game_over",
+        "settle",
+        "skip_preload",
+        "screening_timeout",
+        "preload_timeout",
+    ):
         assert machine.allows(session, trigger) == bool(machine._can_trigger(session, trigger)), (situation, trigger)
     assert machine.allows(session, "no_such_trigger") is False
 
@@ -142,8 +173,14 @@ def test_a_participant_walks_the_whole_lifecycle(machine, clock):
     session, sent = new_session(machine, clock)
     drive(session, SITUATIONS["completed"])
     assert [(h[2].split(SEPARATOR)[0], h[3].split(SEPARATOR)[0]) for h in session.history] == [
-        ("connected", "preflight"), ("preflight", "preflight"), ("preflight", "preflight"), ("preflight", "ready"),
-        ("ready", "in_game"), ("in_game", "ready"), ("ready", "completed")]
+        ("connected", "preflight"),
+        ("preflight", "preflight"),
+        ("preflight", "preflight"),
+        ("preflight", "ready"),
+        ("ready", "in_game"),
+        ("in_game", "ready"),
+        ("ready", "completed"),
+    ]
     times = [h[0] for h in session.history]
     assert times == sorted(times)
     assert session.outcome == "completed" and session.state in FINAL_STATES
@@ -163,7 +200,7 @@ def test_each_state_message_is_sent_once(machine, clock):
     session, sent = new_session(machine, clock)
     drive(session, SITUATIONS["ready/start"])
     states = [m for m in sent if m["type"] == "state"]
-    assert all(a != b for a, b in zip(states, states[1:]))
+    assert all(a != b for a, b in itertools.pairwise(states))
     assert states[-1]["state"] == "ready" and states[-1]["may_advance"] is True
 
 
@@ -224,8 +261,9 @@ def test_no_convenience_methods_are_bound_on_sessions(machine, clock):
     assert not hasattr(session, "to") and not hasattr(session, "is_ready") and not hasattr(session, "may_advance")
 
 
-@pytest.mark.parametrize("situation", ["preflight/checking+idle", "preflight/passed+loading", "ready/instructions",
-                                       "in_game"])
+@pytest.mark.parametrize(
+    "situation", ["preflight/checking+idle", "preflight/passed+loading", "ready/instructions", "in_game"]
+)
 def test_a_dropped_session_resumes_exactly_where_it_was(machine, clock, situation):
     session, sent = new_session(machine, clock)
     drive(session, SITUATIONS[situation])
@@ -234,8 +272,10 @@ def test_a_dropped_session_resumes_exactly_where_it_was(machine, clock, situatio
     assert session.state == "disconnected" and sorted(session._timers) == ["grace"]
     session.attach(sent.append, session.token, session.outbox.seq)
     assert session.state == state and session.index == index and sorted(session._timers) == timers
-    assert [h[2:] for h in session.history[-2:]] == [(top_state(state)[0], "disconnected"),
-                                                     ("disconnected", top_state(state)[0])]
+    assert [h[2:] for h in session.history[-2:]] == [
+        (top_state(state)[0], "disconnected"),
+        ("disconnected", top_state(state)[0]),
+    ]
 
 
 @pytest.mark.parametrize("situation", ["connected", "completed"])
@@ -297,6 +337,11 @@ def test_active_states_name_every_region_and_parent_a_session_is_in(machine, clo
     assert active_states(session.state) == {"connected"}
     session.fire("hello", msg("hello"))
     session.fire("preload", LOADING)
-    assert active_states(session.state) == {"preflight", "preflight.screening", "preflight.screening.checking",
-                                            "preflight.preloading", "preflight.preloading.loading"}
+    assert active_states(session.state) == {
+        "preflight",
+        "preflight.screening",
+        "preflight.screening.checking",
+        "preflight.preloading",
+        "preflight.preloading.loading",
+    }
     assert active_states(session.state) <= set(state_names())

@@ -1,4 +1,5 @@
 """The wire format as pure functions."""
+
 from __future__ import annotations
 
 import msgpack
@@ -18,20 +19,27 @@ def test_a_valid_message_round_trips():
     assert protocol.decode(protocol.encode(msg)) == msg
 
 
-@pytest.mark.parametrize("frame, code, words", [
-    (b"", Code.BAD_MESSAGE, "not a msgpack"),
-    (msgpack.packb({"type": "hello"}) + b"\x01", Code.BAD_MESSAGE, "not a msgpack"),
-    (msgpack.packb({1: "hello"}), Code.BAD_MESSAGE, "not a msgpack"),
-    (msgpack.packb("hello"), Code.BAD_MESSAGE, "must be a map"),
-    (msgpack.packb({"type": "screening"}), Code.BAD_MESSAGE, "missing field 'facts'"),
-    (msgpack.packb({"type": "advance", "now": True}), Code.BAD_MESSAGE, "unexpected field 'now'"),
-    (msgpack.packb({"type": "hello", "params": {"PROLIFIC_PID": "a b"}}), Code.BAD_MESSAGE, "PROLIFIC_PID"),
-    (msgpack.packb({"type": "screening", "facts": {"webassembly": "yes"}}), Code.BAD_MESSAGE, "webassembly must be"),
-    (msgpack.packb({"type": "screening", "facts": {"nested": {"a": 1}}}), Code.BAD_MESSAGE, "plain value"),
-    (msgpack.packb({"type": "preload", "status": "ready", "elapsed_ms": -1}), Code.BAD_MESSAGE, "non-negative"),
-    (msgpack.packb({"type": "x" * 500}), Code.UNKNOWN_TYPE, "unknown message type"),
-    ("text", Code.BAD_MESSAGE, "binary"),
-])
+@pytest.mark.parametrize(
+    "frame, code, words",
+    [
+        (b"", Code.BAD_MESSAGE, "not a msgpack"),
+        (msgpack.packb({"type": "hello"}) + b"\x01", Code.BAD_MESSAGE, "not a msgpack"),
+        (msgpack.packb({1: "hello"}), Code.BAD_MESSAGE, "not a msgpack"),
+        (msgpack.packb("hello"), Code.BAD_MESSAGE, "must be a map"),
+        (msgpack.packb({"type": "screening"}), Code.BAD_MESSAGE, "missing field 'facts'"),
+        (msgpack.packb({"type": "advance", "now": True}), Code.BAD_MESSAGE, "unexpected field 'now'"),
+        (msgpack.packb({"type": "hello", "params": {"PROLIFIC_PID": "a b"}}), Code.BAD_MESSAGE, "PROLIFIC_PID"),
+        (
+            msgpack.packb({"type": "screening", "facts": {"webassembly": "yes"}}),
+            Code.BAD_MESSAGE,
+            "webassembly must be",
+        ),
+        (msgpack.packb({"type": "screening", "facts": {"nested": {"a": 1}}}), Code.BAD_MESSAGE, "plain value"),
+        (msgpack.packb({"type": "preload", "status": "ready", "elapsed_ms": -1}), Code.BAD_MESSAGE, "non-negative"),
+        (msgpack.packb({"type": "x" * 500}), Code.UNKNOWN_TYPE, "unknown message type"),
+        ("text", Code.BAD_MESSAGE, "binary"),
+    ],
+)
 def test_bad_frames_become_refusals(frame, code, words):
     refusal = protocol.decode(frame)
     assert isinstance(refusal, Refusal) and refusal.code is code and words in refusal.message

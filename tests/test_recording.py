@@ -1,4 +1,5 @@
 """Participant data on disk: frames both ways, torn tails, the study snapshot, nothing left behind."""
+
 from __future__ import annotations
 
 import asyncio
@@ -35,8 +36,13 @@ async def test_every_frame_is_recorded_both_ways_around_the_session_records(ws_u
     assert sent[:4] == ["hello", "screening", "preload", "preload"] and sent[-1] == "advance"
     got = [r["message"] for r in frames if r["dir"] == "out"]
     assert got[0]["type"] == "experiment_config" and got[0]["participant_id"] == "rec-1"
-    assert got[-1] == {"type": "state", "state": "completed", "may_advance": False, "scene_id": "end",
-                       "seq": got[-1]["seq"]}
+    assert got[-1] == {
+        "type": "state",
+        "state": "completed",
+        "may_advance": False,
+        "scene_id": "end",
+        "seq": got[-1]["seq"],
+    }
     kinds = [r["kind"] for r in records]
     assert kinds[0] == "frame" and records[0]["dir"] == "in"
     first_out = next(i for i, r in enumerate(records) if r.get("dir") == "out")

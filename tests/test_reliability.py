@@ -1,4 +1,5 @@
 """Dropped connections, second tabs, returning participants and hostile frames, over real sockets."""
+
 from __future__ import annotations
 
 import asyncio
@@ -116,7 +117,7 @@ async def test_a_participant_id_cannot_start_twice(connect, ws_url):
     refused = await again.recv()
     assert refused["code"] == "already_participated" and "completed" in refused["message"]
 
-    busy, _ = await to_ready(connect, participant_id="busy-1")
+    _busy, _ = await to_ready(connect, participant_id="busy-1")
     other = await connect()
     await other.send({"type": "hello", "participant_id": "busy-1"})
     assert (await other.recv())["code"] == "already_participated"
@@ -150,12 +151,15 @@ async def test_a_flood_is_rate_limited_then_closed_and_others_are_unaffected(con
 
 
 @pytest.mark.gen_test
-@pytest.mark.parametrize("payload, problem", [
-    ({"data": [[[[[[[[[[1]]]]]]]]]]}, "nested deeper"),
-    ({"data": msgpack.ExtType(5, b"x")}, "plain data"),
-    ({"data": b"raw bytes"}, "plain data"),
-    ({"data": list(range(5000))}, "more than"),
-])
+@pytest.mark.parametrize(
+    "payload, problem",
+    [
+        ({"data": [[[[[[[[[[1]]]]]]]]]]}, "nested deeper"),
+        ({"data": msgpack.ExtType(5, b"x")}, "plain data"),
+        ({"data": b"raw bytes"}, "plain data"),
+        ({"data": list(range(5000))}, "more than"),
+    ],
+)
 async def test_game_data_must_be_plain_and_bounded(connect, payload, problem):
     client, _ = await to_ready(connect)
     await client.send({"type": "advance"})
@@ -181,8 +185,16 @@ async def test_only_allowed_origins_may_open_a_socket(connect, ws_url):
 
 
 @pytest.mark.gen_test
-@pytest.mark.parametrize("path", ["/client/../server/app.py", "/client/%2e%2e/setup.cfg", "/wheels/..%2f..%2fsetup.cfg",
-                                  "/pyodide/314.0.7/../../package.json", "/vendor/msgpack/../../../README.md"])
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/client/../server/app.py",
+        "/client/%2e%2e/setup.cfg",
+        "/wheels/..%2f..%2fsetup.cfg",
+        "/pyodide/314.0.7/../../package.json",
+        "/vendor/msgpack/../../../README.md",
+    ],
+)
 async def test_static_routes_do_not_leave_their_directories(http_client, http_port, path):
     with pytest.raises(HTTPClientError) as refused:
         await http_client.fetch(f"http://127.0.0.1:{http_port}{path}")
@@ -251,8 +263,9 @@ def test_after_kill_9_and_a_restart_participants_resume_where_they_were(tmp_path
 @pytest.mark.config(timeouts=Timeouts(grace=0.5))
 async def test_participants_dropped_at_every_moment_finish_with_every_record(ws_url, config):
     """One participant per message of the walk is cut off right there and comes back; nothing goes missing."""
-    ends = await asyncio.gather(*(walk(ws_url, participant_id=f"flaky-{n}", drop_after=n, steps=3)
-                                  for n in range(2, 13)))
+    ends = await asyncio.gather(
+        *(walk(ws_url, participant_id=f"flaky-{n}", drop_after=n, steps=3) for n in range(2, 13))
+    )
     assert [e["outcome"] for e in ends] == ["completed"] * 11
     assert all(e["completion_code"] == "PREFLIGHT-EXAMPLE" for e in ends)
     await asyncio.sleep(1.0)  # finished sessions stay resumable for the grace period, then are closed
@@ -271,5 +284,7 @@ def test_the_snapshot_journal_keeps_each_sessions_last_whole_snapshot(tmp_path):
     with open(store.journal, "ab") as f:  # killed while writing a's third snapshot
         f.write(msgpack.packb({"session_id": "a", "seq": 3, "facts": "x" * 100})[:20])
     assert sorted(DataStore(tmp_path).snapshots(), key=lambda s: s["session_id"]) == [
-        {"session_id": "a", "seq": 2}, {"session_id": "b", "seq": 1}]
+        {"session_id": "a", "seq": 2},
+        {"session_id": "b", "seq": 1},
+    ]
     assert list(read_records(store.journal)) == [{"session_id": "a", "seq": 2}, {"session_id": "b", "seq": 1}]

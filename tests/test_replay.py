@@ -1,4 +1,5 @@
 """The replay core and its pure modules, then replays of recorded walks against the real app."""
+
 from __future__ import annotations
 
 import pytest
@@ -29,21 +30,33 @@ def recorded(*frames: tuple[str, float, object]) -> list[dict]:
     return out
 
 
-TRACE = from_records(recorded(
-    ("in", 10.0, {**HELLO, "participant_id": "orig", "params": {"PROLIFIC_PID": "orig", "STUDY_ID": "s"}}),
-    ("out", 10.1, CONFIG), ("out", 10.1, SCENE), ("out", 10.1, state("preflight")),
-    ("in", 12.0, {"type": "ack", "seq": 3}),
-    ("in", 12.5, {"type": "advance"}), ("out", 12.5, {"type": "error", "code": "gated", "state": "preflight"}),
-    ("in", 13.0, b"\xc1"), ("out", 13.0, {"type": "error", "code": "bad_message", "state": "preflight"}),
-    ("in", 14.0, {"type": "game_event", "step": 1}),
-), source="canned")
+TRACE = from_records(
+    recorded(
+        ("in", 10.0, {**HELLO, "participant_id": "orig", "params": {"PROLIFIC_PID": "orig", "STUDY_ID": "s"}}),
+        ("out", 10.1, CONFIG),
+        ("out", 10.1, SCENE),
+        ("out", 10.1, state("preflight")),
+        ("in", 12.0, {"type": "ack", "seq": 3}),
+        ("in", 12.5, {"type": "advance"}),
+        ("out", 12.5, {"type": "error", "code": "gated", "state": "preflight"}),
+        ("in", 13.0, b"\xc1"),
+        ("out", 13.0, {"type": "error", "code": "bad_message", "state": "preflight"}),
+        ("in", 14.0, {"type": "game_event", "step": 1}),
+    ),
+    source="canned",
+)
 
 
 def test_a_trace_is_the_client_side_with_what_each_message_waited_for():
     assert [s.label for s in TRACE.steps] == ["hello", "advance", "raw", "game_event"]  # recorded acks are not replayed
     assert [(s.offset, s.after, s.replies) for s in TRACE.steps] == [(0.0, 0, 3), (2.5, 3, 1), (3.0, 4, 1), (4.0, 5, 0)]
-    assert TRACE.expected == (Expect("experiment_config", None), Expect("activate_scene", "start"),
-                              Expect("state", "preflight"), Expect("error", "gated"), Expect("error", "bad_message"))
+    assert TRACE.expected == (
+        Expect("experiment_config", None),
+        Expect("activate_scene", "start"),
+        Expect("state", "preflight"),
+        Expect("error", "gated"),
+        Expect("error", "bad_message"),
+    )
     echo = TRACE.as_echo()
     assert [(s.after, s.replies) for s in echo.steps] == [(0, 1), (1, 1), (2, 1), (3, 1)]
     assert [e.type for e in echo.expected] == ["hello", "advance", "raw", "game_event"]
@@ -66,8 +79,12 @@ def play(session: ReplaySession, replies: list[list[dict | None]], clock: list[f
     return sent
 
 
-ON_TRACK = [[CONFIG, SCENE, state("preflight")], [{"type": "error", "code": "gated", "state": "preflight"}],
-            [{"type": "error", "code": "bad_message", "state": "preflight"}], []]
+ON_TRACK = [
+    [CONFIG, SCENE, state("preflight")],
+    [{"type": "error", "code": "gated", "state": "preflight"}],
+    [{"type": "error", "code": "bad_message", "state": "preflight"}],
+    [],
+]
 
 
 def test_the_core_substitutes_ids_and_times_from_the_due_time():
@@ -103,21 +120,24 @@ def test_at_recorded_speed_latency_counts_from_when_a_message_was_due():
 def test_the_core_acknowledges_sequence_numbers_it_receives():
     session = ReplaySession(TRACE, "fresh-3", start=0.0, speed=0)
     session.connected(0.0)
-    with_seq = [[{**m, "seq": i + 1} for i, m in enumerate(ON_TRACK[0])]] + ON_TRACK[1:]
+    with_seq = [[{**m, "seq": i + 1} for i, m in enumerate(ON_TRACK[0])], *ON_TRACK[1:]]
     sent = play(session, with_seq, [0.0])
     assert session.status == "ok"
     assert decode(sent[1]) == {"type": "ack", "seq": 3}
 
 
-@pytest.mark.parametrize("replies, kind", [
-    ([[CONFIG, SCENE, state("ready")]], "different_state"),
-    ([[CONFIG, {**SCENE, "scene_type": "game"}]], "different_scene"),
-    ([[CONFIG, SCENE, state("preflight")], [{"type": "error", "code": "not_allowed", "state": "x"}]], "error"),
-    ([[CONFIG, SCENE, state("preflight")], [state("ready")]], "unexpected"),
-    ([[CONFIG, SCENE, {"type": "error", "code": "gated", "state": "preflight"}]], "gated"),
-    ([[CONFIG, None]], "disconnect"),
-    ([[CONFIG]], "timeout"),
-])
+@pytest.mark.parametrize(
+    "replies, kind",
+    [
+        ([[CONFIG, SCENE, state("ready")]], "different_state"),
+        ([[CONFIG, {**SCENE, "scene_type": "game"}]], "different_scene"),
+        ([[CONFIG, SCENE, state("preflight")], [{"type": "error", "code": "not_allowed", "state": "x"}]], "error"),
+        ([[CONFIG, SCENE, state("preflight")], [state("ready")]], "unexpected"),
+        ([[CONFIG, SCENE, {"type": "error", "code": "gated", "state": "preflight"}]], "gated"),
+        ([[CONFIG, None]], "disconnect"),
+        ([[CONFIG]], "timeout"),
+    ],
+)
 def test_divergences_are_classified(replies, kind):
     session = ReplaySession(TRACE, "fresh-4", start=0.0, speed=0, timeout=1.0)
     session.connected(0.0)
@@ -126,7 +146,13 @@ def test_divergences_are_classified(replies, kind):
 
 
 def test_schedule_and_statistics():
-    assert [(p.trace, p.offset) for p in schedule.plan(5, 2, ramp=2)] == [(0, 0), (1, 0.5), (0, 1.0), (1, 1.5), (0, 2.0)]
+    assert [(p.trace, p.offset) for p in schedule.plan(5, 2, ramp=2)] == [
+        (0, 0),
+        (1, 0.5),
+        (0, 1.0),
+        (1, 1.5),
+        (0, 2.0),
+    ]
     assert {p.offset for p in schedule.plan(3, 1, ramp=0)} == {0.0}
     assert schedule.due(10, 4, speed=2, ready_at=11) == 12 and schedule.due(10, 4, speed=0, ready_at=11) == 11
     assert stats.percentile(list(range(1, 101)), 99) == 99 and stats.percentile([5.0], 50) == 5.0
@@ -146,14 +172,26 @@ async def test_recorded_walks_replay_without_divergence(ws_url, config):
     traces = load([config.data_dir])
     assert len(traces) == 3 and all(t.steps[0].message["participant_id"].startswith("rec-") for t in traces)
     seen: list[ReplaySession] = []
-    collector, duration = await replay(traces, ws_url, sessions=30, concurrency=10, speed=0, ramp=0, max_seconds=50,
-                                       on_done=lambda c, s: seen.append(s))
+    collector, duration = await replay(
+        traces,
+        ws_url,
+        sessions=30,
+        concurrency=10,
+        speed=0,
+        ramp=0,
+        max_seconds=50,
+        on_done=lambda c, s: seen.append(s),
+    )
     report = collector.report(duration)
     assert report["sessions"]["ok"] == 30 and report["divergences"] == {}, report["divergence_examples"]
     assert report["latency_ms"]["advance"]["count"] == 30 * 3 and report["time_to_ready_ms"]["count"] == 30
     assert len({s.participant_id for s in seen}) == 30
-    begun = {r["participant_id"] for f in (config.data_dir / "sessions").glob("*.msgpack") for r in read_records(f)
-             if r["kind"] == "begin"}
+    begun = {
+        r["participant_id"]
+        for f in (config.data_dir / "sessions").glob("*.msgpack")
+        for r in read_records(f)
+        if r["kind"] == "begin"
+    }
     assert {s.participant_id for s in seen} <= begun
 
 

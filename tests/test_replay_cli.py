@@ -1,4 +1,5 @@
 """Recording, export and replay as a researcher and a load tester type them, against `python -m server`."""
+
 from __future__ import annotations
 
 import asyncio
@@ -45,20 +46,32 @@ def test_export_writes_tidy_tables_in_both_formats(recorded, tmp_path):
         assert p["outcome"] == "completed" and p["screening_verdict"] == "passed" and p["preload_status"] == "ready"
         assert json.loads(p["scene_order"]) == ["start", "instructions", "gridworld", "end"] and p["seed"]
         assert float(p["time_to_ready_s"]) > 0 and int(p["game_events"]) == 5 and p["torn_bytes"] == "0"
-    out = run("-m", "server", "export", "--data-dir", str(recorded), "--format", "jsonl", "--output", str(tmp_path / "j"))
+    out = run(
+        "-m", "server", "export", "--data-dir", str(recorded), "--format", "jsonl", "--output", str(tmp_path / "j")
+    )
     assert out.returncode == 0, out.stderr
     events = [json.loads(line) for line in (tmp_path / "j" / "events.jsonl").read_text().splitlines()]
     total = sum(len(list(read_records(f))) for f in (recorded / "sessions").glob("*.msgpack"))
     assert len(events) == total
     hellos = [e for e in events if e["kind"] == "frame" and e["type"] == "hello"]
     assert len(hellos) == 3 and all(e["dir"] == "in" and e["participant_id"].startswith("pilot") for e in hellos)
-    assert {e["kind"] for e in events} >= {"frame", "begin", "screening", "preload", "scene", "transition",
-                                          "game_event", "game_over"}
+    assert {e["kind"] for e in events} >= {
+        "frame",
+        "begin",
+        "screening",
+        "preload",
+        "scene",
+        "transition",
+        "game_event",
+        "game_over",
+    }
 
 
 def test_export_names_a_missing_or_empty_data_dir(tmp_path):
     missing = run("-m", "server", "export", "--data-dir", str(tmp_path / "nope"))
-    assert missing.returncode == 2 and "data directory not found" in missing.stderr and "Traceback" not in missing.stderr
+    assert (
+        missing.returncode == 2 and "data directory not found" in missing.stderr and "Traceback" not in missing.stderr
+    )
     empty = run("-m", "server", "export", "--data-dir", str(tmp_path))
     assert empty.returncode == 2 and "no sessions in" in empty.stderr
     bad = run("-m", "server", "export", "--data-dir", str(tmp_path), "--format", "xlsx")
@@ -68,11 +81,43 @@ def test_export_names_a_missing_or_empty_data_dir(tmp_path):
 def test_replay_writes_the_report_and_thresholds_set_the_exit_code(recorded, tmp_path):
     report = tmp_path / "out" / "report.json"
     with served(tmp_path / "replayed") as url:
-        ok = run("-m", "client", "replay", str(recorded), "--url", ws(url), "--sessions", "20", "--concurrency", "10",
-                 "--speed", "0", "--ramp", "200", "--max-seconds", "60", "--report", str(report),
-                 "--fail-on", "errors>0")
-        strict = run("-m", "client", "replay", str(recorded / "sessions"), "--url", ws(url), "--sessions", "2",
-                     "--speed", "0", "--fail-on", "p50>0ms", "--no-progress")
+        ok = run(
+            "-m",
+            "client",
+            "replay",
+            str(recorded),
+            "--url",
+            ws(url),
+            "--sessions",
+            "20",
+            "--concurrency",
+            "10",
+            "--speed",
+            "0",
+            "--ramp",
+            "200",
+            "--max-seconds",
+            "60",
+            "--report",
+            str(report),
+            "--fail-on",
+            "errors>0",
+        )
+        strict = run(
+            "-m",
+            "client",
+            "replay",
+            str(recorded / "sessions"),
+            "--url",
+            ws(url),
+            "--sessions",
+            "2",
+            "--speed",
+            "0",
+            "--fail-on",
+            "p50>0ms",
+            "--no-progress",
+        )
     assert ok.returncode == 0, ok.stdout + ok.stderr
     assert "sessions: ok 20, diverged 0, failed 0" in ok.stdout and "latency_ms" in ok.stdout
     data = json.loads(report.read_text())
@@ -98,11 +143,26 @@ def test_replay_names_bad_input(tmp_path):
 
 def test_a_different_experiment_shows_up_as_divergences(recorded, tmp_path):
     plain = tmp_path / "plain.py"
-    plain.write_text("from server.experiment import *\n"
-                     "experiment = Experiment('plain', [StartScene(), StaticScene('x', html='x'), EndScene(completion_code='P')])\n")
+    plain.write_text(
+        "from server.experiment import *\n"
+        "experiment = Experiment('plain', [StartScene(), StaticScene('x', html='x'), EndScene(completion_code='P')])\n"
+    )
     with served(tmp_path / "other", "--experiment", str(plain)) as url:
-        out = run("-m", "client", "replay", str(recorded), "--url", ws(url), "--speed", "0", "--timeout", "2",
-                  "--no-progress", "--fail-on", "errors>0")
+        out = run(
+            "-m",
+            "client",
+            "replay",
+            str(recorded),
+            "--url",
+            ws(url),
+            "--speed",
+            "0",
+            "--timeout",
+            "2",
+            "--no-progress",
+            "--fail-on",
+            "errors>0",
+        )
     assert out.returncode == 1 and "sessions: ok 0, diverged 3" in out.stdout
     assert "divergences: different_state 3" in out.stdout or "divergences: different_scene 3" in out.stdout, out.stdout
 
@@ -118,13 +178,26 @@ def test_kill_9_during_a_replay_loses_nothing_a_participant_received(recorded, t
             os.kill(proc.pid, signal.SIGKILL)
 
     with server_process(data) as (url, proc):
-        collector, _ = asyncio.run(replay(traces, ws(url), sessions=400, concurrency=40, speed=0, ramp=0,
-                                          max_seconds=60, timeout=5, on_done=on_done))
+        collector, _ = asyncio.run(
+            replay(
+                traces,
+                ws(url),
+                sessions=400,
+                concurrency=40,
+                speed=0,
+                ramp=0,
+                max_seconds=60,
+                timeout=5,
+                on_done=on_done,
+            )
+        )
         assert proc.wait(timeout=10) == -signal.SIGKILL
     assert collector.statuses["ok"] >= 40 and collector.statuses["ok"] < 400
     assert collector.statuses["diverged"] + collector.statuses["failed"] > 0
 
-    exported = run("-m", "server", "export", "--data-dir", str(data), "--format", "jsonl", "--output", str(tmp_path / "x"))
+    exported = run(
+        "-m", "server", "export", "--data-dir", str(data), "--format", "jsonl", "--output", str(tmp_path / "x")
+    )
     assert exported.returncode == 0, exported.stderr
     people = [json.loads(line) for line in (tmp_path / "x" / "participants.jsonl").read_text().splitlines()]
     files = list((data / "sessions").glob("*.msgpack"))
@@ -134,25 +207,49 @@ def test_kill_9_during_a_replay_loses_nothing_a_participant_received(recorded, t
         records = list(read_records(f))
         begin = [r for r in records if r["kind"] == "begin"]
         if begin:
-            on_disk[begin[0]["participant_id"]] = [Expect.of(r["message"]) for r in records
-                                                   if r["kind"] == "frame" and r["dir"] == "out"]
+            on_disk[begin[0]["participant_id"]] = [
+                Expect.of(r["message"]) for r in records if r["kind"] == "frame" and r["dir"] == "out"
+            ]
     received = [s for s in sessions if s.seen]
     assert len(received) >= 40
     for session in received:  # every message a participant got was recorded before it was sent
-        assert on_disk[session.participant_id][:len(session.seen)] == session.seen
+        assert on_disk[session.participant_id][: len(session.seen)] == session.seen
 
 
 def test_locust_master_and_one_worker_replay_the_recording(recorded, tmp_path):
     master_port = free_port()
     common = ["-m", "locust", "-f", str(ROOT / "client" / "locustfile.py"), "--traces", str(recorded), "--speed", "0"]
     with served(tmp_path / "locust-data") as url, open(tmp_path / "worker.log", "w") as log:
-        worker = subprocess.Popen([sys.executable, *common, "--worker", "--master-host", "127.0.0.1",
-                                   "--master-port", str(master_port)], cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+        worker = subprocess.Popen(
+            [sys.executable, *common, "--worker", "--master-host", "127.0.0.1", "--master-port", str(master_port)],
+            cwd=ROOT,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
         try:
-            master = run(*common, "--master", "--headless", "--master-bind-host", "127.0.0.1", "--master-bind-port",
-                         str(master_port), "--expect-workers", "1", "--users", "3", "--spawn-rate", "3",
-                         "--run-time", "3s", "--host", ws(url), "--csv", str(tmp_path / "locust"), "--only-summary",
-                         timeout=90)
+            master = run(
+                *common,
+                "--master",
+                "--headless",
+                "--master-bind-host",
+                "127.0.0.1",
+                "--master-bind-port",
+                str(master_port),
+                "--expect-workers",
+                "1",
+                "--users",
+                "3",
+                "--spawn-rate",
+                "3",
+                "--run-time",
+                "3s",
+                "--host",
+                ws(url),
+                "--csv",
+                str(tmp_path / "locust"),
+                "--only-summary",
+                timeout=90,
+            )
         finally:
             try:
                 worker.wait(timeout=30)

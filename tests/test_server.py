@@ -1,4 +1,5 @@
 """Participants over a real WebSocket against the real app."""
+
 from __future__ import annotations
 
 import msgpack
@@ -27,8 +28,13 @@ async def test_full_walk_reaches_the_completion_code(ws_url, config):
     end = await walk(ws_url, on_state=path.append, participant_id="walker-1")
     assert end["outcome"] == "completed"
     assert end["completion_code"] == "PREFLIGHT-EXAMPLE"
-    assert [s for i, s in enumerate(path) if i == 0 or path[i - 1] != s] == \
-        ["preflight", "ready", "in_game", "ready", "completed"]
+    assert [s for i, s in enumerate(path) if i == 0 or path[i - 1] != s] == [
+        "preflight",
+        "ready",
+        "in_game",
+        "ready",
+        "completed",
+    ]
     [log] = (config.data_dir / "sessions").glob("*.msgpack")
     kinds = [r["kind"] for r in read_records(log)]
     assert {"begin", "screening", "preload", "scene", "transition", "game_event", "game_over"} <= set(kinds)
@@ -47,8 +53,14 @@ async def test_hello_gets_the_experiment_config_then_the_start_scene(connect):
     assert len(config["session_token"]) >= 32
     assert config["final_states"] == sorted(FINAL_STATES)
     assert (scene["type"], scene["scene_type"]) == ("activate_scene", "start")
-    assert state == {"type": "state", "state": "preflight", "may_advance": False, "scene_id": "start",
-                     "regions": {"screening": "checking", "preloading": "idle"}, "seq": 3}
+    assert state == {
+        "type": "state",
+        "state": "preflight",
+        "may_advance": False,
+        "scene_id": "start",
+        "regions": {"screening": "checking", "preloading": "idle"},
+        "seq": 3,
+    }
     assert [config["seq"], scene["seq"]] == [1, 2]
 
 
@@ -112,18 +124,21 @@ async def test_silent_screening_times_out_into_exclusion(connect):
 
 
 @pytest.mark.gen_test
-@pytest.mark.parametrize("frame, code", [
-    (b"\xc1", "bad_message"),
-    (msgpack.packb([1, 2, 3]), "bad_message"),
-    (msgpack.packb({"kind": "hello"}), "bad_message"),
-    (msgpack.packb({"type": 7}), "bad_message"),
-    (msgpack.packb({"type": "hello", "participant_id": "../../etc"}), "bad_message"),
-    (msgpack.packb({"type": "screening", "facts": {"screen_width": "wide"}}), "bad_message"),
-    (msgpack.packb({"type": "preload", "status": "done"}), "bad_message"),
-    (msgpack.packb({"type": "teleport"}), "unknown_type"),
-    (msgpack.packb({"type": "hello", "resume_token": "x" * 32}), "bad_token"),
-    ("{\"type\": \"hello\"}", "bad_message"),
-])
+@pytest.mark.parametrize(
+    "frame, code",
+    [
+        (b"\xc1", "bad_message"),
+        (msgpack.packb([1, 2, 3]), "bad_message"),
+        (msgpack.packb({"kind": "hello"}), "bad_message"),
+        (msgpack.packb({"type": 7}), "bad_message"),
+        (msgpack.packb({"type": "hello", "participant_id": "../../etc"}), "bad_message"),
+        (msgpack.packb({"type": "screening", "facts": {"screen_width": "wide"}}), "bad_message"),
+        (msgpack.packb({"type": "preload", "status": "done"}), "bad_message"),
+        (msgpack.packb({"type": "teleport"}), "unknown_type"),
+        (msgpack.packb({"type": "hello", "resume_token": "x" * 32}), "bad_token"),
+        ('{"type": "hello"}', "bad_message"),
+    ],
+)
 async def test_bad_frames_are_refused_and_the_server_keeps_serving(connect, ws_url, frame, code):
     client = await connect()
     await client.send_raw(frame)

@@ -2,6 +2,7 @@
 
 Copy this file to start your own experiment, then run `python -m server --experiment your_file.py`.
 """
+
 from server.experiment import EndScene, Experiment, GymScene, ScreeningRules, StartScene, StaticScene
 
 experiment = Experiment(
@@ -10,13 +11,13 @@ experiment = Experiment(
         StartScene(
             title="Welcome",
             html="<p>Thank you for joining. We are checking that your browser can run this study "
-                 "and preparing the game while you read.</p>",
+            "and preparing the game while you read.</p>",
         ),
         StaticScene(
             "instructions",
             title="How to play",
             html="<p>Move the blue square with the arrow keys and reach the green goal. "
-                 "Each move costs a little; reaching the goal ends the game.</p>",
+            "Each move costs a little; reaching the goal ends the game.</p>",
         ),
         GymScene(
             "gridworld",
@@ -29,6 +30,12 @@ experiment = Experiment(
         ),
         EndScene(html="<p>All done, thank you!</p>", completion_code="PREFLIGHT-EXAMPLE"),
     ],
-    screening=ScreeningRules(browsers=("chrome", "edge", "firefox", "safari"), allow_mobile=False,
-                             min_width=640, min_height=480, require_webassembly=True, max_rtt_ms=1000),
+    screening=ScreeningRules(
+        browsers=("chrome", "edge", "firefox", "safari"),
+        allow_mobile=False,
+        min_width=640,
+        min_height=480,
+        require_webassembly=True,
+        max_rtt_ms=1000,
+    ),
 )

@@ -3,6 +3,7 @@
 The agent starts in the top-left corner and must reach the goal in the bottom-right;
 each move costs 0.01 and reaching the goal pays 1.
 """
+
 from __future__ import annotations
 
 ACTIONS = {0: (0, -1), 1: (1, 0), 2: (0, 1), 3: (-1, 0)}  # up, right, down, left
@@ -24,8 +25,14 @@ class GridWorld:
         return self.observation()
 
     def observation(self) -> dict:
-        return {"agent": list(self.agent), "goal": list(self.goal), "walls": sorted(map(list, self.walls)),
-                "width": self.width, "height": self.height, "steps": self.steps}
+        return {
+            "agent": list(self.agent),
+            "goal": list(self.goal),
+            "walls": sorted(map(list, self.walls)),
+            "width": self.width,
+            "height": self.height,
+            "steps": self.steps,
+        }
 
     def step(self, action: int) -> tuple[dict, float, bool, dict]:
         dx, dy = ACTIONS[int(action)]
