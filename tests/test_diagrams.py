@@ -53,7 +53,7 @@ def declared(key: str) -> list[str]:
     def walk(items, prefix):
         for item in items:
             if isinstance(item, dict):
-                name = prefix + (item["name"],)
+                name = (*prefix, item["name"])
                 if item.get(key):
                     out.append(SEPARATOR.join(name))
                 walk(item.get("parallel") or item.get("children") or [], name)
@@ -133,7 +133,7 @@ def test_the_architecture_doc_embeds_the_current_lifecycle():
     assert DOC_BEGIN in doc
     embedded = doc.split(DOC_BEGIN, 1)[1].split("```mermaid\n", 1)[1].split("```", 1)[0]
     assert embedded == lifecycle("mermaid"), (
-        "docs/architecture.md's lifecycle diagram is stale: replace it with the output of `python -m statemachine diagram`"
+        "docs/architecture.md has a stale lifecycle diagram: paste in `python -m statemachine diagram`"
     )
 
 
