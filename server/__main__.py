@@ -8,8 +8,8 @@ import logging
 import sys
 from pathlib import Path
 
-from .admin import new_admin_token
-from .app import Config, make_app
+from .app import make_app
+from .config import Config, new_admin_token
 from .loader import DEFAULT, ExperimentError, load_experiment
 from .runtime import RuntimeSetupError
 from .session import Timeouts

@@ -10,7 +10,6 @@ import asyncio
 import hmac
 import json
 import re
-import secrets
 import sys
 import time
 from collections import Counter
@@ -20,45 +19,22 @@ from typing import TYPE_CHECKING, Any
 
 import tornado.web
 from tornado.iostream import StreamClosedError
-from tornado.log import access_log
 
-from statemachine import FINAL_STATES, active_states, state_names, top_state, triggers
+from statemachine import FINAL_STATES, OUTCOMES, active_states, state_names, top_state
 
 from .store import read_records
+from .study import StudyView, tally
 
 if TYPE_CHECKING:
-    from .app import Study
     from .session import Session
 
 ADMIN_DIR = Path(__file__).resolve().parent / "admin_web"
 COOKIE = "preflight_admin"
 SESSION_ID = re.compile(r"[0-9a-f]{16}")
-TIMEOUT_TRIGGERS = tuple(t for t in triggers() if t.endswith("_timeout"))
 RECENT = 200  # live sessions listed on the page; the API lists all
 
 
-def new_admin_token() -> str:
-    """A fresh random token: there is no default password."""
-    return secrets.token_urlsafe(24)
-
-
-def tally(session: Session) -> Counter[str]:
-    """What a session contributes to the outcome counts, so far; `Study` adds it up when the session ends."""
-    counts: Counter[str] = Counter()
-    if session.outcome:
-        counts[f"outcome:{session.outcome}"] += 1
-        if session.outcome == "excluded":
-            counts.update(f"excluded:{reason}" for reason in session.verdict or ("unknown",))
-    if session.runtime == "error":
-        counts["preload_error"] += 1
-    timeouts = [event for _, event, _, _ in session.history if event in TIMEOUT_TRIGGERS]
-    counts.update(f"timeout:{event}" for event in timeouts)
-    if timeouts:
-        counts["timed_out"] += 1
-    return counts
-
-
-def counts(study: Study) -> dict[str, Any]:
+def counts(study: StudyView) -> dict[str, Any]:
     """The numbers `/admin` shows: sessions per state now, and outcomes of every session this run."""
     live = list(study.sessions.values())
     states = dict.fromkeys(state_names(), 0)
@@ -72,9 +48,7 @@ def counts(study: Study) -> dict[str, Any]:
         "states": states,
         "final_states": sorted(FINAL_STATES),
         "outcomes": {
-            "completed": outcomes["outcome:completed"],
-            "excluded": outcomes["outcome:excluded"],
-            "abandoned": outcomes["outcome:abandoned"],
+            **{outcome: outcomes[f"outcome:{outcome}"] for outcome in OUTCOMES},
             "preload_error": outcomes["preload_error"],
             "timed_out": outcomes["timed_out"],
         },
@@ -104,9 +78,9 @@ def live_summary(sessions: Iterable[Session]) -> list[dict[str, Any]]:
     return out
 
 
-def details(study: Study, session_id: str) -> dict[str, Any] | None:
+def details(study: StudyView, session_id: str) -> dict[str, Any] | None:
     """One participant's path, screening, preload stages and scene order, from their records on disk."""
-    path = study.store.sessions / f"{session_id}.msgpack"
+    path = study.session_file(session_id)
     if not SESSION_ID.fullmatch(session_id) or not path.is_file():
         return None
     records = list(read_records(path))
@@ -162,8 +136,8 @@ def details(study: Study, session_id: str) -> dict[str, Any] | None:
             out.update(outcome=r.get("outcome"), state=r.get("state"), **{"ended": when(r)})
     session = study.sessions.get(session_id)
     if session is not None:
-        snapshot = session.snapshot()
-        out.update(state=snapshot["state"], regions=snapshot.get("regions"), outcome=session.outcome)
+        name, regions = top_state(session.state)
+        out.update(state=name, regions=regions or None, outcome=session.outcome)
     return out
 
 
@@ -214,14 +188,15 @@ class LifecycleSvg:
 class AdminHandler(tornado.web.RequestHandler):
     """Every `/admin` URL: refused with 403 before anything else unless the admin token comes with it."""
 
-    def initialize(self, study: Study, diagram: LifecycleSvg) -> None:
+    def initialize(self, study: StudyView, token: str, diagram: LifecycleSvg) -> None:
         self.study = study
+        self.token = token
         self.diagram = diagram
 
     def prepare(self) -> None:
         self.set_header("Cache-Control", "no-store")
         given = self._given_token()
-        if given is None or not hmac.compare_digest(given.encode(), self.study.config.admin_token.encode()):
+        if given is None or not hmac.compare_digest(given.encode(), self.token.encode()):
             raise tornado.web.HTTPError(403, reason="Forbidden: a valid admin token is required")
 
     def _given_token(self) -> str | None:
@@ -238,7 +213,7 @@ class AdminHandler(tornado.web.RequestHandler):
         """A token given in the URL becomes a cookie and leaves the address bar; True if the page was redirected."""
         if self.get_query_argument("token", None) is None:
             return False
-        self.set_cookie(COOKIE, self.study.config.admin_token, path="/admin", httponly=True, samesite="Strict")
+        self.set_cookie(COOKIE, self.token, path="/admin", httponly=True, samesite="Strict")
         self.redirect(self.request.path, status=303)
         return True
 
@@ -259,7 +234,7 @@ class AdminPage(AdminHandler):
             svg=svg,
             problem=problem,
             state_names=state_names(),
-            name=self.study.config.experiment.name,
+            name=self.study.name,
         )
 
 
@@ -307,8 +282,8 @@ class Events(AdminHandler):
 
     INTERVAL = 0.5  # seconds between looks at the sessions
 
-    def initialize(self, study: Study, diagram: LifecycleSvg) -> None:
-        super().initialize(study, diagram)
+    def initialize(self, study: StudyView, token: str, diagram: LifecycleSvg) -> None:
+        super().initialize(study, token, diagram)
         self.gone = False
 
     def on_connection_close(self) -> None:
@@ -331,24 +306,9 @@ class Events(AdminHandler):
             await asyncio.sleep(self.INTERVAL)
 
 
-def log_request(handler: tornado.web.RequestHandler) -> None:
-    """Tornado's access log line, with any `token=` in the URL blanked out."""
-    status = handler.get_status()
-    log = access_log.info if status < 400 else access_log.warning if status < 500 else access_log.error
-    uri = re.sub(r"([?&]token=)[^&]*", r"\1…", handler.request.uri or "")
-    log(
-        "%d %s %s (%s) %.2fms",
-        status,
-        handler.request.method,
-        uri,
-        handler.request.remote_ip,
-        1000.0 * handler.request.request_time(),
-    )
-
-
-def admin_routes(study: Study) -> list[Any]:
+def admin_routes(study: StudyView, token: str) -> list[Any]:
     """The `/admin` URLs, all behind the admin token."""
-    deps = {"study": study, "diagram": LifecycleSvg()}
+    deps = {"study": study, "token": token, "diagram": LifecycleSvg()}
     return [
         (r"/admin/?", AdminPage, deps),
         (r"/admin/sessions/([^/]+)", SessionPage, deps),
@@ -364,6 +324,6 @@ def admin_routes(study: Study) -> list[Any]:
 class AdminStatic(AdminHandler, tornado.web.StaticFileHandler):
     """The admin page's script and style, behind the same token."""
 
-    def initialize(self, path: str, study: Study, diagram: LifecycleSvg) -> None:  # type: ignore[override]
-        AdminHandler.initialize(self, study, diagram)
+    def initialize(self, path: str, study: StudyView, token: str, diagram: LifecycleSvg) -> None:  # type: ignore[override]
+        AdminHandler.initialize(self, study, token, diagram)
         tornado.web.StaticFileHandler.initialize(self, path)

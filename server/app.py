@@ -1,194 +1,33 @@
-"""The Tornado application: thin handlers over one shared lifecycle machine."""
+"""The Tornado application: thin handlers over one shared lifecycle machine; `make_app` wires them to a study."""
 
 from __future__ import annotations
 
 import contextlib
-import hmac
-import logging
+import re
 import struct
 import time
-from collections import Counter
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import tornado.web
 import tornado.websocket
-from tornado.ioloop import IOLoop
+from tornado.log import access_log
 
-from statemachine import SessionMachine
+from statemachine import INITIAL, Fired, top_state
 
-from . import __version__, protocol
-from .admin import admin_routes, log_request, new_admin_token, tally
-from .experiment import Experiment
+from . import protocol
+from .admin import admin_routes
+from .config import Config
+from .page_module import page_module
 from .protocol import Close, Code, Refusal
-from .runtime import DEFAULT_PYODIDE_DIR, DEFAULT_WHEELHOUSE, MSGPACK_DIR, SimpleIndex, VersionedFiles, load_runtime
-from .session import Session, Timeouts, token_digest
-from .store import DataStore, SessionLog, record_frame
+from .runtime import MSGPACK_DIR, SimpleIndex, VersionedFiles
+from .session import Session
+from .store import record_frame
+from .study import Study
 
-log = logging.getLogger("preflight")
-
-
-@dataclass(frozen=True)
-class Config:
-    """Everything the server is told at start-up; built once from the command line."""
-
-    experiment: Experiment
-    data_dir: Path
-    host: str = "127.0.0.1"
-    port: int = 8888
-    timeouts: Timeouts = field(default_factory=Timeouts)
-    ping_interval: float = 15.0
-    ping_timeout: float = 15.0  # Tornado caps it at the interval
-    max_message_bytes: int = 64 * 1024  # larger frames are refused; above 4x this the connection is closed
-    max_refusals: int = 20
-    messages_per_second: float = 50.0  # per connection, with bursts of twice as many
-    allowed_origins: tuple[str, ...] = ()  # besides the server's own origin, e.g. "https://study.example.org"
-    pyodide_dir: Path = DEFAULT_PYODIDE_DIR
-    pyodide_url: str | None = None  # a Pyodide distribution hosted elsewhere (e.g. the full release)
-    wheelhouse: Path = DEFAULT_WHEELHOUSE
-    admin_token: str = field(default_factory=new_admin_token, repr=False)  # never a default password
-
+__all__ = ["Config", "make_app"]
 
 CLIENT_DIR = Path(__file__).resolve().parent.parent / "client" / "web"
-
-
-class Study:
-    """The running study: the shared machine, the experiment, the data directory and who is connected."""
-
-    def __init__(self, config: Config) -> None:
-        self.config = config
-        self.machine = SessionMachine()
-        self.store = DataStore(config.data_dir)
-        self.outcomes: Counter[str] = Counter()  # what ended sessions added up to (admin.tally)
-        self.runtime = load_runtime(config.pyodide_dir, config.wheelhouse, config.pyodide_url)
-        self.runtime_config = {**config.experiment.pyodide_config, **self.runtime.page_config()}
-        self.sessions: dict[str, Session] = {}  # by session id: live and parked sessions
-        self.by_digest: dict[str, Session] = {}
-        self.links: dict[str, ParticipantSocket] = {}  # session id -> the one connection driving it
-        self.participants: dict[str, str] = {}  # participant id -> outcome ("" while in progress)
-        self.store.describe_study(
-            {
-                "wall": time.time(),
-                "preflight_version": __version__,
-                "experiment": config.experiment.describe(),
-                "runtime": self.runtime.describe(),
-            }
-        )
-        self._restore()
-
-    def admit(self, hello: dict[str, Any]) -> Refusal | None:
-        """Recruitment platforms resend links: a participant id may start only once, unless it was abandoned."""
-        participant = Session.claimed_participant(hello)
-        if participant is None or participant not in self.participants:
-            return None
-        outcome = self.participants[participant] or "in progress"
-        return Refusal(Code.ALREADY_PARTICIPATED, f"participant {participant} already has a session ({outcome})")
-
-    def open(self, link: ParticipantSocket) -> Session:
-        """A new session for a connection that said `hello`; the caller fires it once the frame is recorded."""
-        session_id, log = self.store.open_session()
-        session = Session(
-            self.machine,
-            self.config.experiment,
-            IOLoop.current(),
-            link.send,
-            runtime_config=self.runtime_config,
-            timeouts=self.config.timeouts,
-            sink=log,
-            persist=self.store.save_snapshot,
-            ended=self.end,
-            user_agent=link.user_agent,
-            session_id=session_id,
-        )
-        session.rtt_ms = link.rtt_ms
-        self._track(session)
-        self.links[session_id] = link
-        return session
-
-    def admitted(self, session: Session) -> None:
-        self.participants.setdefault(session.participant_id or "", "")
-
-    def find(self, token: str) -> Session | None:
-        digest = token_digest(token)
-        session = self.by_digest.get(digest)
-        return session if session is not None and hmac.compare_digest(session.digest, digest) else None
-
-    def resume(self, session: Session, link: ParticipantSocket, token: str, last_seq: int) -> None:
-        """The newest connection wins: a second tab with the same token takes the session over."""
-        previous = self.links.get(session.session_id)
-        self.links[session.session_id] = link
-        if previous is not None and previous is not link:
-            previous.close(Close.TAKEN_OVER, "this session was resumed from another connection")
-        session.attach(link.send, token, last_seq)
-
-    def drop(self, session: Session, link: ParticipantSocket) -> None:
-        """A connection closed: park its session for the grace period; a finished one stays resumable as long,
-        so a page that lost the last message can still show the completion code."""
-        if self.links.get(session.session_id) is not link:
-            return
-        del self.links[session.session_id]
-        if not session.detach():
-            self.participants[session.participant_id or ""] = session.outcome or ""
-            IOLoop.current().call_later(self.config.timeouts.grace, self._linger_over, session)
-
-    def _linger_over(self, session: Session) -> None:
-        if session.session_id not in self.links:
-            self.end(session)
-
-    def end(self, session: Session) -> None:
-        if self.sessions.pop(session.session_id, None) is None:
-            return
-        self.by_digest.pop(session.digest, None)
-        self.links.pop(session.session_id, None)
-        session.close()
-        if session.participant_id is not None:
-            if session.outcome == "abandoned":
-                self.participants.pop(session.participant_id, None)
-            else:
-                self.participants[session.participant_id] = session.outcome or ""
-        self.outcomes.update(tally(session))
-        if isinstance(session.sink, SessionLog):
-            session.sink.close()
-
-    def _track(self, session: Session) -> None:
-        self.sessions[session.session_id] = session
-        self.by_digest[session.digest] = session
-
-    def _restore(self) -> None:
-        """Sessions in progress when the server last stopped are parked, waiting for their participants."""
-        for saved in self.store.snapshots():
-            if saved.get("outcome"):
-                if saved["outcome"] != "abandoned" and saved.get("participant_id"):
-                    self.participants[saved["participant_id"]] = saved["outcome"]
-                continue
-            if saved.get("seed") is None:
-                continue
-            _, sink = self.store.open_session(saved["session_id"])
-            try:
-                session = Session.restore(
-                    saved,
-                    self.machine,
-                    self.config.experiment,
-                    IOLoop.current(),
-                    runtime_config=self.runtime_config,
-                    timeouts=self.config.timeouts,
-                    sink=sink,
-                    persist=self.store.save_snapshot,
-                    ended=self.end,
-                )
-            except (KeyError, TypeError, ValueError) as exc:
-                log.warning("not resuming session %s: %s", saved.get("session_id"), exc)
-                sink.close()
-                continue
-            self._track(session)
-            self.participants[session.participant_id or ""] = ""
-        if self.sessions:
-            log.info(
-                "%d sessions from before the restart wait %.0f s for their participants",
-                len(self.sessions),
-                self.config.timeouts.grace,
-            )
 
 
 class RateLimit:
@@ -255,10 +94,10 @@ class ParticipantSocket(tornado.websocket.WebSocketHandler):
             return
         if self.session is None:
             return self.hello(message, frame)
-        moved = self.session.fire(message["type"], message)
-        if moved is None:
+        fired = self.session.fire(message["type"], message)
+        if fired is Fired.NOT_ACCEPTED:
             return self.refuse(Refusal(Code.NOT_ALLOWED, f"{message['type']} is not accepted now"))
-        if moved is False:
+        if fired is Fired.HELD_BACK:
             return self.refuse(Refusal(Code.GATED, f"{message['type']} must wait: the participant may not move on yet"))
         self.refusals = 0
 
@@ -287,12 +126,12 @@ class ParticipantSocket(tornado.websocket.WebSocketHandler):
     def record_in(self, frame: bytes | str, message: dict[str, Any] | Refusal) -> None:
         assert self.session is not None
         if isinstance(message, Refusal):
-            return record_frame(self.session.sink, "in", frame, False)
+            return record_frame(self.session.log, "in", frame, False)
         stored = protocol.redacted(message)
-        record_frame(self.session.sink, "in", frame if stored is message else protocol.encode(stored))
+        record_frame(self.session.log, "in", frame if stored is message else protocol.encode(stored))
 
     def refuse(self, refusal: Refusal) -> None:
-        state = self.session.snapshot()["state"] if self.session is not None else "connected"
+        state = top_state(self.session.state)[0] if self.session is not None else INITIAL
         self.send(protocol.error(refusal, state))
         self.refusals += 1
         if self.refusals >= self.study.config.max_refusals:
@@ -302,14 +141,26 @@ class ParticipantSocket(tornado.websocket.WebSocketHandler):
         frame = protocol.encode(message)
         if self.session is not None:
             stored = protocol.redacted(message)
-            record_frame(self.session.sink, "out", frame if stored is message else protocol.encode(stored))
+            record_frame(self.session.log, "out", frame if stored is message else protocol.encode(stored))
         with contextlib.suppress(tornado.websocket.WebSocketClosedError):
             self.write_message(frame, binary=True)
 
     def on_close(self) -> None:
         if self.session is not None:
-            self.study.drop(self.session, self)
+            self.study.connection_lost(self.session, self)
             self.session = None
+
+
+class PageModule(tornado.web.RequestHandler):
+    """`/client/lifecycle.js`: the lifecycle and protocol names the page imports, generated once at start-up."""
+
+    def initialize(self, source: str) -> None:
+        self.source = source
+
+    def get(self) -> None:
+        self.set_header("Content-Type", "text/javascript; charset=utf-8")
+        self.set_header("Cache-Control", "no-cache")
+        self.finish(self.source)
 
 
 class ParticipantPage(tornado.web.RequestHandler):
@@ -326,12 +177,13 @@ def make_app(config: Config) -> tornado.web.Application:
     routes: list[Any] = [
         (r"/", ParticipantPage),
         (r"/ws", ParticipantSocket, {"study": study}),
+        (r"/client/lifecycle\.js", PageModule, {"source": page_module()}),
         (r"/client/(.*)", tornado.web.StaticFileHandler, {"path": str(CLIENT_DIR)}),
         (r"/vendor/msgpack/(.*)", tornado.web.StaticFileHandler, {"path": str(MSGPACK_DIR)}),
         (r"/simple/?", SimpleIndex, {"runtime": study.runtime}),
         (r"/simple/([^/]+)/?", SimpleIndex, {"runtime": study.runtime}),
         (r"/wheels/(.*)", tornado.web.StaticFileHandler, {"path": str(config.wheelhouse)}),
-        *admin_routes(study),
+        *admin_routes(study, config.admin_token),
     ]
     if study.runtime.pyodide_dir is not None:
         routes.append(
@@ -345,4 +197,19 @@ def make_app(config: Config) -> tornado.web.Application:
         websocket_ping_timeout=config.ping_timeout,
         websocket_max_message_size=4 * config.max_message_bytes,
         study=study,
+    )
+
+
+def log_request(handler: tornado.web.RequestHandler) -> None:
+    """Tornado's access log line, with any `token=` in the URL blanked out."""
+    status = handler.get_status()
+    log = access_log.info if status < 400 else access_log.warning if status < 500 else access_log.error
+    uri = re.sub(r"([?&]token=)[^&]*", r"\1…", handler.request.uri or "")
+    log(
+        "%d %s %s (%s) %.2fms",
+        status,
+        handler.request.method,
+        uri,
+        handler.request.remote_ip,
+        1000.0 * handler.request.request_time(),
     )

@@ -143,7 +143,7 @@ def participant(session_id: str, records: list[dict[str, Any]], torn: int) -> di
                 row["time_to_ready_s"] = record["t"] - start_t
         elif kind == "frame":
             row["frames_in" if record.get("dir") == "in" else "frames_out"] += 1
-        elif kind == "closed":
+        elif kind in ("outcome", "closed"):
             row["outcome"] = record.get("outcome")
     if start_t is not None and records:
         row["duration_s"] = records[-1].get("t", start_t) - start_t

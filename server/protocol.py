@@ -20,7 +20,7 @@ class Code(enum.StrEnum):
 
     BAD_MESSAGE = "bad_message"  # not msgpack, not a map, no `type`, or a field of the wrong type
     UNKNOWN_TYPE = "unknown_type"  # a `type` this protocol does not define
-    GATED = "gated"  # the lifecycle allows it, but not yet: preflight unsettled or runtime not ready
+    GATED = "gated"  # the lifecycle allows it, but not yet: the preflight (screening, Python preload) is unsettled
     NOT_ALLOWED = "not_allowed"  # the current state does not accept this message at all
     BAD_TOKEN = "bad_token"  # a resume token that matches no session (unknown, or the session has ended)
     TOO_LARGE = "too_large"  # a frame above the configured maximum (far above it, the connection is closed)
@@ -47,6 +47,18 @@ class Refusal:
 CLIENT_TYPES = ("hello", "ack", "screening", "preload", "advance", "game_event", "game_over")
 SERVER_TYPES = ("experiment_config", "activate_scene", "state", "error")
 PRELOAD_STATUSES = ("loading", "ready", "error")
+PRELOAD_STAGES: dict[str, tuple[float, str]] = {
+    "runtime": (0.05, "Loading the Python runtime"),
+    "micropip": (0.55, "Loading the package installer"),
+    "packages": (0.65, "Installing packages"),
+    "preparing": (0.95, "Preparing the game"),
+}
+"""The stages a `loading` report names, in order: the share of the progress bar each starts at, and its label."""
+GIVE_UP = (Close.POLICY, Close.TOO_LARGE, Close.TAKEN_OVER)
+"""Closes after which reconnecting cannot help: the page stops trying."""
+
+Writer = Callable[[dict[str, Any]], None]
+"""Anything a message or a record is handed to: a connection, a session log, a list in a test."""
 
 PARTICIPANT_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
 TOKEN = re.compile(r"[A-Za-z0-9_-]{16,128}")
@@ -259,7 +271,6 @@ def experiment_config(
     entry_screening: dict[str, Any],
     pyodide_config: dict[str, Any],
     scene_count: int,
-    final_states: list[str],
 ) -> dict[str, Any]:
     return {
         "type": "experiment_config",
@@ -268,7 +279,6 @@ def experiment_config(
         "entry_screening": entry_screening,
         "pyodide_config": pyodide_config,
         "scene_count": scene_count,
-        "final_states": final_states,
     }
 
 

@@ -6,6 +6,7 @@ walk it; nothing else in the project knows which state allows what.
 
 from __future__ import annotations
 
+import enum
 from collections.abc import Iterator
 from typing import Any
 
@@ -21,8 +22,12 @@ def _in(*path: str) -> str:
     return SEPARATOR.join(path)
 
 
+IN_GAME = "in_game"
+"""Where the participant plays: the page starts the scene's game when the server puts them here."""
 SCREENING = _in("preflight", "screening")
 PRELOADING = _in("preflight", "preloading")
+PRELOAD_SETTLED = ("ready", "error", "skipped")
+"""The preload region's answers: Python is there, failed (the game loads it itself), or is not needed."""
 
 STATES: list[Any] = [
     "connected",
@@ -47,23 +52,33 @@ STATES: list[Any] = [
                 "children": [
                     "idle",
                     "loading",
-                    {"name": "ready", "final": True, "on_enter": ["cancel_preload_timer", "runtime_is_ready"]},
-                    {"name": "error", "final": True, "on_enter": ["cancel_preload_timer", "runtime_is_error"]},
-                    {"name": "skipped", "final": True, "on_enter": ["cancel_preload_timer", "runtime_is_skipped"]},
+                    *(
+                        {"name": leaf, "final": True, "on_enter": ["cancel_preload_timer", "note_preload_result"]}
+                        for leaf in PRELOAD_SETTLED
+                    ),
                 ],
             },
         ],
     },
     "ready",
-    "in_game",
-    {"name": "completed", "final": True, "on_enter": "complete"},
-    {"name": "excluded", "final": True, "on_enter": "exclude"},
+    IN_GAME,
+    {"name": "completed", "final": True, "on_enter": "decide_outcome"},
+    {"name": "excluded", "final": True, "on_enter": "decide_outcome"},
     {"name": "disconnected", "on_enter": "start_grace_timer", "on_exit": "cancel_grace_timer"},
-    {"name": "abandoned", "final": True, "on_enter": "abandon"},
+    {"name": "abandoned", "final": True, "on_enter": ["decide_outcome", "retire"]},
+    {"name": "lingering", "on_enter": "start_grace_timer", "on_exit": "cancel_grace_timer"},
 ]
+
+FINAL_STATES = frozenset(s["name"] for s in STATES if isinstance(s, dict) and s.get("final"))
+"""Top-level states marked final: the participant's outcome is decided there."""
+OUTCOMES = tuple(s["name"] for s in STATES if isinstance(s, dict) and s.get("final"))
+"""Every outcome a session can end with, in the table's order; admin, export and the page read them from here."""
 
 RESUMABLE = ("preflight", "ready", "in_game")
 """Where a participant can be when their connection drops; before `hello` there is nothing to resume."""
+FINISHED = tuple(o for o in OUTCOMES if o != "abandoned")
+"""Outcomes reached with the participant present: the session lingers after the drop, so a page that lost the
+last message can still come back for the completion code."""
 
 _PRELOAD_PENDING = [_in(PRELOADING, "idle"), _in(PRELOADING, "loading")]
 
@@ -140,7 +155,8 @@ TRANSITIONS: list[dict[str, Any]] = [
         "dest": "ready",
         "conditions": ["screening_passed", "preload_settled"],
     },
-    # The gate: an advance before the preflight has settled is refused, never queued.
+    # The gate: an advance before the preflight has settled is refused, never queued. Past it Python is ready or
+    # has failed, and a failed preload never keeps anyone out of a game (the game loads Python itself).
     {
         "trigger": "advance",
         "source": "preflight",
@@ -151,7 +167,7 @@ TRANSITIONS: list[dict[str, Any]] = [
         "trigger": "advance",
         "source": "ready",
         "dest": "in_game",
-        "conditions": ["next_is_game", "runtime_available"],
+        "conditions": "next_is_game",
         "before": "activate_next",
     },
     {
@@ -186,10 +202,31 @@ TRANSITIONS: list[dict[str, Any]] = [
         for place in RESUMABLE
     ),
     {"trigger": "grace_expired", "source": "disconnected", "dest": "abandoned"},
+    # A finished session lingers as long, then closes with the outcome it had.
+    {"trigger": "drop", "source": list(FINISHED), "dest": "lingering", "before": "remember_place"},
+    *({"trigger": "resume", "source": "lingering", "dest": done, "conditions": f"left_{done}"} for done in FINISHED),
+    *(
+        {
+            "trigger": "grace_expired",
+            "source": "lingering",
+            "dest": done,
+            "conditions": f"left_{done}",
+            "after": "retire",
+        }
+        for done in FINISHED
+    ),
 ]
 
 INITIAL = "connected"
-FINAL_STATES = frozenset({"completed", "excluded", "abandoned"})
+
+
+class Fired(enum.Enum):
+    """What firing a trigger did: the handler answers each differently."""
+
+    ACCEPTED = "accepted"  # a transition ran: the session moved, or took the data in place
+    HELD_BACK = "held_back"  # the state has the trigger, but its guards say not yet
+    NOT_ACCEPTED = "not_accepted"  # the state has no such trigger
+
 
 GUARD_LABELS: dict[str, str] = {
     "runtime_not_needed": "experiment needs no Python",
@@ -201,10 +238,9 @@ GUARD_LABELS: dict[str, str] = {
     "screening_passed": "screening passed",
     "preload_settled": "Python ready, failed or not needed",
     "next_is_game": "next scene is a game",
-    "runtime_available": "Python ready or failed (the game loads it itself)",
     "next_is_end": "next scene is the end",
     "next_is_static": "next scene is a page",
-    **{f"left_{place}": f"was in {place} when the connection dropped" for place in RESUMABLE},
+    **{f"left_{place}": f"was in {place} when the connection dropped" for place in (*RESUMABLE, *FINISHED)},
 }
 """What each guard means, in the words the diagrams use."""
 
@@ -222,7 +258,7 @@ TRIGGER_LABELS: dict[str, str] = {
     "resume": "participant reconnects with their token",
     "grace_expired": "timeout, not back within --grace",
 }
-"""What sets each trigger off, in the diagrams' words; the timer-fired ones are named `*_timeout`."""
+"""What sets each trigger off, in the diagrams' words; the timer-fired ones are named `*_timeout` or `*_expired`."""
 
 
 class _State(NestedState):
@@ -263,24 +299,32 @@ class SessionMachine(HierarchicalMachine):
         for mod in model if isinstance(model, list) else [model]:
             self._attached.pop(id(mod), None)
 
+    def park(self, model: Any) -> None:
+        """Put a session restored after a restart where a dropped one waits, its grace timer running."""
+        self.set_state("disconnected", model)
+        model.start_grace_timer(None)
+
     @property
     def attached(self) -> int:
         return len(self._attached)
 
-    def fire(self, model: Any, trigger: str, *args: Any) -> bool | None:
-        """Fire `trigger`: True if it moved, False if a guard held it back, None if the state has no such trigger."""
+    def fire(self, model: Any, trigger: str, *args: Any) -> Fired:
+        """Fire `trigger` on `model` and say what came of it."""
         candidates = self.candidates(trigger, model.state)
+        if not candidates:
+            return Fired.NOT_ACCEPTED
         if len(candidates) == 1 and candidates[0].dest is None:
             # The only way out is an internal transition (a game event): run it as the library would once it had
             # found it, without resolving the state tree again for every message.
             transition = candidates[0]
             event = EventData(None, self.events[trigger], self, model, args, {})
             event.transition = transition
-            return transition.execute(event)
+            return Fired.ACCEPTED if transition.execute(event) else Fired.HELD_BACK
         try:
-            return self.trigger_event(model, trigger, *args)
+            moved = self.trigger_event(model, trigger, *args)
         except MachineError:
-            return None
+            return Fired.NOT_ACCEPTED
+        return Fired.ACCEPTED if moved else Fired.HELD_BACK
 
     def allows(self, model: Any, trigger: str) -> bool:
         """Whether `trigger` would pass its guards now (no side effects run)."""
@@ -339,29 +383,46 @@ class RegionGuards:
     state: Any
     place: Any
 
-    def left_preflight(self, event: Any = None) -> bool:
-        return top_state(self.place)[0] == "preflight"
+    def _left(self, name: str) -> bool:
+        return top_state(self.place)[0] == name
 
-    def left_ready(self, event: Any = None) -> bool:
-        return top_state(self.place)[0] == "ready"
+    def left_preflight(self, event: EventData | None = None) -> bool:
+        return self._left("preflight")
 
-    def left_in_game(self, event: Any = None) -> bool:
-        return top_state(self.place)[0] == "in_game"
+    def left_ready(self, event: EventData | None = None) -> bool:
+        return self._left("ready")
 
-    def screening_pending(self, event: Any = None) -> bool:
+    def left_in_game(self, event: EventData | None = None) -> bool:
+        return self._left("in_game")
+
+    def left_completed(self, event: EventData | None = None) -> bool:
+        return self._left("completed")
+
+    def left_excluded(self, event: EventData | None = None) -> bool:
+        return self._left("excluded")
+
+    def screening_pending(self, event: EventData | None = None) -> bool:
         return _in(SCREENING, "checking") in self.state
 
-    def preload_pending(self, event: Any = None) -> bool:
+    def preload_pending(self, event: EventData | None = None) -> bool:
         return any(s in self.state for s in _PRELOAD_PENDING)
 
-    def screening_passed(self, event: Any = None) -> bool:
+    def screening_passed(self, event: EventData | None = None) -> bool:
         return _in(SCREENING, "passed") in self.state
 
-    def screening_failed(self, event: Any = None) -> bool:
+    def screening_failed(self, event: EventData | None = None) -> bool:
         return _in(SCREENING, "failed") in self.state
 
-    def preload_settled(self, event: Any = None) -> bool:
-        return any(_in(PRELOADING, s) in self.state for s in ("ready", "error", "skipped"))
+    def preload_settled(self, event: EventData | None = None) -> bool:
+        return any(_in(PRELOADING, s) in self.state for s in PRELOAD_SETTLED)
+
+    def awaiting(self) -> list[str]:
+        """The reports the server is waiting for from the page now, by the message type that brings each."""
+        return [
+            kind
+            for kind, pending in (("screening", self.screening_pending), ("preload", self.preload_pending))
+            if pending()
+        ]
 
 
 def top_state(state: str | list[Any]) -> tuple[str, dict[str, str]]:

@@ -105,18 +105,23 @@ async def test_fifty_participants_are_counted_where_they_really_are(http_server,
     assert len(situations) == 50
     brought = await asyncio.gather(*(bring(ws_url, s, f"p{i:02}") for i, s in enumerate(situations)))
     opened = [(situation, client, last) for situation, (client, last) in zip(situations, brought, strict=False)]
-    # Five leave: two after completing and one after being excluded (they stay resumable for the grace period,
-    # still counted where they ended), two in the middle of the preflight (parked as disconnected).
+    # Five leave: two after completing and one after being excluded (they linger, resumable for the grace period),
+    # two in the middle of the preflight (parked as disconnected).
     leaving = Counter(ENDED)
     for situation, client, last in opened:
         if leaving[situation]:
             leaving[situation] -= 1
             client.close()
-            truth.update({"disconnected"} if situation == "checking+loading" else true_states(last))
+            truth.update({"disconnected"} if situation == "checking+loading" else {"lingering"})
         else:
             truth.update(true_states(last))
     try:
-        counts = await until(http_port, token, lambda c: c["states"]["disconnected"] == 2, "2 disconnected")
+        counts = await until(
+            http_port,
+            token,
+            lambda c: c["states"]["disconnected"] == 2 and c["states"]["lingering"] == 3,
+            "2 disconnected, 3 lingering",
+        )
         assert counts["live"] == 50
         assert counts["states"] == {name: truth[name] for name in state_names()}
         assert counts["states"]["preflight"] == sum(

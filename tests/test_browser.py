@@ -7,12 +7,14 @@ our server once, except where a test reloads the page or kills the runtime's wor
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from urllib.parse import urlparse
 
 import pytest
 from playwright.sync_api import Route
 
+from server.export import export
 from server.store import read_records
 from tests.support import served
 
@@ -347,3 +349,72 @@ def test_the_connection_survives_a_main_thread_blocked_longer_than_the_ping_time
     state = state_is(page, "ready", scene_id="instructions")
     assert state["may_advance"] is True
     assert page.evaluate("document.getElementById('notice').hidden")
+
+
+def exported_steps(data: Path, participant_id: str, out: Path) -> list[int]:
+    """The `game_event` steps `python -m server export` writes for one participant, in order."""
+    export(data, "jsonl", out)
+    rows = [json.loads(line) for line in (out / "events.jsonl").read_text().splitlines()]
+    return [
+        r["data"]["data"]["step"] for r in rows if r["participant_id"] == participant_id and r["kind"] == "game_event"
+    ]
+
+
+def test_a_connection_dropped_mid_game_resumes_the_one_game_without_losing_or_doubling_a_step(
+    server, context, tmp_path
+):
+    page = context.new_page()
+    page.goto(server["url"] + "?PROLIFIC_PID=pw-midgame")
+    state_is(page, "ready", timeout=LOAD_TIMEOUT_MS, scene_id="start")
+    enter_the_game(page)
+    page.wait_for_function("window.__preflight.firstFrameAt !== null", timeout=LOAD_TIMEOUT_MS)
+    for key in ["ArrowRight"] * 4:
+        page.keyboard.press(key)
+    page.wait_for_function("window.__preflight.game_events === 4", timeout=STEP_TIMEOUT_MS)
+
+    page.evaluate("window.__preflight.socket.close()")  # the network drops the connection in the middle of the game
+    page.wait_for_function("window.__preflight.connections === 2", timeout=STEP_TIMEOUT_MS)
+    state_is(page, "in_game")  # the server says so again after the resume; the page must not start a second game
+    for key in ["ArrowDown"] * 4:
+        page.keyboard.press(key)
+    state_is(page, "ready", scene_id="gridworld")
+
+    assert page.evaluate("window.__preflight.games") == 1
+    assert exported_steps(server["data"], "pw-midgame", tmp_path / "export") == [1, 2, 3, 4, 5, 6, 7, 8]
+
+
+def test_a_connection_dropped_during_the_preload_still_lets_the_server_hear_it_ended(server, context, tmp_path):
+    held: list[Route] = []
+    context.route("**/wheels/preflight_gridworld*", lambda route: held.append(route))
+    page = context.new_page()
+    page.goto(server["url"] + "?PROLIFIC_PID=pw-preload-drop")
+    page.wait_for_function("window.__preflight?.state?.regions?.preloading === 'loading'", timeout=LOAD_TIMEOUT_MS)
+    page.wait_for_function(
+        "document.getElementById('progress-text').textContent.startsWith('Installing packages')",
+        timeout=LOAD_TIMEOUT_MS,
+    )
+    for _ in range(100):  # the wheel's request reaches the route a moment after the stage is shown
+        if held:
+            break
+        page.wait_for_timeout(50)
+    assert held
+
+    # The connection drops; the preload finishes while it is down, so its `ready` report never reaches the server.
+    page.evaluate("window.__preflight.socket.close()")
+    for route in held:
+        route.continue_()
+    page.wait_for_function("window.__preflight.runtime.status === 'ready'", timeout=LOAD_TIMEOUT_MS)
+    page.wait_for_function("window.__preflight.connections === 2", timeout=STEP_TIMEOUT_MS)
+    state_is(page, "ready", timeout=LOAD_TIMEOUT_MS, scene_id="start")
+
+    page.click("#advance")
+    state_is(page, "ready", scene_id="instructions")
+    page.click("#advance")
+    state_is(page, "in_game")
+    play_to_goal(page)
+    assert page.evaluate("[window.__preflight.games, window.__preflight.runtime.loads]") == [1, 1]
+    records = records_of(server["data"], "pw-preload-drop")
+    assert preload_statuses(records)[-1] == ("ready", None)
+    kinds = [r["kind"] if r["kind"] != "preload" else r["status"] for r in records]
+    assert kinds.index("resumed") < kinds.index("ready")  # the report lost with the connection was said again
+    assert exported_steps(server["data"], "pw-preload-drop", tmp_path / "export") == [1, 2, 3, 4, 5, 6, 7, 8]

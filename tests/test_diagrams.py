@@ -156,7 +156,7 @@ def test_the_scene_flow_shows_wrappers_python_and_the_gates(tmp_path):
     words = " ∧ ".join(GUARD_LABELS[g] for g in gate_out_of_preflight["conditions"])
     start, consent = re.search(r'^\s*(n\d+)\["start', text, re.M)[1], re.search(r'^\s*(n\d+)\["consent', text, re.M)[1]
     assert f'{start} -->|"gate: {words}"| {consent}' in text
-    assert GUARD_LABELS["runtime_available"] in text.split("game (game")[1].split('"]')[0]
+    assert GUARD_LABELS["next_is_game"] in text.split("game (game")[1].split('"]')[0]
     dot = run("diagram", "--scenes", "--experiment", str(study), "--format", "dot").stdout
     assert 'label="randomized order, keep 2 of 3"' in dot and 'label="repeated 3 times"' in dot
 

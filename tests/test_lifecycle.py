@@ -9,7 +9,17 @@ import pytest
 from client.participant import DESKTOP_CHROMIUM
 from server.examples.gridworld import experiment as example
 from server.session import Session, Timeouts
-from statemachine import FINAL_STATES, SEPARATOR, TRANSITIONS, SessionMachine, active_states, state_names, triggers
+from server.snapshot import SnapshotWriter, restore
+from statemachine import (
+    FINAL_STATES,
+    SEPARATOR,
+    TRANSITIONS,
+    Fired,
+    SessionMachine,
+    active_states,
+    state_names,
+    triggers,
+)
 from statemachine.lifecycle import top_state
 
 CHROME_UA = DESKTOP_CHROMIUM["user_agent"]
@@ -65,7 +75,7 @@ READY = msg("preload", status="ready")
 
 def drive(session, steps):
     for trigger, message in steps:
-        assert session.fire(trigger, message), (trigger, session.state)
+        assert session.fire(trigger, message) is Fired.ACCEPTED, (trigger, session.state)
 
 
 # Each reachable situation, with the steps that lead there.
@@ -136,7 +146,7 @@ def test_every_message_the_state_does_not_accept_is_refused_without_a_change(mac
     drive(session, SITUATIONS[situation])
     before, history = session.state, list(session.history)
     message = {"hello": msg("hello"), "screening": SCREEN, "preload": READY}.get(trigger, msg(trigger))
-    assert session.fire(trigger, message) is None
+    assert session.fire(trigger, message) is Fired.NOT_ACCEPTED
     assert session.state == before and session.history == history
 
 
@@ -162,9 +172,9 @@ def test_a_game_event_runs_its_internal_transition_directly(machine, clock):
     session, sent = new_session(machine, clock)
     drive(session, SITUATIONS["in_game"])
     records: list[dict] = []
-    session.sink = records.append
+    session.log = records.append
     before, history, published = session.state, list(session.history), len(sent)
-    assert session.fire("game_event", msg("game_event", step=3)) is True
+    assert session.fire("game_event", msg("game_event", step=3)) is Fired.ACCEPTED
     assert session.state == before and session.history == history and len(sent) == published
     assert [(r["kind"], r["data"]) for r in records] == [("game_event", {"step": 3})]
 
@@ -192,7 +202,7 @@ def test_advance_during_preflight_is_held_by_its_guards(machine, clock):
     session, _ = new_session(machine, clock)
     drive(session, SITUATIONS["preflight/passed+loading"])
     state = session.state
-    assert session.fire("advance", msg("advance")) is False
+    assert session.fire("advance", msg("advance")) is Fired.HELD_BACK
     assert session.state == state
 
 
@@ -217,7 +227,7 @@ def test_preload_silence_is_an_error_that_still_lets_the_participant_play(machin
     session, _ = new_session(machine, clock)
     drive(session, [("hello", msg("hello")), ("screening", SCREEN), ("preload", LOADING)])
     clock.fire_all()
-    assert session.state == "ready" and session.runtime == "error"
+    assert session.state == "ready" and session.preload_result == "error"
     drive(session, [("advance", msg("advance")), ("advance", msg("advance"))])
     assert session.state == "in_game"
 
@@ -234,8 +244,8 @@ def test_closing_cancels_timers_and_detaches(machine, clock):
     session, _ = new_session(machine, clock)
     drive(session, [("hello", msg("hello"))])
     assert machine.attached == 1 and clock.pending
-    session.close()
-    assert machine.attached == 0 and not clock.pending and session.outcome == "abandoned"
+    session.release()
+    assert machine.attached == 0 and not clock.pending and session.outcome is None  # only the table decides one
 
 
 def test_sessions_attach_by_identity_even_when_they_compare_equal(machine, clock):
@@ -267,42 +277,54 @@ def test_no_convenience_methods_are_bound_on_sessions(machine, clock):
 def test_a_dropped_session_resumes_exactly_where_it_was(machine, clock, situation):
     session, sent = new_session(machine, clock)
     drive(session, SITUATIONS[situation])
-    state, index, timers = session.state, session.index, sorted(session._timers)
-    assert session.detach() is True
-    assert session.state == "disconnected" and sorted(session._timers) == ["grace"]
-    session.attach(sent.append, session.token, session.outbox.seq)
-    assert session.state == state and session.index == index and sorted(session._timers) == timers
+    state, index, timers = session.state, session.index, sorted(session.timers.handles)
+    assert session.connection_lost() is Fired.ACCEPTED
+    assert session.state == "disconnected" and sorted(session.timers.handles) == ["grace"]
+    session.reconnect(sent.append, session.token, session.outbox.seq)
+    assert session.state == state and session.index == index and sorted(session.timers.handles) == timers
     assert [h[2:] for h in session.history[-2:]] == [
         (top_state(state)[0], "disconnected"),
         ("disconnected", top_state(state)[0]),
     ]
 
 
-@pytest.mark.parametrize("situation", ["connected", "completed"])
-def test_a_session_with_nothing_to_come_back_to_is_not_parked(machine, clock, situation):
+def test_a_session_with_nothing_to_come_back_to_is_not_parked(machine, clock):
     session, _ = new_session(machine, clock)
-    drive(session, SITUATIONS[situation])
-    assert session.detach() is False and session.state != "disconnected"
+    assert session.connection_lost() is Fired.NOT_ACCEPTED and session.state != "disconnected"
+
+
+def test_a_finished_session_lingers_for_the_grace_period_then_retires_with_its_outcome(machine, clock):
+    retired = []
+    session, sent = new_session(machine, clock)
+    session.on_retire = retired.append
+    drive(session, SITUATIONS["completed"])
+    assert session.connection_lost() is Fired.ACCEPTED
+    assert session.state == "lingering" and sorted(session.timers.handles) == ["grace"]
+    session.reconnect(sent.append, session.token, 0)  # a page that lost the last message comes back for the code
+    assert session.state == "completed" and sent[-1]["state"] == "completed" and not clock.pending
+    session.connection_lost()
+    clock.fire_all()
+    assert session.state == "completed" and session.outcome == "completed" and retired == [session]
 
 
 def test_the_grace_period_ends_in_abandoned(machine, clock):
     ended = []
     session, _ = new_session(machine, clock)
-    session.ended = ended.append
+    session.on_retire = ended.append
     drive(session, SITUATIONS["ready/start"])
-    session.detach()
+    session.connection_lost()
     clock.fire_all()
     assert session.state == "abandoned" and session.outcome == "abandoned" and ended == [session]
-    assert session.fire("resume") is None
+    assert session.fire("resume") is Fired.NOT_ACCEPTED
 
 
 def test_resume_resends_exactly_what_was_not_acknowledged(machine, clock):
     session, sent = new_session(machine, clock)
     drive(session, SITUATIONS["ready/start"])
     session.outbox.ack(2)
-    session.detach()
+    session.connection_lost()
     again: list[dict] = []
-    session.attach(again.append, session.token, 2)
+    session.reconnect(again.append, session.token, 2)
     assert again[:-1] == sent[2:]
     assert again[-1]["type"] == "state" and again[-1]["seq"] == sent[-1]["seq"] + 1
 
@@ -311,9 +333,9 @@ def test_a_reloaded_page_gets_everything_it_needs_to_redraw(machine, clock):
     session, sent = new_session(machine, clock)
     drive(session, SITUATIONS["ready/instructions"])
     session.outbox.ack(session.outbox.seq)
-    session.detach()
+    session.connection_lost()
     again: list[dict] = []
-    session.attach(again.append, session.token, 0)
+    session.reconnect(again.append, session.token, 0)
     assert [m["type"] for m in again] == ["experiment_config", "activate_scene", "state"]
     assert again[1]["scene_id"] == "instructions" and again[2]["state"] == "ready"
     assert [m["seq"] for m in again] == list(range(sent[-1]["seq"] + 1, sent[-1]["seq"] + 4))
@@ -322,13 +344,13 @@ def test_a_reloaded_page_gets_everything_it_needs_to_redraw(machine, clock):
 def test_a_restored_session_is_parked_where_its_snapshot_left_it(machine, clock):
     saved: list[dict] = []
     session, _ = new_session(machine, clock)
-    session.persist = saved.append
+    session.save = SnapshotWriter(saved.append)
     drive(session, SITUATIONS["in_game"])
     other = SessionMachine()
-    restored = Session.restore(saved[-1], other, example, HandClock())
+    restored = restore(saved[-1], other, example, HandClock())
     assert restored.state == "disconnected" and restored.place == "in_game"
     assert [p.instance_id for p in restored.plan] == [p.instance_id for p in session.plan]
-    restored.attach(lambda m: None, session.token, 0)
+    restored.reconnect(lambda m: None, session.token, 0)
     assert restored.state == "in_game" and restored.index == session.index
 
 

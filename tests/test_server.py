@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import json
+
 import msgpack
 import pytest
+from tornado.httpclient import AsyncHTTPClient
 
 from client.participant import DESKTOP_CHROMIUM, walk
 from server.experiment import EndScene, Experiment, StartScene
+from server.page_module import page_constants
 from server.session import Timeouts
 from server.store import read_records
-from statemachine import FINAL_STATES
+from statemachine import FINAL_STATES, OUTCOMES, state_names
 
 LOADING = {"type": "preload", "status": "loading", "stage": "runtime", "elapsed_ms": 10}
 
@@ -51,7 +55,7 @@ async def test_hello_gets_the_experiment_config_then_the_start_scene(connect):
     assert runtime["pyodide_url"] == "/pyodide/314.0.7/" and runtime["index_url"] == "/simple/{package_name}/"
     assert runtime["lock"]["packages"]["micropip"]["file_name"] == "micropip-0.11.1-py3-none-any.whl"
     assert len(config["session_token"]) >= 32
-    assert config["final_states"] == sorted(FINAL_STATES)
+    assert "final_states" not in config  # the page imports them from /client/lifecycle.js
     assert (scene["type"], scene["scene_type"]) == ("activate_scene", "start")
     assert state == {
         "type": "state",
@@ -59,6 +63,7 @@ async def test_hello_gets_the_experiment_config_then_the_start_scene(connect):
         "may_advance": False,
         "scene_id": "start",
         "regions": {"screening": "checking", "preloading": "idle"},
+        "awaiting": ["screening", "preload"],
         "seq": 3,
     }
     assert [config["seq"], scene["seq"]] == [1, 2]
@@ -185,3 +190,22 @@ async def test_an_experiment_without_python_skips_the_preload(connect):
     end = await client.until_type("activate_scene")
     assert end["scene_type"] == "end" and end["completion_code"] == "P"
     await client.until_state("completed")
+
+
+@pytest.mark.gen_test
+async def test_the_page_imports_the_lifecycle_names_generated_from_the_table(http_server, http_port):
+    client = AsyncHTTPClient(force_instance=True)
+    try:
+        response = await client.fetch(f"http://127.0.0.1:{http_port}/client/lifecycle.js")
+    finally:
+        client.close()
+    assert response.headers["Content-Type"].startswith("text/javascript")
+    constants = {
+        line.split(" = ", 1)[0].removeprefix("export const "): json.loads(line.split(" = ", 1)[1].rstrip(";"))
+        for line in response.body.decode().splitlines()
+        if line.startswith("export const ")
+    }
+    assert constants == page_constants()
+    assert constants["FINAL_STATES"] == sorted(FINAL_STATES) and constants["OUTCOMES"] == list(OUTCOMES)
+    assert constants["CODE"]["GATED"] == "gated" and constants["CLOSE"]["TAKEN_OVER"] == 4001
+    assert set(constants["WAITING"]) <= {name.rsplit(".", 1)[-1] for name in state_names()}

@@ -1,30 +1,22 @@
 // The participant's page: a view of the session the server drives.
 // It reports facts and preload progress; the server decides screening, gating and the next scene.
+// What it must know of the lifecycle and the protocol it imports from /client/lifecycle.js, which the server
+// generates from its table: this file holds no state, region, outcome, code or stage name of its own.
 import { encode, decode } from "/vendor/msgpack/index.mjs";
 import { Runtime } from "/client/runtime.js";
 import { playGame } from "/client/game.js";
+import { CLOSE, CODE, FINAL_STATES, GIVE_UP, PLAYING, STAGE, STAGES, STATUS, TYPE, WAITING } from "/client/lifecycle.js";
 
 const $ = (id) => document.getElementById(id);
-const STAGES = {
-  runtime: [0.05, "Loading the Python runtime"],
-  micropip: [0.55, "Loading the package installer"],
-  packages: [0.65, "Installing packages"],
-  preparing: [0.95, "Preparing the game"],
-};
-const WAITING = {
-  checking: "Checking that your browser can run this study…",
-  idle: "Waiting for Python to start loading…",
-  loading: "Python is still loading; you can continue once it is ready.",
-};
 
 const preflight = (window.__preflight = { states: [], errors: [], runtime: null, firstFrameAt: null, firstStepAt: null,
-                                          connections: 0 });
+                                          connections: 0, games: 0 });
 const params = Object.fromEntries(new URLSearchParams(location.search));
 const TOKEN_KEY = `preflight.token:${location.pathname}${location.search}`;
-const GIVE_UP = new Set([1008, 1009, 4001]);  // abuse, too large, taken over by another tab: coming back won't help
 
 let socket = null, lastSeq = 0, ackTimer = null, retries = 0, screeningSent = false;
 let runtime = null, scene = null, progressTimer = null;
+const played = new Set();  // scene instances whose game this page started: each plays once, however often told
 // `?runtime=main` keeps Python on the page's own thread (the baseline the worker is measured against).
 const newRuntime = () => new Runtime(preflight.config.pyodide_config, reportPreload,
                                      { thread: params.runtime === "main" ? "main" : "worker" });
@@ -42,7 +34,7 @@ function connect() {
     preflight.connections += 1;
     retries = 0;
     const token = sessionStorage.getItem(TOKEN_KEY);
-    send(token ? { type: "hello", resume_token: token, last_seq: lastSeq } : { type: "hello", params });
+    send(token ? { type: TYPE.hello, resume_token: token, last_seq: lastSeq } : { type: TYPE.hello, params });
     if (token) notice("");
   };
   socket.onclose = onClose;
@@ -50,16 +42,16 @@ function connect() {
     const message = decode(new Uint8Array(event.data));
     if (message.seq) {
       lastSeq = Math.max(lastSeq, message.seq);
-      ackTimer ??= setTimeout(() => { ackTimer = null; send({ type: "ack", seq: lastSeq }); }, 200);
+      ackTimer ??= setTimeout(() => { ackTimer = null; send({ type: TYPE.ack, seq: lastSeq }); }, 200);
     }
     ({ experiment_config: onConfig, activate_scene: onScene, state: onState, error: onError })[message.type]?.(message);
   };
 }
 
 function onClose(event) {
-  if (preflight.config?.final_states.includes(preflight.state?.state)) return;  // over: nothing to come back to
-  if (event.code === 4001) return notice("This study continues in another tab or window; please use that one.");
-  if (GIVE_UP.has(event.code) || retries >= 8) {
+  if (FINAL_STATES.includes(preflight.state?.state)) return;  // over: nothing to come back to
+  if (event.code === CLOSE.TAKEN_OVER) return notice("This study continues in another tab or window; please use that one.");
+  if (GIVE_UP.includes(event.code) || retries >= 8) {
     return notice(`Connection closed (${event.code}${event.reason ? ": " + event.reason : ""}). Please reload the page.`);
   }
   notice("Connection lost. Reconnecting…");
@@ -88,26 +80,26 @@ function screeningFacts() {
 }
 
 function reportPreload(report) {
-  send({ type: "preload", ...report });
+  send({ type: TYPE.preload, ...report });
   showProgress(report);
 }
 
 function showProgress(report) {
   const box = $("progress");
   box.hidden = false;
-  box.classList.toggle("error", report.status === "error");
+  box.classList.toggle("problem", report.status === STATUS.error);
   clearInterval(progressTimer);
   const since = performance.now() - (report.elapsed_ms || 0);
   const tick = () => ($("progress-time").textContent = `(${((performance.now() - since) / 1000).toFixed(1)} s)`);
-  if (report.status === "loading") {
-    const [share, text] = STAGES[report.stage] || [0, "Loading"];
+  if (report.status === STATUS.loading) {
+    const { share, label } = STAGES[report.stage] || { share: 0, label: "Loading" };
     const k = report.total ? report.done / report.total : 0;
-    $("progress-fill").style.width = `${Math.round(100 * (share + (report.stage === "packages" ? 0.3 * k : 0)))}%`;
-    $("progress-text").textContent = report.stage === "packages"
-      ? `${text} (${report.done + 1} of ${report.total}: ${report.package})` : text;
+    $("progress-fill").style.width = `${Math.round(100 * (share + (report.stage === STAGE.packages ? 0.3 * k : 0)))}%`;
+    $("progress-text").textContent = report.stage === STAGE.packages
+      ? `${label} (${report.done + 1} of ${report.total}: ${report.package})` : label;
     tick();
     progressTimer = setInterval(tick, 100);
-  } else if (report.status === "ready") {
+  } else if (report.status === STATUS.ready) {
     $("progress-fill").style.width = "100%";
     $("progress-text").textContent = "Python is ready";
     $("progress-time").textContent = `(${(report.elapsed_ms / 1000).toFixed(1)} s)`;
@@ -124,7 +116,7 @@ function onScene(message) {
   $("game").hidden = message.scene_type !== "game";
   $("advance").hidden = message.scene_type === "end";
   $("advance").textContent = message.scene_type === "start" ? "Start" : "Continue";
-  if (message.scene_type !== "start") $("progress").hidden = message.scene_type !== "game" || runtime?.status === "ready";
+  if (message.scene_type !== "start") $("progress").hidden = message.scene_type !== "game" || runtime?.status === STATUS.ready;
   if (message.scene_type === "end") showEnd(message);
 }
 
@@ -146,30 +138,32 @@ function showEnd(message) {
 function onState(message) {
   preflight.states.push(message);
   preflight.state = message;
-  if (message.regions?.screening === "checking" && !screeningSent) {
+  const awaiting = message.awaiting || [];
+  if (awaiting.includes(TYPE.screening) && !screeningSent) {
     screeningSent = true;
-    send({ type: "screening", facts: screeningFacts() });
+    send({ type: TYPE.screening, facts: screeningFacts() });
   }
+  // The server missed how the preload ended (a report lost in a dropped connection): say it again.
+  if (awaiting.includes(TYPE.preload) && runtime?.settled) send({ type: TYPE.preload, ...runtime.settled });
   $("advance").disabled = !message.may_advance;
   $("waiting").textContent = message.may_advance ? "" : waitingText(message);
-  if (message.state === "in_game" && scene?.scene_type === "game") startGame(scene);
+  const instance = `${scene?.scene_id}@${scene?.index}`;
+  if (message.state === PLAYING && scene?.scene_type === "game" && !played.has(instance)) {
+    played.add(instance);
+    startGame(scene);
+  }
 }
 
+// The text for the state, else for the first preflight region that has one (screening before preloading).
 function waitingText(message) {
-  if (message.state === "excluded") {
-    return "Sorry, this study cannot run in your browser or on your device, so you cannot take part this time.";
-  }
-  if (message.state === "preflight") {
-    const { screening, preloading } = message.regions;
-    return WAITING[screening === "checking" ? "checking" : preloading] || "";
-  }
-  return "";
+  return WAITING[message.state] ?? Object.values(message.regions || {}).map((leaf) => WAITING[leaf]).find(Boolean) ?? "";
 }
 
 async function startGame(gameScene) {
+  preflight.games += 1;
   $("advance").disabled = true;
   try {
-    $("waiting").textContent = runtime?.status === "ready" ? "" : "Preparing the game…";
+    $("waiting").textContent = runtime?.status === STATUS.ready ? "" : "Preparing the game…";
     const python = await gameRuntime(gameScene);
     $("progress").hidden = true;
     $("waiting").textContent = "Use the arrow keys to move.";
@@ -177,7 +171,7 @@ async function startGame(gameScene) {
     $("waiting").textContent = "";
   } catch (err) {
     notice(`The game could not run: ${String(err.message || err).split("\n").pop()}`);
-    send({ type: "game_over", failed: true, error: String(err.message || err).slice(0, 500) });
+    send({ type: TYPE.game_over, failed: true, error: String(err.message || err).slice(0, 500) });
   }
 }
 
@@ -191,15 +185,15 @@ function gameRuntime(gameScene) {
 
 function onError(message) {
   preflight.errors.push(message);
-  if (message.code === "bad_token") {  // the session ended while away: start afresh as the link says
+  if (message.code === CODE.BAD_TOKEN) {  // the session ended while away: start afresh as the link says
     sessionStorage.removeItem(TOKEN_KEY);
     lastSeq = 0;
-    return send({ type: "hello", params });
+    return send({ type: TYPE.hello, params });
   }
-  if (message.code === "already_participated") {
+  if (message.code === CODE.ALREADY_PARTICIPATED) {
     return notice("You have already taken part in this study (or it is open in another window), so it cannot start again here.");
   }
-  if (message.code !== "gated" && message.code !== "not_allowed") {
+  if (message.code !== CODE.GATED && message.code !== CODE.NOT_ALLOWED) {
     notice(`The server refused a message (${message.code}): ${message.message}`);
   }
 }
@@ -211,5 +205,5 @@ function notice(text) {
 
 $("advance").addEventListener("click", () => {
   $("advance").disabled = true;
-  send({ type: "advance" });
+  send({ type: TYPE.advance });
 });

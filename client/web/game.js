@@ -27,6 +27,7 @@ export async function playGame(runtime, scene, canvas, send) {
         window.__preflight.firstStepAt ??= performance.now();
         obs = result.observation; done = result.done; score += result.reward; steps += 1;
         draw(obs);
+        window.__preflight.game_events = (window.__preflight.game_events || 0) + 1;
         send({ type: "game_event", episode, step: steps, action, reward: result.reward,
                step_ms: Math.round(stepMs * 1000) / 1000 });
       }

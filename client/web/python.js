@@ -2,6 +2,8 @@
 // in the dedicated worker (runtime-worker.js) or, as the last resort, on the page (runtime.js).
 // `notify` receives {kind: "progress", report} as each stage starts and {kind: "core"} per loadPyodide().
 
+import { STAGE, STATUS } from "/client/lifecycle.js";
+
 const now = () => performance.timeOrigin + performance.now();  // comparable across the page and its workers
 
 export class PythonHost {
@@ -24,19 +26,19 @@ export class PythonHost {
   async load(config, origin, startedAt) {
     if (this.pyodide) return;
     const stage = (name, extra = {}) => this.notify({ kind: "progress", report: {
-      status: "loading", stage: name, elapsed_ms: Math.round(now() - startedAt), ...extra } });
-    stage("runtime");
+      status: STATUS.loading, stage: name, elapsed_ms: Math.round(now() - startedAt), ...extra } });
+    stage(STAGE.runtime);
     const pyodide = this.core ??= await this.loadCore(config, origin);
-    stage("micropip");
+    stage(STAGE.micropip);
     await pyodide.loadPackage("micropip");
     const micropip = pyodide.pyimport("micropip");
     micropip.set_index_urls(new URL(config.index_url, origin).href.replace("%7B", "{").replace("%7D", "}"));
     const packages = config.packages_to_install || [];
     for (const [k, name] of packages.entries()) {
-      stage("packages", { package: name, done: k, total: packages.length });
+      stage(STAGE.packages, { package: name, done: k, total: packages.length });
       await micropip.install(name);
     }
-    stage("preparing", { done: packages.length, total: packages.length });
+    stage(STAGE.preparing, { done: packages.length, total: packages.length });
     micropip.destroy();
     pyodide.runPython("import sys");
     this.pyodide = pyodide;

@@ -2,6 +2,7 @@
 // It lives in a dedicated worker so the page stays responsive; the page code reads the same wherever it is.
 // `report` receives each stage as a `preload` message body; the page forwards it to the server.
 import { PythonHost } from "/client/python.js";
+import { STATUS } from "/client/lifecycle.js";
 
 const WORKER_URL = "/client/runtime-worker.js";
 const now = () => performance.timeOrigin + performance.now();
@@ -88,7 +89,8 @@ export class Runtime {
     this.thread = thread;
     this.loads = 0;          // how many times loadPyodide() ran for this page, on whichever side
     this.workers = 0;        // how many workers were started
-    this.status = "idle";    // idle | loading | ready | error
+    this.status = null;      // null until a load starts, then one of the preload report's STATUS values
+    this.settled = null;     // the last ready or error report, for the page to repeat if the server missed it
     this.side = null;        // where the runtime lives now: a WorkerSide or the MainSide
     this.loading = null;
     addEventListener("pagehide", () => this.terminate());
@@ -101,7 +103,7 @@ export class Runtime {
   // Start (or join) the load. A failed load is retried only when asked again, e.g. by a game scene,
   // which passes `fallback` so that a dead worker is replaced until a side loads or the page itself fails.
   load({ fallback = false } = {}) {
-    if (this.status === "ready") return Promise.resolve(this);
+    if (this.status === STATUS.ready) return Promise.resolve(this);
     if (fallback && this.loading && !this.loading.fallback && this.side?.where === "worker") {
       // The server let the participant into a game while the preload still runs: it stopped waiting for it
       // (the preload timeout). The worker stuck in it is ended, which fails that load, and the game starts over.
@@ -147,33 +149,37 @@ export class Runtime {
 
   async _attempt(side) {
     const startedAt = now(), elapsed = () => Math.round(now() - startedAt);
-    this.status = "loading";
+    this.status = STATUS.loading;
     try {
       await side.call("load", [this.config, location.origin, startedAt]);
-      this.status = "ready";
-      this.report({ status: "ready", elapsed_ms: elapsed() });
+      this._settle({ status: STATUS.ready, elapsed_ms: elapsed() });
     } catch (err) {
-      this.status = "error";
       const text = String(err?.message || err).trim().split("\n").pop().slice(0, 500);
-      this.report({ status: "error", error: text, elapsed_ms: elapsed() });
+      this._settle({ status: STATUS.error, error: text, elapsed_ms: elapsed() });
       throw err;
     }
   }
 
+  _settle(report) {
+    this.status = report.status;
+    this.settled = report;
+    this.report(report);
+  }
+
   _event(event) {
     if (event.kind === "core") this.loads += 1;
-    else if (event.kind === "progress" && this.status === "loading") this.report(event.report);
+    else if (event.kind === "progress" && this.status === STATUS.loading) this.report(event.report);
   }
 
   // A worker that dies while idle is replaced at the next load; one that dies while loading fails that load.
   _died() {
-    if (this.status === "ready") this.status = "error";
+    if (this.status === STATUS.ready) this.status = STATUS.error;
   }
 
   // A game environment ("module:factory") on the runtime's side; every call is a round trip there.
   async environment(spec) {
     const side = this.side;
-    if (this.status !== "ready") throw new Error("Python is not ready");
+    if (this.status !== STATUS.ready) throw new Error("Python is not ready");
     const id = await side.call("open", [spec]);
     return {
       reset: () => side.call("reset", [id]),

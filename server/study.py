@@ -1,0 +1,209 @@
+"""The running study: the shared machine, the sessions, who has taken part, and what ended sessions added up to.
+
+The socket handler drives it; `/admin` reads it through `StudyView` and changes nothing.
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import time
+from collections import Counter
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Protocol
+
+from tornado.ioloop import IOLoop
+
+from statemachine import SessionMachine, triggers
+
+from . import __version__
+from .config import Config
+from .protocol import Close, Code, Refusal, Writer
+from .runtime import load_runtime
+from .session import Session, token_digest
+from .snapshot import SnapshotWriter, restore
+from .store import DataStore, SessionLog
+
+log = logging.getLogger("preflight")
+
+TIMEOUT_TRIGGERS = tuple(t for t in triggers() if t.endswith("_timeout"))
+
+
+def tally(session: Session) -> Counter[str]:
+    """What a session contributes to the outcome counts, so far; the study adds it up when the session retires."""
+    counts: Counter[str] = Counter()
+    if session.outcome:
+        counts[f"outcome:{session.outcome}"] += 1
+        if session.verdict:
+            counts.update(f"excluded:{reason}" for reason in session.verdict)
+    if session.preload_result == "error":
+        counts["preload_error"] += 1
+    timeouts = [event for _, event, _, _ in session.history if event in TIMEOUT_TRIGGERS]
+    counts.update(f"timeout:{event}" for event in timeouts)
+    if timeouts:
+        counts["timed_out"] += 1
+    return counts
+
+
+class Link(Protocol):
+    """The one connection driving a session: the socket handler in the server."""
+
+    user_agent: str
+    rtt_ms: float | None
+
+    def send(self, message: dict[str, Any]) -> None: ...
+
+    def close(self, code: int | None = None, reason: str | None = None) -> None: ...
+
+
+class StudyView(Protocol):
+    """What `/admin` may read of the running study."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def sessions(self) -> Mapping[str, Session]: ...
+
+    @property
+    def outcomes(self) -> Counter[str]: ...
+
+    def session_file(self, session_id: str) -> Path: ...
+
+
+class Study:
+    """Sessions by id and by token digest, the connection driving each, and participant ids already used."""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.machine = SessionMachine()
+        self.store = DataStore(config.data_dir)
+        self.outcomes: Counter[str] = Counter()  # what retired sessions added up to
+        self.runtime = load_runtime(config.pyodide_dir, config.wheelhouse, config.pyodide_url)
+        self.pyodide_config = {**config.experiment.pyodide_config, **self.runtime.page_config()}
+        self.sessions: dict[str, Session] = {}  # by session id: live and parked sessions
+        self.by_digest: dict[str, Session] = {}
+        self.links: dict[str, Link] = {}  # session id -> the one connection driving it
+        self.participants: dict[str, str] = {}  # participant id -> outcome ("" while in progress)
+        self.store.describe_study(
+            {
+                "wall": time.time(),
+                "preflight_version": __version__,
+                "experiment": config.experiment.describe(),
+                "runtime": self.runtime.describe(),
+            }
+        )
+        self._restore()
+
+    @property
+    def name(self) -> str:
+        return self.config.experiment.name
+
+    def session_file(self, session_id: str) -> Path:
+        return self.store.sessions / f"{session_id}.msgpack"
+
+    def admit(self, hello: dict[str, Any]) -> Refusal | None:
+        """Recruitment platforms resend links: a participant id may start only once, unless it was abandoned."""
+        participant = Session.claimed_participant(hello)
+        if participant is None or participant not in self.participants:
+            return None
+        outcome = self.participants[participant] or "in progress"
+        return Refusal(Code.ALREADY_PARTICIPATED, f"participant {participant} already has a session ({outcome})")
+
+    def open(self, link: Link) -> Session:
+        """A new session for a connection that said `hello`; the caller fires it once the frame is recorded."""
+        session_id, sink = self.store.open_session()
+        session = Session(
+            self.machine,
+            self.config.experiment,
+            IOLoop.current(),
+            link.send,
+            user_agent=link.user_agent,
+            session_id=session_id,
+            **self._wiring(sink),
+        )
+        session.rtt_ms = link.rtt_ms
+        self._track(session)
+        self.links[session_id] = link
+        return session
+
+    def admitted(self, session: Session) -> None:
+        self.participants.setdefault(session.participant_id or "", "")
+
+    def find(self, token: str) -> Session | None:
+        digest = token_digest(token)
+        session = self.by_digest.get(digest)
+        return session if session is not None and hmac.compare_digest(session.digest, digest) else None
+
+    def resume(self, session: Session, link: Link, token: str, last_seq: int) -> None:
+        """The newest connection wins: a second tab with the same token takes the session over."""
+        previous = self.links.get(session.session_id)
+        self.links[session.session_id] = link
+        if previous is not None and previous is not link:
+            previous.close(Close.TAKEN_OVER, "this session was resumed from another connection")
+        session.reconnect(link.send, token, last_seq)
+
+    def connection_lost(self, session: Session, link: Link) -> None:
+        """A connection closed: its session waits for the participant (or, finished, lingers) for the grace period."""
+        if self.links.get(session.session_id) is not link:
+            return
+        del self.links[session.session_id]
+        session.connection_lost()
+        if session.outcome:
+            self.participants[session.participant_id or ""] = session.outcome
+
+    def retire(self, session: Session) -> None:
+        """The table is done with a session: it leaves memory, its outcome is counted and its log closed."""
+        if self.sessions.pop(session.session_id, None) is None:
+            return
+        self.by_digest.pop(session.digest, None)
+        self.links.pop(session.session_id, None)
+        session.release()
+        if session.participant_id is not None:
+            if session.outcome == "abandoned":
+                self.participants.pop(session.participant_id, None)
+            else:
+                self.participants[session.participant_id] = session.outcome or ""
+        self.outcomes.update(tally(session))
+        if isinstance(session.log, SessionLog):
+            session.log.close()
+
+    def _wiring(self, sink: Writer) -> dict[str, Any]:
+        """How every session, new or restored, is connected to the study."""
+        return {
+            "pyodide_config": self.pyodide_config,
+            "timeouts": self.config.timeouts,
+            "log": sink,
+            "save": SnapshotWriter(self.store.save_snapshot),
+            "on_retire": self.retire,
+        }
+
+    def _track(self, session: Session) -> None:
+        self.sessions[session.session_id] = session
+        self.by_digest[session.digest] = session
+
+    def _restore(self) -> None:
+        """Sessions in progress when the server last stopped are parked, waiting for their participants."""
+        for saved in self.store.snapshots():
+            if saved.get("outcome"):
+                if saved["outcome"] != "abandoned" and saved.get("participant_id"):
+                    self.participants[saved["participant_id"]] = saved["outcome"]
+                continue
+            if saved.get("seed") is None:
+                continue
+            _, sink = self.store.open_session(saved["session_id"])
+            try:
+                session = restore(saved, self.machine, self.config.experiment, IOLoop.current(), **self._wiring(sink))
+            except (KeyError, TypeError, ValueError) as exc:
+                log.warning("not resuming session %s: %s", saved.get("session_id"), exc)
+                sink.close()
+                continue
+            self._track(session)
+            self.participants[session.participant_id or ""] = ""
+        if self.sessions:
+            log.info(
+                "%d sessions from before the restart wait %.0f s for their participants",
+                len(self.sessions),
+                self.config.timeouts.grace,
+            )
