@@ -21,6 +21,7 @@ test: $(VENV)/.installed $(RUNTIME) browser graphviz lint
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
 
 bench: $(VENV)/.installed $(RUNTIME) browser graphviz
 	$(PY) bench/machine.py

@@ -23,7 +23,7 @@ class Timers:
         self.clock = clock
         self.handles: dict[str, object] = {}
 
-    def start(self, name: str, delay: float, callback: Callable[[], None]) -> None:
+    def start(self, name: str, delay: float, callback: Callable[[], object]) -> None:
         self.cancel(name)
 
         def expire() -> None:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import random
 import re
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
@@ -98,7 +98,7 @@ Scene = StartScene | StaticScene | GymScene | EndScene
 class RandomizeOrder:
     """Shuffle the wrapped scenes for each participant, keeping the first `keep_n`."""
 
-    scenes: tuple[Node, ...]
+    scenes: Sequence[Node]  # kept as a tuple
     keep_n: int | None = None
 
     def __post_init__(self) -> None:
@@ -226,7 +226,7 @@ class Experiment:
     """A whole study: a StartScene first, an EndScene last, anything in between."""
 
     name: str
-    scenes: tuple[Node, ...]
+    scenes: Sequence[Node]  # kept as a tuple
     screening: ScreeningRules = field(default_factory=ScreeningRules)
 
     def __post_init__(self) -> None:

@@ -253,7 +253,7 @@ def redacted(message: Mapping[str, Any]) -> Mapping[str, Any]:
 
 
 def encode(message: Mapping[str, Any]) -> bytes:
-    return msgpack.packb(message, use_bin_type=True)
+    return bytes(msgpack.packb(message, use_bin_type=True))
 
 
 def error(refusal: Refusal, state: str) -> dict[str, Any]:

@@ -131,9 +131,10 @@ class VersionedFiles(tornado.web.StaticFileHandler):
         return f"{stat.st_size:x}-{stat.st_mtime_ns:x}"
 
     def get_content_type(self) -> str:
-        if self.absolute_path.endswith(".wasm"):
+        path = self.absolute_path or ""
+        if path.endswith(".wasm"):
             return "application/wasm"
-        if self.absolute_path.endswith((".mjs", ".js")):
+        if path.endswith((".mjs", ".js")):
             return "text/javascript"
         return super().get_content_type()
 

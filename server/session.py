@@ -154,7 +154,7 @@ class Session(RegionGuards):
     # -- callbacks the lifecycle table names ---------------------------------------------------
 
     def begin(self, event: EventData) -> None:
-        hello = event.args[0]
+        hello = _message(event)
         self.params = dict(hello.get("params") or {})
         self.participant_id = self.claimed_participant(hello) or secrets.token_hex(8)
         self.seed = secrets.randbits(32)
@@ -179,7 +179,7 @@ class Session(RegionGuards):
             self.fire("settle")
 
     def judge_screening(self, event: EventData) -> None:
-        self.facts = event.args[0]["facts"]
+        self.facts = _message(event)["facts"]
         self.verdict = self.experiment.screening.evaluate(self.facts, self.user_agent, self.rtt_ms)
         self.record("screening", facts=self.facts, rtt_ms=self.rtt_ms, verdict=list(self.verdict))
 
@@ -191,30 +191,30 @@ class Session(RegionGuards):
         self.record("screening", facts={}, rtt_ms=self.rtt_ms, verdict=["timeout"])
 
     def reports_loading(self, event: EventData) -> bool:
-        return bool(event.args[0]["status"] == "loading")
+        return bool(_message(event)["status"] == "loading")
 
     def reports_ready(self, event: EventData) -> bool:
-        return bool(event.args[0]["status"] == "ready")
+        return bool(_message(event)["status"] == "ready")
 
     def reports_error(self, event: EventData) -> bool:
-        return bool(event.args[0]["status"] == "error")
+        return bool(_message(event)["status"] == "error")
 
     def note_preload(self, event: EventData) -> None:
-        report = {k: v for k, v in event.args[0].items() if k != "type"}
+        report = {k: v for k, v in _message(event).items() if k != "type"}
         self.record("preload", **report)
 
     def preload_timed_out(self, event: EventData) -> None:
         self.record("preload", status="error", error="timeout")
 
     def note_preload_result(self, event: EventData) -> None:
-        self.preload_result = str(event.transition.dest).rsplit(SEPARATOR, 1)[-1]
+        self.preload_result = _dest(event).rsplit(SEPARATOR, 1)[-1]
 
     def runtime_not_needed(self, event: EventData) -> bool:
         return not self.pyodide_config["needs_pyodide"]
 
     def decide_outcome(self, event: EventData) -> None:
         if self.outcome is None:
-            self.outcome = str(event.transition.dest)
+            self.outcome = _dest(event)
             self.record("outcome", outcome=self.outcome)
 
     def retire(self, event: EventData) -> None:
@@ -302,5 +302,16 @@ class Session(RegionGuards):
         self.timers.start(name, delay, lambda: self.fire(trigger))
 
 
+def _message(event: EventData) -> dict[str, Any]:
+    """The decoded message that fired the trigger: every client trigger carries exactly one."""
+    message: dict[str, Any] = next(iter(event.args))
+    return message
+
+
+def _dest(event: EventData) -> str:
+    assert event.transition is not None
+    return str(event.transition.dest)
+
+
 def _data(event: EventData) -> dict[str, Any]:
-    return {k: v for k, v in event.args[0].items() if k != "type"}
+    return {k: v for k, v in _message(event).items() if k != "type"}

@@ -109,7 +109,7 @@ def record_frame(
 
 def server_environment() -> dict[str, Any]:
     """The server side's own versions: what a reproduction must install besides the experiment."""
-    versions = {}
+    versions: dict[str, str | None] = {}
     for name in ("tornado", "transitions", "msgpack"):
         try:
             versions[name] = metadata.version(name)

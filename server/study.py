@@ -49,8 +49,10 @@ def tally(session: Session) -> Counter[str]:
 class Link(Protocol):
     """The one connection driving a session: the socket handler in the server."""
 
-    user_agent: str
     rtt_ms: float | None
+
+    @property
+    def user_agent(self) -> str: ...
 
     def send(self, message: dict[str, Any]) -> None: ...
 

@@ -6,7 +6,7 @@ graph support makes every `add_model` several times dearer.
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 import graphviz
 from transitions.extensions import diagrams_graphviz, diagrams_mermaid
@@ -137,7 +137,7 @@ def _lower_class(line: str) -> str:
 class _DiagramMachine(HierarchicalGraphMachine):
     state_cls = _LabelledState
 
-    style_attributes: ClassVar[dict[str, Any]] = {
+    style_attributes: ClassVar[dict[str, Any]] = {  # type: ignore[misc]
         "node": {
             "default": {
                 "style": "rounded,filled",
@@ -170,7 +170,7 @@ class _Model:
     """The diagram machine's only model; live sessions never meet this machine."""
 
 
-def lifecycle_graph(engine: str) -> Any:
+def lifecycle_graph(engine: Literal["graphviz", "mermaid"]) -> Any:
     """The lifecycle as the library's graph object (`graphviz.Digraph` or mermaid text), no state highlighted."""
     machine = _DiagramMachine(
         model=None,
@@ -203,7 +203,7 @@ def lifecycle(fmt: str = "mermaid") -> str:
     if fmt not in FORMATS:
         raise DiagramError(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")
     if fmt == "mermaid":
-        return lifecycle_graph("mermaid").source
+        return str(lifecycle_graph("mermaid").source)
     graph = lifecycle_graph("graphviz")
     graph.graph_attr["compound"] = "true"  # lets edges start and end at a cluster's border
     return graph.source if fmt == "dot" else render_svg(graph)
@@ -212,7 +212,7 @@ def lifecycle(fmt: str = "mermaid") -> str:
 def render_svg(graph: graphviz.Digraph) -> str:
     """Run Graphviz's `dot` on a graph; a missing or failing `dot` is named, not raised as a traceback."""
     try:
-        return graph.pipe(format="svg", engine="dot").decode()
+        return str(graph.pipe(format="svg", engine="dot").decode())
     except graphviz.ExecutableNotFound:
         raise DiagramError(
             "Graphviz's `dot` is not installed (Debian: apt-get install graphviz; "

@@ -438,7 +438,7 @@ def top_state(state: str | list[Any]) -> tuple[str, dict[str, str]]:
 
 def active_states(state: str | list[Any]) -> set[str]:
     """Every state a model is in now, by full name: each region's leaf and all their parents."""
-    names = set()
+    names: set[str] = set()
     for leaf in _flatten(state):
         parts = leaf.split(SEPARATOR)
         names.update(SEPARATOR.join(parts[:i]) for i in range(1, len(parts) + 1))

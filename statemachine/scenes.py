@@ -7,6 +7,7 @@ need Python, and the gates carry the lifecycle table's own guard words.
 from __future__ import annotations
 
 import itertools
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -53,7 +54,7 @@ def _scene_label(scene: Any) -> tuple[str, bool]:
     return f"{scene.scene_id} (page)", False
 
 
-def _boxes(nodes: tuple[Any, ...], counter: list[int]) -> list[_Box]:
+def _boxes(nodes: Sequence[Any], counter: list[int]) -> list[_Box]:
     out = []
     for node in nodes:
         counter[0] += 1
