@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import random
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
@@ -40,41 +40,102 @@ class StaticScene:
         return {"title": self.title, "html": self.html}
 
 
+INPUTS = ("held", "press", "turn")
+"""How keys become actions: keys held at each tick, one action per key press at the next tick, or one step per key."""
+_SPEC = re.compile(r"[A-Za-z_][\w.]*:[A-Za-z_]\w*")
+
+
 @dataclass(frozen=True)
 class GymScene:
-    """A game whose environment (`module:factory`) runs in Python in the page."""
+    """A game whose environment (`module:factory`) runs in Python in the participant's page.
+
+    The environment follows the Gymnasium API without importing it: `reset(seed=int) -> (obs, info)`,
+    `step(action) -> (obs, reward, terminated, truncated, info)` and `render() -> frame` (docs/games.md).
+    """
 
     scene_id: str
     environment: str
-    run_through_pyodide: bool = True
-    packages_to_install: tuple[str, ...] = ()
+    env_kwargs: Mapping[str, Any] = field(default_factory=dict)
+    packages_to_install: Sequence[str] = ()
+    keys: Mapping[str, Any] = field(default_factory=dict)
+    default_action: Any = 0
+    input: str = "held"
+    fps: int = 20
     episodes: int = 1
-    max_steps: int = 200
-    fps: int = 10
+    max_steps: int = 1000
+    time_limit_s: float | None = None
+    record_observations: bool = False
+    show_score: bool = False
+    pause_when_hidden: bool = False
+    assets: Mapping[str, str] = field(default_factory=dict)  # name -> image file, relative to the experiment file
     title: str = ""
     html: str = ""
+    run_through_pyodide: bool = True
     scene_type = "game"
 
     def __post_init__(self) -> None:
+        where = f"GymScene {self.scene_id!r}"
         object.__setattr__(self, "packages_to_install", tuple(self.packages_to_install))
-        if not re.fullmatch(r"[A-Za-z_][\w.]*:[A-Za-z_]\w*", self.environment):
+        object.__setattr__(self, "env_kwargs", dict(self.env_kwargs))
+        object.__setattr__(self, "keys", dict(self.keys))
+        object.__setattr__(self, "assets", dict(self.assets))
+        if not self.run_through_pyodide:
             raise ValueError(
-                f"GymScene {self.scene_id!r}: environment must be 'module:factory', got {self.environment!r}"
+                f"{where}: games run in the participant's page (Pyodide); run_through_pyodide=False is not supported"
             )
+        if not _SPEC.fullmatch(self.environment):
+            raise ValueError(f"{where}: environment must be 'module:factory', got {self.environment!r}")
+        if self.input not in INPUTS:
+            raise ValueError(f"{where}: input must be one of {', '.join(INPUTS)}, got {self.input!r}")
         if self.episodes < 1 or self.max_steps < 1 or self.fps < 1:
-            raise ValueError(f"GymScene {self.scene_id!r}: episodes, max_steps and fps must be at least 1")
+            raise ValueError(f"{where}: episodes, max_steps and fps must be at least 1")
+        if self.time_limit_s is not None and self.time_limit_s <= 0:
+            raise ValueError(f"{where}: time_limit_s must be positive, got {self.time_limit_s}")
+        for name, value in (
+            ("env_kwargs", self.env_kwargs),
+            ("keys", self.keys),
+            ("default_action", self.default_action),
+        ):
+            if not _is_plain(value):
+                raise ValueError(f"{where}: {name} must be plain data (numbers, strings, lists, maps)")
+        for name in self.assets:
+            if not re.fullmatch(r"[A-Za-z0-9_-]{1,64}", name):
+                raise ValueError(f"{where}: asset names are 1-64 letters, digits, '-' or '_', got {name!r}")
+
+    @property
+    def module(self) -> str:
+        """The top-level module the environment is imported from."""
+        return self.environment.split(":", 1)[0].split(".", 1)[0]
 
     def payload(self) -> dict[str, Any]:
         return {
             "title": self.title,
             "html": self.html,
             "environment": self.environment,
-            "run_through_pyodide": self.run_through_pyodide,
+            "env_kwargs": dict(self.env_kwargs),
             "packages_to_install": list(self.packages_to_install),
+            "keys": dict(self.keys),
+            "default_action": self.default_action,
+            "input": self.input,
+            "fps": self.fps,
             "episodes": self.episodes,
             "max_steps": self.max_steps,
-            "fps": self.fps,
+            "time_limit_s": self.time_limit_s,
+            "record_observations": self.record_observations,
+            "show_score": self.show_score,
+            "pause_when_hidden": self.pause_when_hidden,
+            "assets": sorted(self.assets),
         }
+
+
+def _is_plain(value: Any) -> bool:
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return True
+    if isinstance(value, (list, tuple)):
+        return all(_is_plain(v) for v in value)
+    if isinstance(value, dict):
+        return all(isinstance(k, str) and _is_plain(v) for k, v in value.items())
+    return False
 
 
 @dataclass(frozen=True)

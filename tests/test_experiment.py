@@ -42,8 +42,8 @@ def test_pyodide_config_sees_games_inside_nested_wrappers():
     assert exp.pyodide_config == {"needs_pyodide": True, "packages_to_install": ["alpha", "beta", "zeta"]}
     assert make(GAME).pyodide_config == {"needs_pyodide": True, "packages_to_install": ["alpha", "zeta"]}
     assert make(A).pyodide_config == {"needs_pyodide": False, "packages_to_install": []}
-    plain = GymScene("plain", "env:Make", run_through_pyodide=False, packages_to_install=("x",))
-    assert make(plain).pyodide_config["needs_pyodide"] is False
+    with pytest.raises(ValueError, match="runs in the participant's page|games run in the participant's page"):
+        GymScene("plain", "env:Make", run_through_pyodide=False, packages_to_install=("x",))
 
 
 def test_planning_leaves_the_shared_definition_untouched():
