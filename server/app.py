@@ -27,7 +27,8 @@ from .study import Study
 
 __all__ = ["Config", "make_app"]
 
-CLIENT_DIR = Path(__file__).resolve().parent.parent / "client" / "web"
+SERVER_DIR = Path(__file__).resolve().parent
+CLIENT_DIR = SERVER_DIR.parent / "client" / "web"
 
 
 class RateLimit:
@@ -178,6 +179,7 @@ def make_app(config: Config) -> tornado.web.Application:
         (r"/", ParticipantPage),
         (r"/ws", ParticipantSocket, {"study": study}),
         (r"/client/lifecycle\.js", PageModule, {"source": page_module()}),
+        (r"/client/(game_contract\.py)", tornado.web.StaticFileHandler, {"path": str(SERVER_DIR)}),
         (r"/client/(.*)", tornado.web.StaticFileHandler, {"path": str(CLIENT_DIR)}),
         (r"/vendor/msgpack/(.*)", tornado.web.StaticFileHandler, {"path": str(MSGPACK_DIR)}),
         (r"/simple/?", SimpleIndex, {"runtime": study.runtime}),

@@ -322,6 +322,13 @@ class Experiment:
         packages = sorted({p for g in games for p in g.packages_to_install})
         return {"needs_pyodide": bool(games), "packages_to_install": packages}
 
+    @staticmethod
+    def episode_seeds(seed: int, index: int, episodes: int) -> list[int]:
+        """The seeds a game scene resets its episodes with: derived from the participant's recorded seed, so an
+        episode can be replayed offline."""
+        rng = random.Random(f"{seed}:{index}")
+        return [rng.randrange(2**31) for _ in range(episodes)]
+
     def plan(self, seed: int) -> tuple[Placed, ...]:
         """This participant's scene order; the same seed always gives the same order."""
         rng = random.Random(seed)

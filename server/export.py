@@ -68,6 +68,32 @@ def _fields(record: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in record.items() if k not in ("kind", "t", "wall", "dir", "scene_id")}
 
 
+STEP_COLUMNS = [
+    "session_id", "participant_id", "scene_id", "episode", "step", "seed", "action", "reward", "terminated",
+    "truncated", "info", "keys", "t", "visible", "observation",
+]  # fmt: skip
+
+
+def steps(session_id: str, records: list[dict[str, Any]]) -> Iterator[dict[str, Any]]:
+    """One row per step of every game the participant played, with the seed its episode was reset with."""
+    participant = next((r.get("participant_id") for r in records if r["kind"] == "begin"), None)
+    seeds: dict[str, list[int]] = {}
+    for record in records:
+        if record["kind"] == "scene" and record.get("seeds"):
+            seeds[record["scene_id"]] = record["seeds"]
+        elif record["kind"] == "steps":
+            scene_seeds = seeds.get(record["scene_id"], [])
+            for step in record["steps"]:
+                episode = step.get("episode", 0)
+                yield {
+                    **{c: step.get(c) for c in STEP_COLUMNS},
+                    "session_id": session_id,
+                    "participant_id": participant,
+                    "scene_id": record["scene_id"],
+                    "seed": scene_seeds[episode] if episode < len(scene_seeds) else None,
+                }
+
+
 def events(session_id: str, records: list[dict[str, Any]]) -> Iterator[dict[str, Any]]:
     """One row per record; what is specific to its kind goes into `data`."""
     participant = next((r.get("participant_id") for r in records if r["kind"] == "begin"), None)
@@ -153,19 +179,23 @@ def participant(session_id: str, records: list[dict[str, Any]], torn: int) -> di
 
 
 def export(data_dir: Path, fmt: str, output: Path) -> dict[str, int]:
-    """Write `events` and `participants` tables to `output`; returns the row counts."""
+    """Write `events`, `participants` and `steps` tables to `output`; returns the row counts."""
     files = session_files(data_dir)
     output.mkdir(parents=True, exist_ok=True)
-    counts = {"participants": 0, "events": 0}
+    counts = {"participants": 0, "events": 0, "steps": 0}
     with (
         _Table(output / f"events.{fmt}", EVENT_COLUMNS) as ev,
         _Table(output / f"participants.{fmt}", PARTICIPANT_COLUMNS) as people,
+        _Table(output / f"steps.{fmt}", STEP_COLUMNS) as played,
     ):
         for path in files:
             records = list(read_records(path))
             for row in events(path.stem, records):
                 ev.write(row)
                 counts["events"] += 1
+            for row in steps(path.stem, records):
+                played.write(row)
+                counts["steps"] += 1
             people.write(participant(path.stem, records, torn_bytes(path)))
             counts["participants"] += 1
     return counts
@@ -230,7 +260,8 @@ def main(argv: Iterable[str]) -> int:
         print(f"python -m server export: error: cannot write {output}: {exc.strerror}", file=sys.stderr)
         return 2
     print(
-        f"{counts['participants']} participants, {counts['events']} events → "
-        f"{output / ('participants.' + args.format)}, {output / ('events.' + args.format)}"
+        f"{counts['participants']} participants, {counts['events']} events, {counts['steps']} steps → "
+        f"{output / ('participants.' + args.format)}, {output / ('events.' + args.format)}, "
+        f"{output / ('steps.' + args.format)}"
     )
     return 0

@@ -44,7 +44,7 @@ class Refusal:
     message: str
 
 
-CLIENT_TYPES = ("hello", "ack", "screening", "preload", "advance", "game_event", "game_over")
+CLIENT_TYPES = ("hello", "ack", "screening", "preload", "advance", "game_event", "steps", "game_over")
 SERVER_TYPES = ("experiment_config", "activate_scene", "state", "error")
 PRELOAD_STATUSES = ("loading", "ready", "error")
 PRELOAD_STAGES: dict[str, tuple[float, str]] = {
@@ -173,6 +173,22 @@ def _plain(value: Any) -> str | None:
     return None
 
 
+MAX_STEPS = 256
+
+
+def _steps(value: Any) -> str | None:
+    """A batch of a game's steps: each a map of plain data numbered by episode and step."""
+    if not isinstance(value, list) or not 0 < len(value) <= MAX_STEPS:
+        return f"must be a list of 1 to {MAX_STEPS} steps"
+    for item in value:
+        if not isinstance(item, dict):
+            return "must hold maps"
+        for name in ("episode", "step"):
+            if _count(item.get(name)) is not None:
+                return f"{name} of every step must be a non-negative integer"
+    return _plain(value)
+
+
 @dataclass(frozen=True)
 class Schema:
     fields: Mapping[str, Validator]
@@ -205,6 +221,7 @@ SCHEMAS: dict[str, Schema] = {
     ),
     "advance": Schema({}),
     "game_event": Schema({}, open=True),
+    "steps": Schema({"steps": _steps}, required=("steps",)),
     "game_over": Schema({}, open=True),
 }
 

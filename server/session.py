@@ -20,7 +20,7 @@ from statemachine import SEPARATOR, Fired, RegionGuards, SessionMachine, top_sta
 
 from . import views
 from .clock import Clock, Timers
-from .experiment import Experiment, Placed
+from .experiment import Experiment, GymScene, Placed
 from .outbox import Outbox
 from .protocol import Writer
 
@@ -48,6 +48,7 @@ class Session(RegionGuards):
         "digest",
         "experiment",
         "facts",
+        "game_steps",
         "history",
         "index",
         "log",
@@ -111,6 +112,7 @@ class Session(RegionGuards):
         self.verdict: tuple[str, ...] = ()
         self.preload_result: str | None = None  # the preload region's answer, kept once the region is left
         self.outcome: str | None = None
+        self.game_steps = 0  # steps received from the game in progress, checked against its `game_over`
         self.place: Any = None
         self.history: list[tuple[float, str, str, str]] = []
         machine.add_model(self)
@@ -258,8 +260,17 @@ class Session(RegionGuards):
     def note_game_event(self, event: EventData) -> None:
         self.record("game_event", scene_id=self.plan[self.index].instance_id, data=_data(event))
 
+    def note_steps(self, event: EventData) -> None:
+        steps = _message(event)["steps"]
+        self.game_steps += len(steps)
+        self.record("steps", scene_id=self.plan[self.index].instance_id, steps=steps)
+
     def note_game_over(self, event: EventData) -> None:
-        self.record("game_over", scene_id=self.plan[self.index].instance_id, data=_data(event))
+        """Record the page's summary, and whether every step it reports reached the server."""
+        data = _data(event)
+        reported = data.get("steps")
+        check = {"reported_steps": reported, "received_steps": self.game_steps, "complete": reported == self.game_steps}
+        self.record("game_over", scene_id=self.plan[self.index].instance_id, data=data, check=check)
 
     def start_screening_timer(self, event: EventData) -> None:
         self._start("screening", self.timeouts.screening, "screening_timeout")
@@ -293,9 +304,19 @@ class Session(RegionGuards):
 
     # -- helpers ----------------------------------------------------------------------------
 
+    def episode_seeds(self) -> list[int] | None:
+        """This scene's episode seeds, if it is a game."""
+        scene = self.plan[self.index].scene
+        if not isinstance(scene, GymScene) or self.seed is None:
+            return None
+        return self.experiment.episode_seeds(self.seed, self.index, scene.episodes)
+
     def _activate(self) -> None:
         placed = self.plan[self.index]
-        self.record("scene", scene_id=placed.instance_id, scene_type=placed.scene_type, index=self.index)
+        self.game_steps = 0
+        seeds = self.episode_seeds()
+        extra = {"seeds": seeds} if seeds is not None else {}
+        self.record("scene", scene_id=placed.instance_id, scene_type=placed.scene_type, index=self.index, **extra)
         self.outbox.post(views.scene_message(self))
 
     def _start(self, name: str, delay: float, trigger: str) -> None:

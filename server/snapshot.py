@@ -25,6 +25,7 @@ def capture(session: Session) -> dict[str, Any]:
         "facts": session.facts,
         "verdict": list(session.verdict),
         "preload_result": session.preload_result,
+        "game_steps": session.game_steps,
         "outcome": session.outcome,
         "state": session.state,
         "place": session.place,
@@ -71,6 +72,7 @@ def restore(
     session.facts = saved["facts"]
     session.verdict = tuple(saved["verdict"])
     session.preload_result = saved["preload_result"]
+    session.game_steps = saved.get("game_steps", 0)
     session.rtt_ms = saved["rtt_ms"]
     session.outbox.seq = saved["seq"]
     session.place = saved["place"] if saved["place"] is not None else saved["state"]

@@ -24,9 +24,11 @@ def config_message(session: Session) -> dict[str, Any]:
 
 def scene_message(session: Session) -> dict[str, Any]:
     placed = session.plan[session.index]
-    return protocol.activate_scene(
-        placed.instance_id, placed.scene_type, session.index, len(session.plan), placed.scene.payload()
-    )
+    payload = placed.scene.payload()
+    seeds = session.episode_seeds()
+    if seeds is not None:
+        payload["seeds"] = seeds
+    return protocol.activate_scene(placed.instance_id, placed.scene_type, session.index, len(session.plan), payload)
 
 
 def state_message(session: Session) -> dict[str, Any]:

@@ -186,7 +186,8 @@ TRANSITIONS: list[dict[str, Any]] = [
         "after": "publish",
     },
     # The game: events are research data; game_over hands control back to the participant.
-    {"trigger": "game_event", "source": "in_game", "dest": None, "before": "note_game_event"},
+    {"trigger": "game_event", "source": IN_GAME, "dest": None, "before": "note_game_event"},
+    {"trigger": "steps", "source": IN_GAME, "dest": None, "before": "note_steps"},
     {"trigger": "preload", "source": ["ready", "in_game"], "dest": None, "before": "note_preload"},
     {"trigger": "game_over", "source": "in_game", "dest": "ready", "before": "note_game_over"},
     # The connection: a dropped socket parks the session; its token brings it back exactly where it was.
@@ -253,6 +254,7 @@ TRIGGER_LABELS: dict[str, str] = {
     "settle": "as soon as both regions have answered",
     "advance": "participant moves on",
     "game_event": "game data",
+    "steps": "a batch of game steps",
     "game_over": "game ends",
     "drop": "connection lost",
     "resume": "participant reconnects with their token",

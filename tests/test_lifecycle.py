@@ -367,3 +367,32 @@ def test_active_states_name_every_region_and_parent_a_session_is_in(machine, clo
         "preflight.preloading.loading",
     }
     assert active_states(session.state) <= set(state_names())
+
+
+def test_a_game_scene_gets_episode_seeds_derived_from_the_recorded_seed(machine, clock):
+    session, sent = new_session(machine, clock)
+    drive(session, SITUATIONS["in_game"])
+    [scene] = [m for m in sent if m["type"] == "activate_scene" and m["scene_type"] == "game"]
+    assert scene["seeds"] == example.episode_seeds(session.seed, session.index, scene["episodes"])
+    assert all(0 <= s < 2**31 for s in scene["seeds"])
+    assert example.episode_seeds(session.seed, session.index, 3) != example.episode_seeds(session.seed + 1, 2, 3)
+
+
+def test_batches_of_steps_are_recorded_and_game_over_is_checked_against_them(machine, clock):
+    session, _ = new_session(machine, clock)
+    drive(session, SITUATIONS["in_game"])
+    records: list[dict] = []
+    session.log = records.append
+    batch = [{"episode": 0, "step": n, "action": 1, "reward": 0.0} for n in (1, 2, 3)]
+    assert session.fire("steps", msg("steps", steps=batch)) is Fired.ACCEPTED
+    assert session.fire("steps", msg("steps", steps=batch[:1])) is Fired.ACCEPTED
+    assert session.fire("game_over", msg("game_over", steps=5, episodes=1)) is Fired.ACCEPTED
+    [over] = [r for r in records if r["kind"] == "game_over"]
+    assert [r["kind"] for r in records[:2]] == ["steps", "steps"] and records[0]["steps"] == batch
+    assert over["check"] == {"reported_steps": 5, "received_steps": 4, "complete": False}
+
+
+def test_steps_are_refused_outside_a_game(machine, clock):
+    session, _ = new_session(machine, clock)
+    drive(session, SITUATIONS["ready/instructions"])
+    assert session.fire("steps", msg("steps", steps=[{"episode": 0, "step": 1}])) is Fired.NOT_ACCEPTED

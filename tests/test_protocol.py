@@ -37,6 +37,16 @@ def test_a_valid_message_round_trips():
         (msgpack.packb({"type": "screening", "facts": {"nested": {"a": 1}}}), Code.BAD_MESSAGE, "plain value"),
         (msgpack.packb({"type": "preload", "status": "ready", "elapsed_ms": -1}), Code.BAD_MESSAGE, "non-negative"),
         (msgpack.packb({"type": "x" * 500}), Code.UNKNOWN_TYPE, "unknown message type"),
+        (msgpack.packb({"type": "steps", "steps": []}), Code.BAD_MESSAGE, "list of 1 to 256 steps"),
+        (msgpack.packb({"type": "steps", "steps": [{"step": 1}]}), Code.BAD_MESSAGE, "episode of every step"),
+        (msgpack.packb({"type": "steps", "steps": [{"episode": 0, "step": 1}] * 257}), Code.BAD_MESSAGE, "1 to 256"),
+        (
+            msgpack.packb(
+                {"type": "steps", "steps": [{"episode": 0, "step": 1, "info": {"a": {"b": [[[[[[[1]]]]]]]}}}]}
+            ),
+            Code.BAD_MESSAGE,
+            "nested deeper",
+        ),
         ("text", Code.BAD_MESSAGE, "binary"),
     ],
 )

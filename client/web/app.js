@@ -10,7 +10,7 @@ import { CLOSE, CODE, FINAL_STATES, GIVE_UP, PLAYING, STAGE, STAGES, STATUS, TYP
 const $ = (id) => document.getElementById(id);
 
 const preflight = (window.__preflight = { states: [], errors: [], runtime: null, firstFrameAt: null, firstStepAt: null,
-                                          connections: 0, games: 0 });
+                                          connections: 0, games: 0, steps: 0 });
 const params = Object.fromEntries(new URLSearchParams(location.search));
 const TOKEN_KEY = `preflight.token:${location.pathname}${location.search}`;
 
@@ -20,7 +20,13 @@ const played = new Set();  // scene instances whose game this page started: each
 // `?runtime=main` keeps Python on the page's own thread (the baseline the worker is measured against).
 const newRuntime = () => new Runtime(preflight.config.pyodide_config, reportPreload,
                                      { thread: params.runtime === "main" ? "main" : "worker" });
-const send = (message) => socket?.readyState === WebSocket.OPEN && socket.send(encode(message));
+// Research data the page produced while the connection was down waits for the next one (sent after its hello).
+const RESEARCH = new Set([TYPE.steps, TYPE.game_event, TYPE.game_over]);
+const waitingData = [];
+const send = (message) => {
+  if (socket?.readyState === WebSocket.OPEN) return socket.send(encode(message));
+  if (RESEARCH.has(message.type) && waitingData.length < 10_000) waitingData.push(message);
+};
 preflight.send = send;
 Object.defineProperty(preflight, "socket", { get: () => socket });
 
@@ -36,6 +42,7 @@ function connect() {
     const token = sessionStorage.getItem(TOKEN_KEY);
     send(token ? { type: TYPE.hello, resume_token: token, last_seq: lastSeq } : { type: TYPE.hello, params });
     if (token) notice("");
+    for (const message of waitingData.splice(0)) send(message);
   };
   socket.onclose = onClose;
   socket.onmessage = (event) => {
@@ -159,26 +166,30 @@ function waitingText(message) {
   return WAITING[message.state] ?? Object.values(message.regions || {}).map((leaf) => WAITING[leaf]).find(Boolean) ?? "";
 }
 
+// The game runs to its end, then the page reports a summary the server checks against the steps it received.
+// A game that cannot run ends as failed with a plain message: the participant is never stuck in it.
 async function startGame(gameScene) {
   preflight.games += 1;
   $("advance").disabled = true;
+  const before = preflight.steps;
+  const status = (text) => ($("waiting").textContent = text);
   try {
-    $("waiting").textContent = runtime?.status === STATUS.ready ? "" : "Preparing the game…";
-    const python = await gameRuntime(gameScene);
+    status(runtime?.status === STATUS.ready ? "" : "Preparing the game…");
+    const python = await gameRuntime();
     $("progress").hidden = true;
-    $("waiting").textContent = "Use the arrow keys to move.";
-    await playGame(python, gameScene, $("game"), send);
-    $("waiting").textContent = "";
+    status("");
+    const summary = await playGame(python, gameScene, $("game"), { send, status });
+    send({ type: TYPE.game_over, ...summary });
   } catch (err) {
-    notice(`The game could not run: ${String(err.message || err).split("\n").pop()}`);
-    send({ type: TYPE.game_over, failed: true, error: String(err.message || err).slice(0, 500) });
+    const text = String(err?.message || err).trim().split("\n").pop().slice(0, 500);
+    notice(`The game could not run: ${text}`);
+    send({ type: TYPE.game_over, failed: true, error: text, steps: preflight.steps - before });
   }
 }
 
 // The preloaded runtime when there is one; only a failed preload (or one the server stopped waiting for)
 // makes the game load Python itself: in the same worker, a new one, or on the page when no worker can run it.
-function gameRuntime(gameScene) {
-  if (!gameScene.run_through_pyodide) return Promise.resolve(null);
+function gameRuntime() {
   runtime ??= preflight.runtime = newRuntime();
   return runtime.load({ fallback: true });
 }

@@ -1,23 +1,28 @@
 // Pyodide itself: the load recipe and the game environments. It runs wherever the runtime lives,
 // in the dedicated worker (runtime-worker.js) or, as the last resort, on the page (runtime.js).
-// `notify` receives {kind: "progress", report} as each stage starts and {kind: "core"} per loadPyodide().
+// `notify(event, transfer)` receives {kind: "progress", report} as each stage starts, {kind: "core"} per
+// loadPyodide(), and {kind: "game", ...} while a game plays (frames, batches of steps, episode breaks).
+// The game loop runs here, next to Python, so a busy page never slows its ticks.
 
 import { STAGE, STATUS } from "/client/lifecycle.js";
 
 const now = () => performance.timeOrigin + performance.now();  // comparable across the page and its workers
+const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, Math.max(0, ms)));
+const EPISODE_PAUSE_MS = 1500;  // "Episode k of n" between episodes
+const BATCH_STEPS = 64, BATCH_MS = 250;  // steps leave for the server in batches, at least four times a second
 
 export class PythonHost {
   constructor(notify) {
     this.notify = notify;
     this.core = null;        // the interpreter, kept when a later stage failed so a retry does not reload it
     this.pyodide = null;     // set once everything is installed
-    this.envs = new Map();
-    this.nextEnv = 0;
+    this.contract = null;    // server/game_contract.py, imported once Python is loaded
+    this.controls = null;    // the keys, presses and visibility of the game in play
   }
 
   // One operation of the message interface; its result must survive structured cloning.
   call(op, args) {
-    const handler = { load: this.load, open: this.open, reset: this.reset, step: this.step, close: this.close }[op];
+    const handler = { load: this.load, play: this.play, input: this.input }[op];
     if (!handler) throw new Error(`unknown runtime operation: ${op}`);
     return handler.apply(this, args);
   }
@@ -40,7 +45,10 @@ export class PythonHost {
     }
     stage(STAGE.preparing, { done: packages.length, total: packages.length });
     micropip.destroy();
-    pyodide.runPython("import sys");
+    const contract = await fetch(new URL("/client/game_contract.py", origin));
+    if (!contract.ok) throw new Error(`the game contract could not be fetched (HTTP ${contract.status})`);
+    pyodide.FS.writeFile(`${pyodide.FS.cwd()}/preflight_game_contract.py`, await contract.text());
+    this.contract = pyodide.pyimport("preflight_game_contract");
     this.pyodide = pyodide;
   }
 
@@ -55,43 +63,121 @@ export class PythonHost {
     return loadPyodide(options);
   }
 
-  // A new environment from "module:factory"; returns its id.
-  open(spec) {
+  // Play a game scene to its end: every episode, each step at the scene's rate (or on each key for "turn").
+  // Resolves with the summary the page reports in `game_over`; a broken environment rejects with a plain message.
+  async play(scene) {
     if (!this.pyodide) throw new Error("Python is not loaded");
-    const [module, factory] = spec.split(":");
-    const imported = this.pyodide.pyimport(module), make = imported[factory];
+    const controls = this.controls = { held: [], presses: [], visible: true, wake: null };
+    const started = now(), deadline = scene.time_limit_s ? started + 1000 * scene.time_limit_s : Infinity;
+    const period = 1000 / scene.fps;
+    let game = null, total = 0, steps = 0, episodes = 0, reason = "done", batch = [], flushedAt = now();
+    const flush = () => {
+      if (batch.length) this.notify({ kind: "game", type: "steps", steps: batch });
+      batch = [];
+      flushedAt = now();
+    };
     try {
-      this.envs.set(++this.nextEnv, make());
+      game = this.python(() => this.contract.load(scene.environment, this.pyodide.toPy(scene.env_kwargs)));
+      for (let episode = 0; episode < scene.episodes && reason === "done"; episode++) {
+        if (episode > 0) {
+          flush();
+          this.notify({ kind: "game", type: "episode", episode, episodes: scene.episodes, score: total });
+          await sleep(EPISODE_PAUSE_MS);
+        }
+        this.python(() => game.reset(scene.seeds[episode]));
+        this.frame(game, episode, 0, total);
+        let step = 0, over = false, next = now();
+        while (!over) {
+          let action = scene.default_action, keys = [];
+          if (scene.input === "turn") {
+            const key = await this.nextPress(deadline);
+            if (key === null) { reason = "time_limit"; break; }
+            action = scene.keys[key];
+            keys = [key];
+          } else {
+            next += period;
+            await sleep(next - now());
+            while (scene.pause_when_hidden && !controls.visible && now() < deadline) {
+              await this.wait(deadline);
+              next = now();
+            }
+            if (now() >= deadline) { reason = "time_limit"; break; }
+            keys = scene.input === "held" ? controls.held.slice() : controls.presses.splice(0, 1);
+            const key = scene.input === "held" ? keys[keys.length - 1] : keys[0];
+            if (key !== undefined && controls.visible) action = scene.keys[key];
+          }
+          const result = this.python(() => game.step(this.pyodide.toPy(action)));
+          step += 1;
+          steps += 1;
+          total += result.reward;
+          const truncated = result.truncated || step >= scene.max_steps;
+          over = result.terminated || truncated;
+          batch.push({ episode, step, action, reward: result.reward, terminated: result.terminated, truncated,
+                       info: result.info, keys, visible: controls.visible, t: Math.round(now()),
+                       ...(scene.record_observations ? { observation: result.observation } : {}) });
+          this.frame(game, episode, step, total);
+          if (batch.length >= BATCH_STEPS || now() - flushedAt >= BATCH_MS) flush();
+        }
+        episodes = episode + 1;
+      }
+    } catch (err) {
+      err.steps = steps;
+      throw err;
     } finally {
-      make.destroy();
-      imported.destroy();
+      flush();
+      game?.destroy();
+      this.controls = null;
     }
-    return this.nextEnv;
+    return { episodes, steps, total_reward: Math.round(total * 1e6) / 1e6, reason };
   }
 
-  reset(id) {
-    return this.convert(this.env(id).reset());
+  // The page's keys and visibility: {held: [keys, oldest first]}, {press: key} or {visible: bool}.
+  input(event) {
+    const controls = this.controls;
+    if (!controls) return;
+    if (event.held) controls.held = event.held;
+    if (event.press) controls.presses.push(event.press);
+    if (event.visible !== undefined) controls.visible = event.visible;
+    controls.wake?.();
   }
 
-  // One step: the observation to draw, the reward and whether the episode is over.
-  step(id, action) {
-    const [observation, reward, done] = this.convert(this.env(id).step(action));
-    return { observation, reward, done };
+  async nextPress(deadline) {
+    while (!this.controls.presses.length) {
+      if (now() >= deadline) return null;
+      await this.wait(deadline);
+    }
+    return this.controls.presses.shift();
   }
 
-  close(id) {
-    this.envs.get(id)?.destroy();
-    this.envs.delete(id);
+  // Until the next input, or the deadline.
+  wait(deadline) {
+    return new Promise((resolve) => {
+      const timer = deadline === Infinity ? null : setTimeout(resolve, Math.max(0, deadline - now()));
+      this.controls.wake = () => { clearTimeout(timer); this.controls.wake = null; resolve(); };
+    });
   }
 
-  env(id) {
-    const env = this.envs.get(id);
-    if (!env) throw new Error(`no environment ${id}`);
-    return env;
+  // Render, and hand the frame to the page: a drawing as it is, an RGB image as a transferred buffer.
+  frame(game, episode, step, score) {
+    const frame = this.python(() => game.frame());
+    const transfer = frame.kind === "rgb" ? [(frame.data = frame.data.slice().buffer)] : [];
+    this.notify({ kind: "game", type: "frame", episode, step, score, frame }, transfer);
+  }
+
+  // Call into Python and convert the result; a Python error becomes its last line (the contract's own words).
+  python(call) {
+    let value;
+    try {
+      value = call();
+    } catch (err) {
+      const lines = String(err?.message || err).trim().split("\n");
+      throw new Error(lines[lines.length - 1].replace(/^(preflight_game_contract\.)?ContractError: /, ""));
+    }
+    return this.convert(value);
   }
 
   convert(value) {
-    if (!value?.toJs) return value;
+    if (!value?.toJs || value.type === "Game") return value;
     try {
       return value.toJs({ dict_converter: Object.fromEntries });
     } finally {

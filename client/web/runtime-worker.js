@@ -1,9 +1,9 @@
 // The dedicated worker the page's Python runtime lives in, so loading and stepping never block the page.
 // Page -> worker: {id, op, args}. Worker -> page: {kind: "started"} once, {kind: "progress", report} and
-// {kind: "core"} as they happen, {kind: "reply", id, ok, value | error} for each request, in order.
+// {kind: "core"} and {kind: "game", ...} as they happen, {kind: "reply", id, ok, value | error} for each request.
 import { PythonHost } from "./python.js";
 
-const host = new PythonHost((event) => self.postMessage(event));
+const host = new PythonHost((event, transfer = []) => self.postMessage(event, transfer));
 
 self.onmessage = async ({ data: { id, op, args } }) => {
   try {

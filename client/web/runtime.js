@@ -168,6 +168,7 @@ export class Runtime {
 
   _event(event) {
     if (event.kind === "core") this.loads += 1;
+    else if (event.kind === "game") this.onGame?.(event);
     else if (event.kind === "progress" && this.status === STATUS.loading) this.report(event.report);
   }
 
@@ -176,16 +177,20 @@ export class Runtime {
     if (this.status === STATUS.ready) this.status = STATUS.error;
   }
 
-  // A game environment ("module:factory") on the runtime's side; every call is a round trip there.
-  async environment(spec) {
-    const side = this.side;
+  // Play a game scene where the runtime lives; `onGame` receives its frames, step batches and episode breaks.
+  async play(scene, onGame) {
     if (this.status !== STATUS.ready) throw new Error("Python is not ready");
-    const id = await side.call("open", [spec]);
-    return {
-      reset: () => side.call("reset", [id]),
-      step: (action) => side.call("step", [id, action]),
-      close: () => (side.dead ? Promise.resolve() : side.call("close", [id])),
-    };
+    this.onGame = onGame;
+    try {
+      return await this.side.call("play", [scene]);
+    } finally {
+      this.onGame = null;
+    }
+  }
+
+  // Keys and visibility for the game in play; nothing waits for a reply.
+  input(event) {
+    this.side?.call("input", [event]).catch(() => {});
   }
 
   terminate() {
