@@ -518,3 +518,19 @@ def test_drawings_that_break_the_format_say_where(drawing, message):
 def test_ten_thousand_shapes_are_allowed():
     drawing = shapes(*[{"kind": "circle", "x": 0, "y": 0, "r": 1}] * 10_000)
     assert len(broken(render=drawing).frame()["drawing"]["shapes"]) == 10_000
+
+
+def test_the_example_environment_in_the_docs_keeps_the_contract():
+    text = (EXAMPLES.parent.parent / "docs" / "games.md").read_text()
+    source = next(block for block in text.split("```python\n")[1:] if "def make" in block).split("```")[0]
+    namespace: dict = {}
+    exec(source, namespace)
+    runs = [replay_module(namespace["make"], seed) for seed in (1, 1, 2)]
+    assert runs[0] == runs[1] and len(runs[0]) == 5 and runs[0][-1]["terminated"]
+
+
+def replay_module(make, seed: int) -> list[dict]:
+    game = Game(make())
+    game.reset(seed)
+    assert game.frame()["kind"] == "drawing"
+    return [game.step(a % 2) for a in range(5)]
