@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import ast
+import json
 import random
+import subprocess
 import sys
 import textwrap
 from pathlib import Path
@@ -16,6 +18,7 @@ from server.game_contract import ContractError, Game, check_drawing, load, repla
 from server.loader import load_experiment
 
 EXAMPLES = Path(game_contract.__file__).parent / "examples"
+PYODIDE = EXAMPLES.parent.parent / "node_modules" / "pyodide"
 RESET_SHAPE = r"expected \(observation, info\)"
 STEP_SHAPE = r"expected \(observation, reward, terminated, truncated, info\)"
 RENDER_SHAPE = r"expected a drawing \{width, height, shapes\} or an RGB image \(H×W×3\)"
@@ -534,3 +537,44 @@ def replay_module(make, seed: int) -> list[dict]:
     game.reset(seed)
     assert game.frame()["kind"] == "drawing"
     return [game.step(a % 2) for a in range(5)]
+
+
+IN_PYODIDE = """
+import {{ loadPyodide }} from {module};
+import fs from "node:fs";
+const py = await loadPyodide({{ indexURL: {index} }});
+for (const [source, name] of {files}) py.FS.writeFile(`/home/pyodide/${{name}}`, fs.readFileSync(source));
+console.log(py.runPython({code}));
+"""
+REPLAYED = [
+    ("catch_env:make", {"balls": 3}, 7, [i % 3 for i in range(300)]),
+    ("pixels_env:make", {}, 3, [1, 2, 3, 4] * 5),
+]
+
+
+def test_the_contract_runs_in_pyodide_and_replays_as_cpython_does(examples, tmp_path):
+    """The page's Pyodide (under Node here) must give the same steps and pixels as the CPython that checks an export."""
+    files = [(str(Path(game_contract.__file__)), "game_contract.py")] + [
+        (str(EXAMPLES / folder / f"{folder}_env.py"), f"{folder}_env.py") for folder in ("gridworld", "catch", "pixels")
+    ]
+    code = (
+        "import sys, json; sys.path.insert(0, '/home/pyodide'); import game_contract as gc\n"
+        f"runs = [gc.replay(spec, kwargs, [(seed, actions)]) for spec, kwargs, seed, actions in {REPLAYED!r}]\n"
+        "game = gc.load('pixels_env:make', {}); game.reset(3); frame = game.frame()\n"
+        "json.dumps({'runs': runs, 'frame': frame['data'].hex()})"
+    )
+    script = tmp_path / "contract.mjs"
+    script.write_text(
+        IN_PYODIDE.format(
+            module=json.dumps(str(PYODIDE / "pyodide.mjs")),
+            index=json.dumps(f"{PYODIDE}/"),
+            files=json.dumps(files),
+            code=json.dumps(code),
+        )
+    )
+    done = subprocess.run(["node", str(script)], capture_output=True, text=True, timeout=120, check=True)
+    pyodide = json.loads(done.stdout.strip().splitlines()[-1])
+    game = load("pixels_env:make", {})
+    game.reset(3)
+    assert pyodide["frame"] == game.frame()["data"].hex()
+    assert pyodide["runs"] == [replay(spec, kwargs, [(seed, actions)]) for spec, kwargs, seed, actions in REPLAYED]
