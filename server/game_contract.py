@@ -1,0 +1,344 @@
+"""The game contract: a researcher's environment adapted to what the page needs, every result checked.
+
+Standard library only and free of package-relative imports, because the browser worker fetches this
+file and imports it in Pyodide, while the tests and the reproducibility check import it in CPython.
+The formats it accepts are documented in docs/games.md.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import math
+import re
+import traceback
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any
+
+MAX_SHAPES = 10_000
+MAX_TEXT = 1_000
+MAX_IMAGE_SIDE = 2_048
+MAX_DEPTH = 32
+PLAIN = "plain data (numbers, strings, lists, maps)"
+DRAWING = "a drawing {width, height, shapes} or an RGB image (H×W×3)"
+RESET = "(observation, info)"
+STEP = "(observation, reward, terminated, truncated, info)"
+
+_SPEC = re.compile(r"[A-Za-z_][\w.]*:[A-Za-z_]\w*")
+_INT64 = (-(2**63), 2**64 - 1)
+_ALIGN = ("left", "center", "right")
+_NUMBERS = frozenset({"x", "y", "w", "h", "r", "x1", "y1", "x2", "y2", "size", "line_width"})
+_NON_NEGATIVE = frozenset({"w", "h", "r", "line_width"})
+_COLOURS = frozenset({"fill", "stroke"})
+_SHAPES: dict[str, tuple[tuple[str, ...], dict[str, Any]]] = {
+    "rect": (("x", "y", "w", "h"), {"fill": None, "stroke": None, "line_width": 1}),
+    "circle": (("x", "y", "r"), {"fill": None, "stroke": None, "line_width": 1}),
+    "line": (("x1", "y1", "x2", "y2"), {"stroke": "#000", "line_width": 1}),
+    "text": (("x", "y", "text"), {"size": 16, "fill": "#000", "align": "left"}),
+    "image": (("x", "y", "w", "h", "asset"), {}),
+}
+_DRAWING_FIELDS = ("width", "height", "background", "shapes")
+
+
+class ContractError(Exception):
+    """The environment broke the contract; the message is plain enough to show a participant and record."""
+
+
+def load(spec: str, kwargs: Mapping[str, Any] | None = None, *, assets: Iterable[str] | None = None) -> Game:
+    """Import `module:factory` and call `factory(**kwargs)`, so every failure to start is one ContractError."""
+    if not isinstance(spec, str) or not _SPEC.fullmatch(spec):
+        raise ContractError(f"environment must be 'module:factory', got {_short(spec)}")
+    module_name, factory_name = spec.split(":")
+    try:
+        module = importlib.import_module(module_name)
+    except Exception as exc:
+        raise ContractError(f"could not import {module_name}: {_last_line(exc)}") from exc
+    factory = getattr(module, factory_name, None)
+    if factory is None:
+        raise ContractError(f"module {module_name} has no {factory_name}; expected a factory for {spec}")
+    if not callable(factory):
+        raise ContractError(f"{spec} is {_kind(factory)}; expected a class or function that makes the environment")
+    try:
+        env = factory(**dict(kwargs or {}))
+    except Exception as exc:
+        raise ContractError(f"{factory_name}(**env_kwargs) failed: {_last_line(exc)}") from exc
+    return Game(env, assets=assets)
+
+
+class Game:
+    """One environment behind the contract: each call returns plain, checked data or raises ContractError."""
+
+    def __init__(self, env: Any, *, assets: Iterable[str] | None = None) -> None:
+        missing = [name for name in ("reset", "step", "render") if not callable(getattr(env, name, None))]
+        if missing:
+            raise ContractError(
+                f"the environment ({type(env).__name__}) has no {', '.join(m + '()' for m in missing)}; "
+                "expected reset(seed=...), step(action) and render()"
+            )
+        try:
+            inspect.signature(env.reset).bind(seed=0)
+        except TypeError as exc:
+            raise ContractError("reset() must accept a seed keyword: def reset(self, seed=None, options=None)") from exc
+        except ValueError:
+            pass
+        self.env = env
+        self.assets = None if assets is None else frozenset(assets)
+
+    def reset(self, seed: int) -> dict[str, Any]:
+        """Start an episode from the server's seed, which is all the randomness an episode may use."""
+        if isinstance(seed, bool) or not isinstance(seed, int):
+            raise TypeError(f"seed must be an int, got {_short(seed)}")
+        result = self._call("reset", lambda: self.env.reset(seed=seed))
+        if not isinstance(result, tuple) or len(result) != 2:
+            raise ContractError(f"reset() returned {_kind(result)}; expected {RESET}")
+        observation, info = result
+        return {"observation": plain(observation, "observation"), "info": _info(info)}
+
+    def step(self, action: Any) -> dict[str, Any]:
+        """Take one action and check all five parts of what comes back."""
+        result = self._call("step", lambda: self.env.step(action))
+        if not isinstance(result, tuple) or len(result) != 5:
+            raise ContractError(f"step() returned {_kind(result)}; expected {STEP}")
+        observation, reward, terminated, truncated, info = result
+        return {
+            "observation": plain(observation, "observation"),
+            "reward": _reward(reward),
+            "terminated": _flag(terminated, "terminated"),
+            "truncated": _flag(truncated, "truncated"),
+            "info": _info(info),
+        }
+
+    def frame(self) -> dict[str, Any]:
+        """What to show now: a checked drawing, or an RGB image as bytes the page can put on a canvas."""
+        picture = self._call("render", self.env.render)
+        if isinstance(picture, Mapping):
+            return {"kind": "drawing", "drawing": check_drawing(picture, self.assets)}
+        if hasattr(picture, "shape") and callable(getattr(picture, "tobytes", None)):
+            return _rgb_array(picture)
+        if isinstance(picture, (list, tuple)):
+            return _rgb_lists(picture)
+        raise ContractError(f"render() returned {_kind(picture)}; expected {DRAWING}")
+
+    def _call(self, name: str, call: Callable[[], Any]) -> Any:
+        try:
+            return call()
+        except ContractError:
+            raise
+        except Exception as exc:
+            raise ContractError(f"{name}() raised {_last_line(exc)}") from exc
+
+
+def replay(
+    spec: str, kwargs: Mapping[str, Any] | None, episodes: Sequence[tuple[int, Sequence[Any]]]
+) -> list[list[dict[str, Any]]]:
+    """Rerun recorded episodes in this Python, so an export can be compared with what the environment does here."""
+    game = load(spec, kwargs)
+    runs = []
+    for seed, actions in episodes:
+        game.reset(seed)
+        run = []
+        for action in actions:
+            result = game.step(action)
+            run.append({k: result[k] for k in ("reward", "terminated", "truncated")})
+            if result["terminated"] or result["truncated"]:
+                break
+        runs.append(run)
+    return runs
+
+
+def plain(value: Any, name: str) -> Any:
+    """`value` as data the page and the export can carry; `name` is what an error calls it."""
+    return _plain(value, name, name, 0)
+
+
+def _plain(value: Any, name: str, where: str, depth: int) -> Any:
+    if depth > MAX_DEPTH:
+        raise ContractError(f"{name} must be {PLAIN}; it is nested more than {MAX_DEPTH} deep at {where}")
+    if value is None or isinstance(value, bool):
+        return value
+    if isinstance(value, int):
+        if not _INT64[0] <= value <= _INT64[1]:
+            raise ContractError(f"{name} must be {PLAIN}; {where} is an integer wider than 64 bits")
+        return int(value)
+    if isinstance(value, float):
+        return float(value)
+    if isinstance(value, str):
+        return str(value)
+    if isinstance(value, (list, tuple)):
+        return [_plain(v, name, f"{where}[{i}]", depth + 1) for i, v in enumerate(value)]
+    if isinstance(value, dict):
+        out = {}
+        for key, v in value.items():
+            if not isinstance(key, str):
+                raise ContractError(f"{name} must be {PLAIN}; {where} has a key {_short(key)} that is not a string")
+            out[str(key)] = _plain(v, name, f"{where}[{key!r}]", depth + 1)
+        return out
+    if callable(getattr(value, "tolist", None)):
+        return _plain(value.tolist(), name, where, depth + 1)
+    raise ContractError(f"{name} must be {PLAIN}; {where} is {_kind(value)}")
+
+
+def _info(info: Any) -> dict[str, Any]:
+    if not isinstance(info, dict):
+        raise ContractError(f"info must be a dict of {PLAIN}, got {_kind(info)}")
+    checked: dict[str, Any] = plain(info, "info")
+    return checked
+
+
+def _reward(reward: Any) -> float:
+    value = reward.tolist() if callable(getattr(reward, "tolist", None)) else reward
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ContractError(f"reward must be a number, got {_short(reward)}")
+    if not math.isfinite(value):
+        raise ContractError(f"reward must be a finite number, got {_short(reward)}")
+    return float(value)
+
+
+def _flag(flag: Any, name: str) -> bool:
+    value = flag.tolist() if callable(getattr(flag, "tolist", None)) else flag
+    if not isinstance(value, bool):
+        raise ContractError(f"{name} must be True or False, got {_short(flag)}")
+    return value
+
+
+def check_drawing(drawing: Mapping[str, Any], assets: frozenset[str] | None = None) -> dict[str, Any]:
+    """The drawing with its numbers made plain and every default filled in, so the page draws exactly what it gets."""
+    unknown = sorted(str(k) for k in drawing if k not in _DRAWING_FIELDS)
+    if unknown:
+        raise ContractError(f"drawing has unknown fields {', '.join(unknown)}; expected {', '.join(_DRAWING_FIELDS)}")
+    width = _number(drawing.get("width"), "drawing width", positive=True)
+    height = _number(drawing.get("height"), "drawing height", positive=True)
+    background = _colour(drawing.get("background", "#fff"), "drawing background")
+    shapes = drawing.get("shapes")
+    if not isinstance(shapes, (list, tuple)):
+        raise ContractError(f"drawing shapes must be a list, got {_kind(shapes)}")
+    if len(shapes) > MAX_SHAPES:
+        raise ContractError(f"drawing has {len(shapes):,} shapes; at most {MAX_SHAPES:,} are allowed")
+    return {
+        "width": width,
+        "height": height,
+        "background": background,
+        "shapes": [_shape(shape, i, assets) for i, shape in enumerate(shapes)],
+    }
+
+
+def _shape(shape: Any, index: int, assets: frozenset[str] | None) -> dict[str, Any]:
+    where = f"drawing shape {index}"
+    if not isinstance(shape, Mapping):
+        raise ContractError(f"{where} is {_kind(shape)}; expected a map with a kind")
+    kind = shape.get("kind")
+    if kind not in _SHAPES:
+        raise ContractError(f"{where} has kind {_short(kind)}; expected one of {', '.join(_SHAPES)}")
+    required, optional = _SHAPES[kind]
+    where = f"{where} ({kind})"
+    unknown = sorted(str(k) for k in shape if k != "kind" and k not in required and k not in optional)
+    if unknown:
+        expected = ", ".join(("kind", *required, *optional))
+        raise ContractError(f"{where} has unknown fields {', '.join(unknown)}; expected {expected}")
+    missing = [k for k in required if k not in shape]
+    if missing:
+        raise ContractError(f"{where} is missing {', '.join(missing)}")
+    out: dict[str, Any] = {"kind": kind}
+    for key in (*required, *optional):
+        value = shape.get(key, optional.get(key))
+        label = f"{where} {key}"
+        if key in _NUMBERS:
+            out[key] = _number(value, label, positive=key == "size", non_negative=key in _NON_NEGATIVE)
+        elif key in _COLOURS:
+            out[key] = None if value is None else _colour(value, label)
+        elif key == "align":
+            if value not in _ALIGN:
+                raise ContractError(f"{label} must be one of {', '.join(_ALIGN)}, got {_short(value)}")
+            out[key] = value
+        elif key == "text":
+            if not isinstance(value, str) or len(value) > MAX_TEXT:
+                raise ContractError(f"{label} must be a string of at most {MAX_TEXT:,} characters")
+            out[key] = str(value)
+        elif key == "asset":
+            if not isinstance(value, str) or (assets is not None and value not in assets):
+                declared = ", ".join(sorted(assets)) if assets else "none"
+                raise ContractError(f"{label} {_short(value)} is not an asset the scene declares ({declared})")
+            out[key] = value
+    if kind in ("rect", "circle") and "fill" not in shape and "stroke" not in shape:
+        out["fill"] = "#000"
+    return out
+
+
+def _number(value: Any, label: str, *, positive: bool = False, non_negative: bool = False) -> int | float:
+    number = value.tolist() if callable(getattr(value, "tolist", None)) else value
+    if isinstance(number, bool) or not isinstance(number, (int, float)) or not math.isfinite(number):
+        raise ContractError(f"{label} must be a number, got {_short(value)}")
+    if positive and number <= 0:
+        raise ContractError(f"{label} must be positive, got {number}")
+    if non_negative and number < 0:
+        raise ContractError(f"{label} must not be negative, got {number}")
+    return number
+
+
+def _colour(value: Any, label: str) -> str:
+    if not isinstance(value, str) or not 0 < len(value) <= 64:
+        raise ContractError(f"{label} must be a CSS colour such as '#fff' or 'red', got {_short(value)}")
+    return str(value)
+
+
+def _rgb_array(image: Any) -> dict[str, Any]:
+    shape = tuple(image.shape)
+    if len(shape) != 3 or shape[2] != 3:
+        raise ContractError(f"render() returned an image of shape {shape}; expected an RGB image (H×W×3)")
+    height, width = int(shape[0]), int(shape[1])
+    _check_side(width, height)
+    dtype = getattr(image, "dtype", None)
+    if dtype is not None and str(dtype) != "uint8":
+        raise ContractError(f"render() returned an image of {dtype}; an RGB image must be uint8 (0-255)")
+    data = bytes(image.tobytes())
+    if len(data) != width * height * 3:
+        raise ContractError(
+            f"render() returned {len(data):,} bytes for a {height}×{width}×3 image; expected {width * height * 3:,}"
+        )
+    return {"kind": "rgb", "width": width, "height": height, "data": data}
+
+
+def _rgb_lists(rows: Sequence[Any]) -> dict[str, Any]:
+    height = len(rows)
+    width = len(rows[0]) if height and isinstance(rows[0], (list, tuple)) else 0
+    _check_side(width, height)
+    data = bytearray()
+    for y, row in enumerate(rows):
+        if not isinstance(row, (list, tuple)) or len(row) != width:
+            raise ContractError(f"render() image row {y} is not a list of {width} pixels like row 0")
+        for x, pixel in enumerate(row):
+            try:
+                if len(pixel) != 3 or any(isinstance(v, bool) for v in pixel):
+                    raise ValueError
+                data += bytes(pixel)
+            except (TypeError, ValueError) as exc:
+                raise ContractError(
+                    f"render() image pixel ({x}, {y}) is {_short(pixel)}; expected [r, g, b] integers 0-255"
+                ) from exc
+    return {"kind": "rgb", "width": width, "height": height, "data": bytes(data)}
+
+
+def _check_side(width: int, height: int) -> None:
+    if not (0 < width <= MAX_IMAGE_SIDE and 0 < height <= MAX_IMAGE_SIDE):
+        raise ContractError(
+            f"render() returned a {height}×{width} image; expected an RGB image (H×W×3) "
+            f"between 1 and {MAX_IMAGE_SIDE:,} pixels a side"
+        )
+
+
+def _kind(value: Any) -> str:
+    if value is None:
+        return "None"
+    if isinstance(value, tuple):
+        return f"a {len(value)}-tuple"
+    name = type(value).__name__
+    return f"{'an' if name[:1].lower() in 'aeiou' else 'a'} {name}"
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _last_line(exc: BaseException) -> str:
+    return traceback.format_exception_only(type(exc), exc)[-1].strip()
