@@ -42,7 +42,7 @@ def test_pyodide_config_sees_games_inside_nested_wrappers():
     assert exp.pyodide_config == {"needs_pyodide": True, "packages_to_install": ["alpha", "beta", "zeta"]}
     assert make(GAME).pyodide_config == {"needs_pyodide": True, "packages_to_install": ["alpha", "zeta"]}
     assert make(A).pyodide_config == {"needs_pyodide": False, "packages_to_install": []}
-    with pytest.raises(ValueError, match="runs in the participant's page|games run in the participant's page"):
+    with pytest.raises(ValueError, match=r"runs in the participant's page|games run in the participant's page"):
         GymScene("plain", "env:Make", run_through_pyodide=False, packages_to_install=("x",))
 
 
