@@ -16,7 +16,7 @@ from server.experiment import (
     StartScene,
     StaticScene,
 )
-from server.loader import ExperimentError, load_experiment
+from server.loader import ExperimentError, load_experiment, load_study
 
 A, B, C = (StaticScene(x, f"<p>{x}</p>") for x in "abc")
 GAME = GymScene("game", "env:Make", packages_to_install=("zeta", "alpha"))
@@ -107,7 +107,17 @@ def test_the_loader_names_the_problem(tmp_path):
     with pytest.raises(ExperimentError, match="is a int, not an Experiment"):
         load_experiment(str(tmp_path / "wrong.py"))
     (tmp_path / "broken.py").write_text("from server.experiment import *\nexperiment = Experiment('x', [])\n")
-    with pytest.raises(ExperimentError, match="ValueError: experiment 'x' must begin with a StartScene"):
-        load_experiment(str(tmp_path / "broken.py"))
+    with pytest.raises(
+        ExperimentError, match=r"must begin with a StartScene and end with an EndScene \(line 2 of .*broken\.py\)"
+    ):
+        load_experiment(str(tmp_path / "broken.py"))  # the researcher's line, not the library's
     with pytest.raises(ExperimentError, match=r"no experiment module named 'no\.such\.module'"):
         load_experiment("no.such.module")
+
+
+def test_the_loader_knows_the_file_whose_folder_holds_the_game_modules(tmp_path):
+    from_module = load_study("server.examples.gridworld")
+    assert from_module.experiment.name == "gridworld-example"
+    assert from_module.file.name == "gridworld.py" and from_module.directory.name == "examples"
+    (tmp_path / "study.py").write_text("from server.examples.gridworld import experiment\n")
+    assert load_study(str(tmp_path / "study.py")).directory == tmp_path.resolve()
