@@ -66,6 +66,7 @@ def test_planning_leaves_the_shared_definition_untouched():
         (lambda: RandomizeOrder([A, B], keep_n=3), "keep_n must be between 1 and 2"),
         (lambda: RepeatScene(A, 0), "times must be at least 1"),
         (lambda: GymScene("g", "no-colon"), "module:factory"),
+        (lambda: GymScene("g", "m:f", packages_to_install="numpy"), "a list of names, got the string 'numpy'"),
     ],
 )
 def test_bad_definitions_say_what_is_wrong(build, problem):
