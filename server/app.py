@@ -180,8 +180,8 @@ def make_app(config: Config) -> tornado.web.Application:
         (r"/client/lifecycle\.js", PageModule, {"source": page_module()}),
         (r"/client/(.*)", tornado.web.StaticFileHandler, {"path": str(CLIENT_DIR)}),
         (r"/vendor/msgpack/(.*)", tornado.web.StaticFileHandler, {"path": str(MSGPACK_DIR)}),
-        (r"/simple/?", SimpleIndex, {"runtime": study.runtime}),
-        (r"/simple/([^/]+)/?", SimpleIndex, {"runtime": study.runtime}),
+        (r"/simple/?", SimpleIndex, {"wheels": study.runtime.wheels}),
+        (r"/simple/([^/]+)/?", SimpleIndex, {"wheels": study.runtime.wheels}),
         (r"/wheels/(.*)", tornado.web.StaticFileHandler, {"path": str(config.wheelhouse)}),
         *admin_routes(study, config.admin_token),
     ]
