@@ -18,6 +18,7 @@ from statemachine import INITIAL, Fired, top_state
 from . import protocol
 from .admin import admin_routes
 from .config import Config
+from .packages import LOCAL_URL
 from .page_module import page_module
 from .protocol import Close, Code, Refusal
 from .runtime import MSGPACK_DIR, SimpleIndex, VersionedFiles
@@ -185,6 +186,8 @@ def make_app(config: Config) -> tornado.web.Application:
         (r"/wheels/(.*)", tornado.web.StaticFileHandler, {"path": str(config.wheelhouse)}),
         *admin_routes(study, config.admin_token),
     ]
+    if study.packages.cache is not None:  # the study's own modules, named after their content's hash
+        routes.append((rf"{LOCAL_URL}(.*)", VersionedFiles, {"path": str(study.packages.cache)}))
     if study.runtime.pyodide_dir is not None:
         routes.append(
             (rf"/pyodide/{study.runtime.version}/(.*)", VersionedFiles, {"path": str(study.runtime.pyodide_dir)})
