@@ -95,8 +95,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--pyodide-dir",
         type=Path,
         default=Config.pyodide_dir,
-        help="a local Pyodide distribution to serve: the npm core (default: %(default)s) or a "
-        "copy of the full release, for binary packages such as numpy",
+        help="a local Pyodide distribution to serve: the npm core (default: %(default)s) or an unpacked "
+        "full release, whose packages (numpy, ...) the page then loads with pyodide.loadPackage",
     )
     parser.add_argument(
         "--pyodide-url", default=None, help="load Pyodide from this URL instead of serving it (a distribution you host)"

@@ -2,6 +2,8 @@
 distribution, and the start-up check that names what a scene is missing.
 
 Everything is real files in tmp_path; where the command line is the subject, `python -m server` runs.
+The one browser test serves a fabricated full distribution (the npm core plus a wheel of our own in
+its lock, the path numpy takes) and checks the page loads it with `pyodide.loadPackage`.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from server.packages import (
     wheel_contents,
 )
 from server.runtime import DEFAULT_PYODIDE_DIR, DEFAULT_WHEELHOUSE, RuntimeSetupError, load_runtime
+from server.store import read_records
 from tests.support import ROOT, free_port, served
 
 CORE_VERSION = json.loads((DEFAULT_PYODIDE_DIR / "package.json").read_text())["version"]
@@ -385,3 +388,37 @@ def test_each_start_up_problem_is_one_line_and_exit_code_2(tmp_path, case, expec
     [line] = run.stderr.splitlines()
     assert line.startswith("python -m server: error: ")
     assert expected.format(wheelhouse=wheelhouse) in line
+
+
+# -- in the browser ----------------------------------------------------------------------------------------------
+
+
+def test_a_full_distribution_package_loads_with_load_package_in_the_worker(tmp_path, browser):
+    dist = fabricated_distribution(tmp_path / "dist", core=True)
+    study = write_study(tmp_path / "study", packages=("fabricated-numeric",))
+    (study.parent / "catch_env.py").write_text(CATCH_ENV)
+    data = tmp_path / "data"
+    with served(data, "--pyodide-dir", str(dist), "--experiment", str(study)) as url:
+        context = browser.new_context()
+        requests: list[str] = []
+        context.on("request", lambda r: requests.append(r.url))
+        try:
+            page = context.new_page()
+            page.goto(url + "?PROLIFIC_PID=full-release")
+            page.wait_for_function("['ready', 'error'].includes(window.__preflight?.runtime?.status)", timeout=90_000)
+            assert page.evaluate("window.__preflight.runtime.settled.status") == "ready"
+            [worker] = page.workers
+            fetched = worker.evaluate("performance.getEntriesByType('resource').map((e) => e.name)")
+            # Python in the worker imports the environment beside study.py, which imports the distribution's package.
+            reset = page.evaluate(
+                "(async () => (await window.__preflight.runtime.environment('catch_env:make')).reset())()"
+            )
+        finally:
+            context.close()
+    wheel = f"{url}pyodide/{CORE_VERSION}/fabricated_numeric-1.0.0-py3-none-any.whl"
+    assert wheel in requests and wheel in fetched
+    assert any(u.startswith(f"{url}local-wheels/preflight_local_catch_env-0.0.0+") for u in fetched)
+    assert '"value": 42' in json.dumps(reset)
+    [records] = [list(read_records(p)) for p in (data / "sessions").glob("*.msgpack")]
+    stages = [(r.get("package"), r.get("done"), r.get("total")) for r in records if r.get("stage") == "packages"]
+    assert stages == [("fabricated_numeric", 0, 2), ("preflight-local-catch-env", 1, 2)]
