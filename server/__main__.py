@@ -10,7 +10,7 @@ from pathlib import Path
 
 from .app import make_app
 from .config import Config, new_admin_token
-from .loader import DEFAULT, ExperimentError, load_experiment
+from .loader import DEFAULT, ExperimentError, load_study
 from .runtime import RuntimeSetupError
 from .session import Timeouts
 
@@ -95,8 +95,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--pyodide-dir",
         type=Path,
         default=Config.pyodide_dir,
-        help="a local Pyodide distribution to serve: the npm core (default: %(default)s) or a "
-        "copy of the full release, for binary packages such as numpy",
+        help="a local Pyodide distribution to serve: the npm core (default: %(default)s) or an unpacked "
+        "full release, whose packages (numpy, ...) the page then loads with pyodide.loadPackage",
     )
     parser.add_argument(
         "--pyodide-url", default=None, help="load Pyodide from this URL instead of serving it (a distribution you host)"
@@ -133,12 +133,13 @@ def main(argv: list[str] | None = None) -> int:
         return export(argv[1:])
     args = parse_args(argv)
     try:
-        experiment = load_experiment(args.experiment)
+        source = load_study(args.experiment)
     except ExperimentError as exc:
         print(f"python -m server: error: {exc}", file=sys.stderr)
         return 2
     config = Config(
-        experiment=experiment,
+        experiment=source.experiment,
+        experiment_file=source.file,
         data_dir=args.data_dir,
         host=args.host,
         port=args.port,

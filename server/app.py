@@ -18,6 +18,7 @@ from statemachine import INITIAL, Fired, top_state
 from . import protocol
 from .admin import admin_routes
 from .config import Config
+from .packages import LOCAL_URL
 from .page_module import page_module
 from .protocol import Close, Code, Refusal
 from .runtime import MSGPACK_DIR, SimpleIndex, VersionedFiles
@@ -182,11 +183,13 @@ def make_app(config: Config) -> tornado.web.Application:
         (r"/client/(game_contract\.py)", tornado.web.StaticFileHandler, {"path": str(SERVER_DIR)}),
         (r"/client/(.*)", tornado.web.StaticFileHandler, {"path": str(CLIENT_DIR)}),
         (r"/vendor/msgpack/(.*)", tornado.web.StaticFileHandler, {"path": str(MSGPACK_DIR)}),
-        (r"/simple/?", SimpleIndex, {"runtime": study.runtime}),
-        (r"/simple/([^/]+)/?", SimpleIndex, {"runtime": study.runtime}),
+        (r"/simple/?", SimpleIndex, {"wheels": study.runtime.wheels}),
+        (r"/simple/([^/]+)/?", SimpleIndex, {"wheels": study.runtime.wheels}),
         (r"/wheels/(.*)", tornado.web.StaticFileHandler, {"path": str(config.wheelhouse)}),
         *admin_routes(study, config.admin_token),
     ]
+    if study.packages.cache is not None:  # the study's own modules, named after their content's hash
+        routes.append((rf"{LOCAL_URL}(.*)", VersionedFiles, {"path": str(study.packages.cache)}))
     if study.runtime.pyodide_dir is not None:
         routes.append(
             (rf"/pyodide/{study.runtime.version}/(.*)", VersionedFiles, {"path": str(study.runtime.pyodide_dir)})

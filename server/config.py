@@ -22,6 +22,7 @@ class Config:
 
     experiment: Experiment
     data_dir: Path
+    experiment_file: Path | None = None  # its folder holds the researcher's own game modules (None: none)
     host: str = "127.0.0.1"
     port: int = 8888
     timeouts: Timeouts = field(default_factory=Timeouts)

@@ -75,6 +75,10 @@ class GymScene:
 
     def __post_init__(self) -> None:
         where = f"GymScene {self.scene_id!r}"
+        if isinstance(self.packages_to_install, str):
+            raise ValueError(
+                f"{where}: packages_to_install is a list of names, got the string {self.packages_to_install!r}"
+            )
         object.__setattr__(self, "packages_to_install", tuple(self.packages_to_install))
         object.__setattr__(self, "env_kwargs", dict(self.env_kwargs))
         object.__setattr__(self, "keys", dict(self.keys))

@@ -6,6 +6,7 @@ import importlib
 import importlib.util
 import sys
 import traceback
+from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
 
@@ -18,8 +19,25 @@ class ExperimentError(Exception):
     """The experiment could not be loaded; the message says why, for the command line."""
 
 
+@dataclass(frozen=True)
+class StudySource:
+    """An experiment and the file that defined it, whose folder holds the researcher's own game modules."""
+
+    experiment: Experiment
+    file: Path  # absolute
+
+    @property
+    def directory(self) -> Path:
+        return self.file.parent
+
+
 def load_experiment(spec: str = DEFAULT) -> Experiment:
     """Load `path/to/file.py[:name]` or `package.module[:name]`; `name` defaults to `experiment`."""
+    return load_study(spec).experiment
+
+
+def load_study(spec: str = DEFAULT) -> StudySource:
+    """`load_experiment`, also saying which file the experiment came from (for a module, its file)."""
     target, _, attr = spec.partition(":")
     attr = attr or "experiment"
     module = _load_file(Path(target)) if target.endswith(".py") or "/" in target else _load_module(target)
@@ -28,7 +46,9 @@ def load_experiment(spec: str = DEFAULT) -> Experiment:
         raise ExperimentError(f"{target} defines no {attr!r}: assign your Experiment(...) to a variable named {attr}")
     if not isinstance(value, Experiment):
         raise ExperimentError(f"{target}:{attr} is a {type(value).__name__}, not an Experiment")
-    return value
+    if module.__file__ is None:
+        raise ExperimentError(f"{target} is a namespace package: put the experiment in a module file")
+    return StudySource(value, Path(module.__file__).resolve())
 
 
 def _load_file(path: Path) -> ModuleType:
@@ -41,7 +61,7 @@ def _load_file(path: Path) -> ModuleType:
     try:
         spec.loader.exec_module(module)
     except Exception as exc:
-        raise ExperimentError(f"{path} failed to load: {_where(exc)}") from exc
+        raise ExperimentError(f"{path} failed to load: {_where(exc, path)}") from exc
     return module
 
 
@@ -58,7 +78,10 @@ def _load_module(name: str) -> ModuleType:
         raise ExperimentError(f"{name} failed to load: {_where(exc)}") from exc
 
 
-def _where(exc: BaseException) -> str:
-    frame = traceback.extract_tb(exc.__traceback__)[-1] if exc.__traceback__ else None
+def _where(exc: BaseException, file: Path | None = None) -> str:
+    """The error and the line that raised it, preferring the experiment file's own line over library internals."""
+    frames = traceback.extract_tb(exc.__traceback__) if exc.__traceback__ else []
+    own = [f for f in frames if file is not None and Path(f.filename).resolve() == file.resolve()]
+    frame = (own or frames)[-1] if frames else None
     place = f" (line {frame.lineno} of {frame.filename})" if frame else ""
     return f"{type(exc).__name__}: {exc}{place}"

@@ -2,15 +2,19 @@
 
 The npm `pyodide` package ships only the core, and its lock file names micropip
 wheels it does not include (with other checksums than PyPI's), so the page gets a
-lock written for the wheels this server actually serves.
+lock written for the wheels this server actually serves. A full Pyodide release
+ships its packages (numpy, ...) beside the core; those its lock names are what
+`pyodide.loadPackage` can load.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import html
 import json
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,6 +25,8 @@ ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_PYODIDE_DIR = ROOT / "node_modules" / "pyodide"
 DEFAULT_WHEELHOUSE = ROOT / "build" / "wheelhouse"
 MSGPACK_DIR = ROOT / "node_modules" / "@msgpack" / "msgpack" / "dist.esm"
+PYTHON_VERSION = "3.14.2"
+"""The page's Python when the distribution does not say (`--pyodide-url`): Pyodide 314's."""
 
 
 class RuntimeSetupError(Exception):
@@ -34,9 +40,17 @@ def normalize(name: str) -> str:
 
 @dataclass(frozen=True)
 class Wheel:
+    """One file of the package index: where it is on disk and the origin-relative URL it is served at."""
+
     project: str
     filename: str
     sha256: str
+    path: Path
+    url: str
+
+    @property
+    def version(self) -> str:
+        return self.filename.split("-")[1]
 
 
 def scan_wheelhouse(directory: Path) -> dict[str, list[Wheel]]:
@@ -45,7 +59,7 @@ def scan_wheelhouse(directory: Path) -> dict[str, list[Wheel]]:
     for path in sorted(directory.glob("*.whl")):
         project = normalize(path.name.split("-")[0])
         digest = hashlib.sha256(path.read_bytes()).hexdigest()
-        index.setdefault(project, []).append(Wheel(project, path.name, digest))
+        index.setdefault(project, []).append(Wheel(project, path.name, digest, path, f"/wheels/{path.name}"))
     return index
 
 
@@ -57,8 +71,18 @@ class Runtime:
     pyodide_url: str
     version: str
     wheelhouse: Path
-    wheels: dict[str, list[Wheel]]
-    lock: dict[str, Any] | None
+    wheels: dict[str, list[Wheel]]  # the package index: the wheelhouse, and the study's own modules once packed
+    lock: dict[str, Any] | None  # sent to the page when the distribution's own lock cannot be used as it is
+    distribution: dict[str, dict[str, Any]] | None  # lock entries whose files are served, by normalized name
+    python_version: str  # the page's Python, e.g. 3.14.2
+    unshipped: frozenset[str] = frozenset()  # named in the lock, files absent (the npm core ships none)
+
+    def with_wheels(self, extra: Iterable[Wheel]) -> Runtime:
+        """The same runtime with more wheels in its index (the study's own modules, once packed)."""
+        wheels = {project: list(files) for project, files in self.wheels.items()}
+        for wheel in extra:
+            wheels.setdefault(wheel.project, []).append(wheel)
+        return dataclasses.replace(self, wheels=wheels)
 
     def page_config(self) -> dict[str, Any]:
         """The part of `pyodide_config` that says where everything is; URLs relative to the origin."""
@@ -75,7 +99,10 @@ class Runtime:
             "pyodide_version": self.version,
             "pyodide_url": self.pyodide_url,
             "wheels": {w.filename: w.sha256 for ws in self.wheels.values() for w in ws},
-            "packages": {p: [w.filename.split("-")[1] for w in ws] for p, ws in self.wheels.items()},
+            "packages": {p: [w.version for w in ws] for p, ws in self.wheels.items()},
+            "pyodide_packages": (
+                None if self.distribution is None else {e["name"]: e["version"] for e in self.distribution.values()}
+            ),
         }
 
 
@@ -87,32 +114,85 @@ def load_runtime(pyodide_dir: Path | None, wheelhouse: Path, pyodide_url: str | 
         )
     wheels = scan_wheelhouse(wheelhouse)
     if pyodide_url:  # a distribution the researcher hosts elsewhere, with its own lock and packages
-        return Runtime(None, pyodide_url.rstrip("/") + "/", "external", wheelhouse, wheels, None)
+        return Runtime(None, pyodide_url.rstrip("/") + "/", "external", wheelhouse, wheels, None, None, PYTHON_VERSION)
     assert pyodide_dir is not None
     lock_path = pyodide_dir / "pyodide-lock.json"
     if not (pyodide_dir / "pyodide.mjs").is_file() or not lock_path.is_file():
         raise RuntimeSetupError(f"Pyodide not found in {pyodide_dir} (run `make serve`, or `npm ci`, to install it)")
-    original = json.loads(lock_path.read_text())
+    original = _read_lock(lock_path)
     version = (
         json.loads((pyodide_dir / "package.json").read_text())["version"]
         if (pyodide_dir / "package.json").is_file()
         else original["info"].get("version", "local")
     )
+    served = {
+        normalize(name): entry
+        for name, entry in original["packages"].items()
+        if _is_relative(entry["file_name"]) and (pyodide_dir / entry["file_name"]).is_file()
+    }
+    _refuse_outside_links(
+        pyodide_dir, [*pyodide_dir.iterdir(), *(pyodide_dir / e["file_name"] for e in served.values())]
+    )
     lock = None
-    if not (pyodide_dir / original["packages"]["micropip"]["file_name"]).is_file():
+    if "micropip" not in served:
         if "micropip" not in wheels:
             raise RuntimeSetupError(
                 f"no micropip wheel in {wheelhouse} and none in {pyodide_dir} (run `make wheelhouse`)"
             )
-        lock = {"info": original["info"], "packages": {}}
-        for project in ("micropip",):
-            wheel = wheels[project][-1]
-            entry = dict(original["packages"][project])
-            entry.update(
-                file_name=wheel.filename, sha256=wheel.sha256, version=wheel.filename.split("-")[1], depends=[]
+        wheel = wheels["micropip"][-1]
+        micropip = {**MICROPIP_ENTRY, **original["packages"].get("micropip", {})}
+        micropip.update(file_name=wheel.filename, sha256=wheel.sha256, version=wheel.version, depends=[])
+        # Relative file names are fetched from the wheelhouse (`wheel_base_url`): the distribution's own, by path.
+        packages = {
+            name: {**entry, "file_name": f"/pyodide/{version}/{entry['file_name']}"} for name, entry in served.items()
+        }
+        lock = {"info": original["info"], "packages": {**packages, "micropip": micropip}}
+        served["micropip"] = micropip
+    python = str(original["info"].get("python", PYTHON_VERSION))
+    unshipped = frozenset(normalize(name) for name in original["packages"]) - set(served)
+    return Runtime(pyodide_dir, f"/pyodide/{version}/", version, wheelhouse, wheels, lock, served, python, unshipped)
+
+
+MICROPIP_ENTRY: dict[str, Any] = {
+    "name": "micropip",
+    "install_dir": "site",
+    "package_type": "package",
+    "imports": ["micropip"],
+    "unvendored_tests": False,
+}
+"""What a lock says of micropip, for a distribution whose lock does not name it."""
+
+
+def _read_lock(path: Path) -> dict[str, Any]:
+    """The distribution's lock, or an error naming the file when it is not one."""
+    try:
+        lock = json.loads(path.read_text())
+        entries = lock["packages"]
+        lock.setdefault("info", {})
+        for name, entry in entries.items():
+            for key in ("name", "version", "file_name"):
+                if not isinstance(entry.get(key), str):
+                    raise ValueError(f"entry {name!r} has no {key}")
+            entry.setdefault("depends", [])
+            entry.setdefault("imports", [])
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise RuntimeSetupError(f"{path} is not a Pyodide lock file ({type(exc).__name__}: {exc})") from exc
+    return dict(lock)
+
+
+def _refuse_outside_links(directory: Path, paths: Iterable[Path]) -> None:
+    """Tornado refuses (403) a served file that is a link out of its directory, so start-up says so first."""
+    root = directory.resolve()
+    for path in paths:
+        if path.is_file() and not path.resolve().is_relative_to(root):
+            raise RuntimeSetupError(
+                f"{path} links to {path.resolve()}, outside {directory}, and would not be served; "
+                f"copy the file into {directory} instead"
             )
-            lock["packages"][project] = entry
-    return Runtime(pyodide_dir, f"/pyodide/{version}/", version, wheelhouse, wheels, lock)
+
+
+def _is_relative(file_name: str) -> bool:
+    return "://" not in file_name and not file_name.startswith("/")
 
 
 class VersionedFiles(tornado.web.StaticFileHandler):
@@ -142,11 +222,11 @@ class VersionedFiles(tornado.web.StaticFileHandler):
 class SimpleIndex(tornado.web.RequestHandler):
     """A PEP 503 (HTML) / PEP 691 (JSON) simple index over the wheelhouse; micropip asks for JSON."""
 
-    def initialize(self, runtime: Runtime) -> None:
-        self.runtime = runtime
+    def initialize(self, wheels: dict[str, list[Wheel]]) -> None:
+        self.wheels = wheels
 
     def get(self, project: str = "") -> None:
-        wheels = self.runtime.wheels
+        wheels = self.wheels
         if not project:
             self.set_header("Content-Type", "text/html; charset=utf-8")
             self.finish("".join(f'<a href="/simple/{p}/">{p}</a>\n' for p in sorted(wheels)))
@@ -165,7 +245,7 @@ class SimpleIndex(tornado.web.RequestHandler):
                         "files": [
                             {
                                 "filename": w.filename,
-                                "url": f"{origin}/wheels/{w.filename}",
+                                "url": f"{origin}{w.url}",
                                 "hashes": {"sha256": w.sha256},
                             }
                             for w in files
@@ -177,7 +257,6 @@ class SimpleIndex(tornado.web.RequestHandler):
         self.set_header("Content-Type", "text/html; charset=utf-8")
         self.finish(
             "".join(
-                f'<a href="/wheels/{html.escape(w.filename)}#sha256={w.sha256}">{html.escape(w.filename)}</a><br/>\n'
-                for w in files
+                f'<a href="{html.escape(w.url)}#sha256={w.sha256}">{html.escape(w.filename)}</a><br/>\n' for w in files
             )
         )

@@ -19,6 +19,7 @@ from statemachine import SessionMachine, triggers
 
 from . import __version__
 from .config import Config
+from .packages import resolve_packages
 from .protocol import Close, Code, Refusal, Writer
 from .runtime import load_runtime
 from .session import Session, token_digest
@@ -79,11 +80,17 @@ class Study:
 
     def __init__(self, config: Config) -> None:
         self.config = config
+        runtime = load_runtime(config.pyodide_dir, config.wheelhouse, config.pyodide_url)
+        self.packages = resolve_packages(config.experiment, config.experiment_file, runtime)
+        self.runtime = runtime.with_wheels(self.packages.local)
+        self.pyodide_config = {
+            **config.experiment.pyodide_config,
+            **self.packages.page_config(),
+            **self.runtime.page_config(),
+        }
         self.machine = SessionMachine()
         self.store = DataStore(config.data_dir)
         self.outcomes: Counter[str] = Counter()  # what retired sessions added up to
-        self.runtime = load_runtime(config.pyodide_dir, config.wheelhouse, config.pyodide_url)
-        self.pyodide_config = {**config.experiment.pyodide_config, **self.runtime.page_config()}
         self.sessions: dict[str, Session] = {}  # by session id: live and parked sessions
         self.by_digest: dict[str, Session] = {}
         self.links: dict[str, Link] = {}  # session id -> the one connection driving it

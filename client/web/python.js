@@ -38,12 +38,22 @@ export class PythonHost {
     await pyodide.loadPackage("micropip");
     const micropip = pyodide.pyimport("micropip");
     micropip.set_index_urls(new URL(config.index_url, origin).href.replace("%7B", "{").replace("%7D", "}"));
-    const packages = config.packages_to_install || [];
-    for (const [k, name] of packages.entries()) {
-      stage(STAGE.packages, { package: name, done: k, total: packages.length });
+    // The server decided where each package comes from: the Pyodide distribution's lock, or our index.
+    const fromLock = config.pyodide_packages || [], fromIndex = config.packages_to_install || [];
+    const total = fromLock.length + fromIndex.length;
+    for (const [k, name] of fromLock.entries()) {
+      stage(STAGE.packages, { package: name, done: k, total });
+      const errors = [];  // loadPackage reports a failed download or install here instead of throwing
+      await pyodide.loadPackage(name, { errorCallback: (text) => errors.push(text) });
+      if (!(name in pyodide.loadedPackages)) {
+        throw new Error(`could not load ${name}: ${errors.join(" ") || "no reason given"}`);
+      }
+    }
+    for (const [k, name] of fromIndex.entries()) {
+      stage(STAGE.packages, { package: name, done: fromLock.length + k, total });
       await micropip.install(name);
     }
-    stage(STAGE.preparing, { done: packages.length, total: packages.length });
+    stage(STAGE.preparing, { done: total, total });
     micropip.destroy();
     const contract = await fetch(new URL("/client/game_contract.py", origin));
     if (!contract.ok) throw new Error(`the game contract could not be fetched (HTTP ${contract.status})`);
