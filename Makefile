@@ -6,7 +6,6 @@ ARGS ?=
 PYTEST_ARGS ?=
 
 WHEELHOUSE := build/wheelhouse
-GAME := server/examples/gridworld_env
 RUNTIME := node_modules/.installed $(WHEELHOUSE)/.done
 
 .PHONY: serve test lint bench wheelhouse browser graphviz clean
@@ -39,13 +38,11 @@ node_modules/.installed: package.json package-lock.json
 	npm ci --no-audit --no-fund
 	touch $@
 
-# micropip (and packaging) from PyPI, plus the example game built as a real wheel, for our own index.
-$(WHEELHOUSE)/.done: $(VENV)/.installed $(GAME)/pyproject.toml $(GAME)/preflight_gridworld/__init__.py
+# micropip (and packaging) from PyPI for our own index; a study's own modules are packed by the server itself.
+$(WHEELHOUSE)/.done: $(VENV)/.installed
 	mkdir -p $(WHEELHOUSE)
 	$(VENV)/bin/pip download --quiet --no-deps --only-binary=:all: --python-version 3.14 \
 		--dest $(WHEELHOUSE) micropip==0.11.1 packaging==26.1
-	$(VENV)/bin/pip wheel --quiet --no-deps --wheel-dir $(WHEELHOUSE) ./$(GAME)
-	rm -rf $(GAME)/build $(GAME)/*.egg-info
 	touch $@
 
 # Browser tests drive Debian's chromium (Playwright never downloads a browser here).

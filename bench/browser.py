@@ -245,7 +245,7 @@ def screenshots(browser: Browser, url: str) -> None:
     context = browser.new_context(viewport=VIEWPORT)
     try:
         held: list[Route] = []
-        context.route("**/wheels/preflight_gridworld*", lambda route: held.append(route))
+        context.route("**/local-wheels/preflight_local_gridworld_env*", lambda route: held.append(route))
         page = open_page(context, url)
         wait_js(
             page,

@@ -6,6 +6,6 @@ rightly excludes those participants; throughput figures need every session to wa
 
 import dataclasses
 
-from server.examples.gridworld import experiment as example
+from server.examples.gridworld.study import experiment as example
 
 experiment = dataclasses.replace(example, screening=dataclasses.replace(example.screening, max_rtt_ms=None))

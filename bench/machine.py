@@ -18,7 +18,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from transitions.extensions.nesting import HierarchicalMachine
 
-from server.examples.gridworld import experiment
+from server.examples.gridworld.study import experiment
 from server.session import Session
 from statemachine import INITIAL, STATES, TRANSITIONS, SessionMachine
 from statemachine.lifecycle import _State

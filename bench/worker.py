@@ -57,7 +57,7 @@ from playwright.sync_api import Browser
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from server.examples.gridworld import experiment  # noqa: E402
+from server.examples.gridworld.study import experiment  # noqa: E402
 from server.experiment import GymScene  # noqa: E402
 from server.store import read_records  # noqa: E402
 

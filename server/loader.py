@@ -12,7 +12,7 @@ from types import ModuleType
 
 from .experiment import Experiment
 
-DEFAULT = "server.examples.gridworld"
+DEFAULT = "server.examples.gridworld.study"
 
 
 class ExperimentError(Exception):

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import dataclasses
 import os
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from client.participant import ProtocolClient
 from server.app import Config, make_app
-from server.examples.gridworld import experiment as example
+from server.examples.gridworld import study as example_study
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [
@@ -46,7 +47,9 @@ def browser():
 def config(request, tmp_path) -> Config:
     """The example study; `@pytest.mark.config(field=value)` changes fields for one test."""
     marker = request.node.get_closest_marker("config")
-    base = Config(experiment=example, data_dir=tmp_path / "data")
+    base = Config(
+        experiment=example_study.experiment, experiment_file=Path(example_study.__file__), data_dir=tmp_path / "data"
+    )
     return dataclasses.replace(base, **marker.kwargs) if marker else base
 
 

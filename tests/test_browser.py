@@ -99,6 +99,11 @@ def records_of(data: Path, participant_id: str) -> list[dict]:
     return records
 
 
+def played(records: list[dict]) -> list[dict]:
+    """Every step the participant's game sent, in order, from its batches."""
+    return [step for r in records if r["kind"] == "steps" for step in r["steps"]]
+
+
 def preload_statuses(records: list[dict]) -> list[tuple[str, str | None]]:
     return [(r["status"], r.get("error")) for r in records if r["kind"] == "preload"]
 
@@ -109,7 +114,7 @@ def offsite(requests: list[str]) -> list[str]:
 
 def test_a_participant_walks_from_the_url_to_the_completion_code_offline(server, context):
     held: list[Route] = []
-    context.route("**/wheels/preflight_gridworld*", lambda route: held.append(route))
+    context.route("**/local-wheels/preflight_local_gridworld_env*", lambda route: held.append(route))
     page = context.new_page()
     page.goto(server["url"] + "?PROLIFIC_PID=pw-walker&STUDY_ID=s1")
 
@@ -152,9 +157,13 @@ def test_a_participant_walks_from_the_url_to_the_completion_code_offline(server,
     preload = [r for r in records if r["kind"] == "preload"]
     assert [r.get("stage", r["status"]) for r in preload] == ["runtime", "micropip", "packages", "preparing", "ready"]
     assert all(isinstance(r["elapsed_ms"], int) for r in preload)
-    events = [r["data"] for r in records if r["kind"] == "game_event"]
-    assert [e["action"] for e in events] == [1] * 4 + [2] * 4
-    assert all(isinstance(e["step_ms"], (int, float)) for e in events)
+    steps = played(records)
+    assert [s["action"] for s in steps] == [1] * 4 + [2] * 4
+    assert [(s["episode"], s["step"]) for s in steps] == [(0, n) for n in range(1, 9)]
+    assert all(isinstance(s["t"], int) and s["visible"] is True for s in steps)
+    assert steps[-1]["terminated"] is True and sum(s["reward"] for s in steps) == pytest.approx(0.93)
+    [over] = [r for r in records if r["kind"] == "game_over"]
+    assert over["check"] == {"reported_steps": 8, "received_steps": 8, "complete": True}
 
 
 def test_python_lives_in_one_worker_and_the_game_steps_through_it(server, context):
@@ -167,22 +176,20 @@ def test_python_lives_in_one_worker_and_the_game_steps_through_it(server, contex
     assert page.evaluate("[window.__preflight.runtime.where, window.__preflight.runtime.workers]") == ["worker", 1]
     # Pyodide was fetched (and so compiled and run) by the worker; the page itself never touched it.
     assert any(u.endswith("/pyodide/314.0.7/pyodide.asm.wasm") for u in resources(worker))
-    assert any(u.endswith("/wheels/preflight_gridworld-1.0.0-py3-none-any.whl") for u in resources(worker))
-    assert not [u for u in resources(page) if "/pyodide/" in u or "/wheels/" in u]
+    assert any("/local-wheels/preflight_local_gridworld_env-" in u for u in resources(worker))
+    assert not [u for u in resources(page) if "/pyodide/" in u or "wheels/" in u]
 
     page.click("#advance")
     state_is(page, "ready", scene_id="instructions")
     page.click("#advance")
     state_is(page, "in_game")
     play_to_goal(page)
-    # Every step was a message to the same worker, answered before the page drew and reported it.
-    assert page.evaluate("window.__workerLog") == {
-        "started": ["/client/runtime-worker.js"],
-        "ops": ["load", "open", "reset"] + ["step"] * 8 + ["close"],
-    }
+    # The game ran in the same worker: one `play`, the keys sent to it as `input`, the steps drawn from its frames.
+    log = page.evaluate("window.__workerLog")
+    assert log["started"] == ["/client/runtime-worker.js"]
+    assert log["ops"][:2] == ["load", "play"] and set(log["ops"][2:]) <= {"input"} and len(log["ops"]) >= 2 + 8
     assert page.workers == [worker]
-    steps = [r["data"]["step"] for r in records_of(server["data"], "pw-worker") if r["kind"] == "game_event"]
-    assert steps == list(range(1, 9))
+    assert [s["step"] for s in played(records_of(server["data"], "pw-worker"))] == list(range(1, 9))
 
     page.reload()  # the old page's worker goes with it; the new page resumes the session and starts its own
     state_is(page, "ready", timeout=LOAD_TIMEOUT_MS, scene_id="gridworld")
@@ -209,7 +216,7 @@ def test_a_failed_preload_is_shown_and_the_game_loads_python_itself(server, cont
             failures.append(route.request.url)
             route.abort()
 
-    context.route("**/wheels/preflight_gridworld*", fail_once)
+    context.route("**/local-wheels/preflight_local_gridworld_env*", fail_once)
     page = context.new_page()
     page.goto(server["url"])
     state = state_is(page, "ready", timeout=LOAD_TIMEOUT_MS, scene_id="start")
@@ -267,7 +274,7 @@ def test_a_preload_the_server_stopped_waiting_for_is_ended_and_the_game_loads_py
             return route.continue_()
         held.append(route)  # never answered: the first worker waits for it until it is ended
 
-    context.route("**/wheels/preflight_gridworld*", hold_first)
+    context.route("**/local-wheels/preflight_local_gridworld_env*", hold_first)
     with served(tmp_path / "data", "--preload-timeout", "2") as url:
         page = context.new_page()
         page.goto(url + "?PROLIFIC_PID=pw-stuck")
@@ -352,12 +359,10 @@ def test_the_connection_survives_a_main_thread_blocked_longer_than_the_ping_time
 
 
 def exported_steps(data: Path, participant_id: str, out: Path) -> list[int]:
-    """The `game_event` steps `python -m server export` writes for one participant, in order."""
+    """The steps `python -m server export` writes for one participant, in order."""
     export(data, "jsonl", out)
-    rows = [json.loads(line) for line in (out / "events.jsonl").read_text().splitlines()]
-    return [
-        r["data"]["data"]["step"] for r in rows if r["participant_id"] == participant_id and r["kind"] == "game_event"
-    ]
+    rows = [json.loads(line) for line in (out / "steps.jsonl").read_text().splitlines()]
+    return [r["step"] for r in rows if r["participant_id"] == participant_id]
 
 
 def test_a_connection_dropped_mid_game_resumes_the_one_game_without_losing_or_doubling_a_step(
@@ -370,7 +375,11 @@ def test_a_connection_dropped_mid_game_resumes_the_one_game_without_losing_or_do
     page.wait_for_function("window.__preflight.firstFrameAt !== null", timeout=LOAD_TIMEOUT_MS)
     for key in ["ArrowRight"] * 4:
         page.keyboard.press(key)
-    page.wait_for_function("window.__preflight.game_events === 4", timeout=STEP_TIMEOUT_MS)
+    page.wait_for_function("window.__preflight.steps === 4", timeout=STEP_TIMEOUT_MS)
+    for _ in range(100):  # a batch leaves within 250 ms; the drop comes once the server holds all four
+        if len(played(records_of(server["data"], "pw-midgame"))) == 4:
+            break
+        page.wait_for_timeout(50)
 
     page.evaluate("window.__preflight.socket.close()")  # the network drops the connection in the middle of the game
     page.wait_for_function("window.__preflight.connections === 2", timeout=STEP_TIMEOUT_MS)
@@ -385,7 +394,7 @@ def test_a_connection_dropped_mid_game_resumes_the_one_game_without_losing_or_do
 
 def test_a_connection_dropped_during_the_preload_still_lets_the_server_hear_it_ended(server, context, tmp_path):
     held: list[Route] = []
-    context.route("**/wheels/preflight_gridworld*", lambda route: held.append(route))
+    context.route("**/local-wheels/preflight_local_gridworld_env*", lambda route: held.append(route))
     page = context.new_page()
     page.goto(server["url"] + "?PROLIFIC_PID=pw-preload-drop")
     page.wait_for_function("window.__preflight?.state?.regions?.preloading === 'loading'", timeout=LOAD_TIMEOUT_MS)

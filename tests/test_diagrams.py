@@ -223,7 +223,7 @@ def test_the_mermaid_lifecycle_renders_in_chromium_with_every_state_and_both_reg
 
 
 def test_the_mermaid_scene_flow_renders_in_chromium(browser):
-    from server.examples.gridworld import experiment
+    from server.examples.gridworld.study import experiment
 
     result, page = render_mermaid(browser, scene_flow(experiment, "mermaid"))
     try:

@@ -254,22 +254,6 @@ def test_each_example_study_loads(folder, scene_id, environment, input_):
     assert (EXAMPLES / folder / f"{games[0].module}.py").is_file()
 
 
-def test_the_gridworld_study_keeps_the_first_examples_texts_and_rules():
-    old = load_experiment("server.examples.gridworld")
-    new = load_experiment(str(EXAMPLES / "gridworld" / "study.py"))
-    assert new.name == old.name and new.screening == old.screening
-    for before, after in zip(old.leaves(), new.leaves(), strict=True):
-        assert (before.scene_id, before.scene_type) == (after.scene_id, after.scene_type)
-        if not isinstance(before, GymScene):
-            assert before == after
-    game = next(s for s in new.leaves() if isinstance(s, GymScene))
-    assert dict(game.keys) == {"ArrowUp": 0, "ArrowRight": 1, "ArrowDown": 2, "ArrowLeft": 3}
-    assert (game.episodes, game.max_steps, game.title) == (1, 100, "The game")
-
-
-# Loading.
-
-
 def test_load_imports_a_dotted_module_and_passes_the_kwargs(researcher):
     module = researcher("envs", "from tests.test_game_contract import Env\n\ndef make(**kw):\n    return Env(**kw)\n")
     game = load(f"{module}:make", {"size": 3})

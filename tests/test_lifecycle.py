@@ -7,7 +7,7 @@ import itertools
 import pytest
 
 from client.participant import DESKTOP_CHROMIUM
-from server.examples.gridworld import experiment as example
+from server.examples.gridworld.study import experiment as example
 from server.session import Session, Timeouts
 from server.snapshot import SnapshotWriter, restore
 from statemachine import (

@@ -42,7 +42,13 @@ import fabricated_numeric
 
 class Catch:
     def reset(self, seed=None):
-        return {"value": fabricated_numeric.double(21)}, {}
+        return {"value": 0}, {}
+
+    def step(self, action):
+        return {"value": fabricated_numeric.double(21)}, 1.0, True, False, {}
+
+    def render(self):
+        return {"width": 10, "height": 10, "shapes": [{"kind": "text", "x": 1, "y": 5, "text": "42"}]}
 
 
 def make():
@@ -276,11 +282,11 @@ def test_lock_packages_load_from_the_distribution_and_the_rest_from_the_index(tm
 
 
 def test_with_a_distribution_hosted_elsewhere_what_the_wheelhouse_lacks_is_left_to_its_lock(tmp_path):
-    study = write_study(tmp_path / "study", environment="numpy:array", packages=("numpy", "preflight-gridworld"))
+    study = write_study(tmp_path / "study", environment="numpy:array", packages=("numpy", "packaging"))
     source = load_study(str(study))
     runtime = load_runtime(None, DEFAULT_WHEELHOUSE, "https://cdn.example.org/pyodide/v314/full/")
     packages = resolve_packages(source.experiment, source.file, runtime)
-    assert packages.pyodide_packages == ("numpy",) and packages.packages_to_install == ("preflight-gridworld",)
+    assert packages.pyodide_packages == ("numpy",) and packages.packages_to_install == ("packaging",)
 
 
 @pytest.mark.parametrize(
@@ -395,7 +401,13 @@ def test_each_start_up_problem_is_one_line_and_exit_code_2(tmp_path, case, expec
 
 def test_a_full_distribution_package_loads_with_load_package_in_the_worker(tmp_path, browser):
     dist = fabricated_distribution(tmp_path / "dist", core=True)
-    study = write_study(tmp_path / "study", packages=("fabricated-numeric",))
+    study = write_study(
+        tmp_path / "study",
+        packages=("fabricated-numeric",),
+        keys='{"ArrowRight": 1}',
+        input='"turn"',
+        record_observations=True,
+    )
     (study.parent / "catch_env.py").write_text(CATCH_ENV)
     data = tmp_path / "data"
     with served(data, "--pyodide-dir", str(dist), "--experiment", str(study)) as url:
@@ -410,15 +422,18 @@ def test_a_full_distribution_package_loads_with_load_package_in_the_worker(tmp_p
             [worker] = page.workers
             fetched = worker.evaluate("performance.getEntriesByType('resource').map((e) => e.name)")
             # Python in the worker imports the environment beside study.py, which imports the distribution's package.
-            reset = page.evaluate(
-                "(async () => (await window.__preflight.runtime.environment('catch_env:make')).reset())()"
-            )
+            page.wait_for_function("window.__preflight.state?.may_advance === true", timeout=30_000)
+            page.click("#advance")
+            page.wait_for_function("window.__preflight.firstFrameAt !== null", timeout=30_000)
+            page.keyboard.press("ArrowRight")
+            page.wait_for_function("window.__preflight.state?.state === 'ready'", timeout=30_000)
         finally:
             context.close()
     wheel = f"{url}pyodide/{CORE_VERSION}/fabricated_numeric-1.0.0-py3-none-any.whl"
     assert wheel in requests and wheel in fetched
     assert any(u.startswith(f"{url}local-wheels/preflight_local_catch_env-0.0.0+") for u in fetched)
-    assert '"value": 42' in json.dumps(reset)
     [records] = [list(read_records(p)) for p in (data / "sessions").glob("*.msgpack")]
+    [step] = [s for r in records if r["kind"] == "steps" for s in r["steps"]]
+    assert step["observation"] == {"value": 42} and step["reward"] == 1.0
     stages = [(r.get("package"), r.get("done"), r.get("total")) for r in records if r.get("stage") == "packages"]
     assert stages == [("fabricated_numeric", 0, 2), ("preflight-local-catch-env", 1, 2)]

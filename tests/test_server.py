@@ -51,7 +51,7 @@ async def test_hello_gets_the_experiment_config_then_the_start_scene(connect):
     config, scene, state = await client.recv(), await client.recv(), await client.recv()
     assert config["type"] == "experiment_config" and config["participant_id"] == "abc123"
     runtime = config["pyodide_config"]
-    assert runtime["needs_pyodide"] is True and runtime["packages_to_install"] == ["preflight-gridworld"]
+    assert runtime["needs_pyodide"] is True and runtime["packages_to_install"] == ["preflight-local-gridworld-env"]
     assert runtime["pyodide_url"] == "/pyodide/314.0.7/" and runtime["index_url"] == "/simple/{package_name}/"
     assert runtime["lock"]["packages"]["micropip"]["file_name"] == "micropip-0.11.1-py3-none-any.whl"
     assert len(config["session_token"]) >= 32
