@@ -25,9 +25,9 @@ from pathlib import Path
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from client.harness import start_server
 from client.participant import walk
 from server.store import read_records
-from tests.support import start_server
 
 STEPS = 3
 GRACE = 10  # seconds; a 1,000-participant crowd on 2 shared cores takes seconds to reconnect

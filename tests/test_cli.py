@@ -7,7 +7,7 @@ import sys
 import urllib.error
 import urllib.request
 
-from tests.support import ROOT, served
+from client.harness import ROOT, served
 
 
 def run(*args: str, timeout: float = 30) -> subprocess.CompletedProcess:

@@ -14,11 +14,11 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pytest
+from statemachine.scenes import scene_flow
 
+from client.harness import ROOT
 from statemachine import GUARD_LABELS, SEPARATOR, STATES, TRANSITIONS, state_names
 from statemachine.diagram import lifecycle
-from statemachine.scenes import scene_flow
-from tests.support import ROOT
 
 MERMAID_JS = ROOT / "node_modules" / "mermaid" / "dist" / "mermaid.min.js"
 README_BEGIN = (
