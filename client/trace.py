@@ -57,10 +57,6 @@ class Trace:
     steps: tuple[Step, ...]
     expected: tuple[Expect, ...]
 
-    @property
-    def duration(self) -> float:
-        return self.steps[-1].offset if self.steps else 0.0
-
     def as_echo(self) -> Trace:
         """The same client messages against an echo server: each is answered by itself."""
         steps = tuple(Step(s.offset, s.message, i, 1) for i, s in enumerate(self.steps))

@@ -8,7 +8,6 @@ import logging
 import sys
 from pathlib import Path
 
-from .admin import new_admin_token
 from .app import Config, make_app
 from .loader import DEFAULT, ExperimentError, load_experiment
 from .runtime import RuntimeSetupError
@@ -157,7 +156,7 @@ def main(argv: list[str] | None = None) -> int:
         pyodide_dir=args.pyodide_dir,
         pyodide_url=args.pyodide_url,
         wheelhouse=args.wheelhouse,
-        admin_token=args.admin_token or new_admin_token(),
+        **({} if args.admin_token is None else {"admin_token": args.admin_token}),
     )
     generated_token = args.admin_token is None
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")

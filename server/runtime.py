@@ -105,13 +105,10 @@ def load_runtime(pyodide_dir: Path | None, wheelhouse: Path, pyodide_url: str | 
                 f"no micropip wheel in {wheelhouse} and none in {pyodide_dir} (run `make wheelhouse`)"
             )
         lock = {"info": original["info"], "packages": {}}
-        for project in ("micropip",):
-            wheel = wheels[project][-1]
-            entry = dict(original["packages"][project])
-            entry.update(
-                file_name=wheel.filename, sha256=wheel.sha256, version=wheel.filename.split("-")[1], depends=[]
-            )
-            lock["packages"][project] = entry
+        wheel = wheels["micropip"][-1]
+        entry = dict(original["packages"]["micropip"])
+        entry.update(file_name=wheel.filename, sha256=wheel.sha256, version=wheel.filename.split("-")[1], depends=[])
+        lock["packages"]["micropip"] = entry
     return Runtime(pyodide_dir, f"/pyodide/{version}/", version, wheelhouse, wheels, lock)
 
 

@@ -7,7 +7,6 @@ each move costs 0.01 and reaching the goal pays 1.
 from __future__ import annotations
 
 ACTIONS = {0: (0, -1), 1: (1, 0), 2: (0, 1), 3: (-1, 0)}  # up, right, down, left
-KEYS = {"ArrowUp": 0, "ArrowRight": 1, "ArrowDown": 2, "ArrowLeft": 3}
 
 
 class GridWorld:
