@@ -23,12 +23,12 @@ lint: $(VENV)/.installed
 	$(VENV)/bin/mypy
 
 bench: $(VENV)/.installed $(RUNTIME) browser graphviz
-	$(PY) bench/machine.py
-	$(PY) bench/server.py
-	$(PY) bench/browser.py
-	$(PY) bench/diagrams.py
-	$(PY) bench/worker.py
-	$(PY) bench/faults.py
+	$(PY) -m bench.machine
+	$(PY) -m bench.server
+	$(PY) -m bench.browser
+	$(PY) -m bench.diagrams
+	$(PY) -m bench.worker
+	$(PY) -m bench.faults
 
 wheelhouse: $(WHEELHOUSE)/.done
 

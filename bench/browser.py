@@ -1,6 +1,6 @@
 """What the preload buys a participant: time to a playable game in headless Chromium, with and without it.
 
-Run: .venv/bin/python bench/browser.py [--runs 3]
+Run: .venv/bin/python -m bench.browser [--runs 3]
 
 The script starts `python -m server` (the built-in example) on a free port with a
 temporary data dir and drives Debian's /usr/bin/chromium, a fresh browser context
@@ -42,7 +42,6 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import socket
 import statistics
 import subprocess
 import sys
@@ -56,21 +55,10 @@ from typing import Any
 
 from playwright.sync_api import Browser, BrowserContext, Page, Route, sync_playwright
 
-ROOT = Path(__file__).resolve().parent.parent
+from client.harness import CHROMIUM, ROOT, launch_chromium, served
+
 DOCS = ROOT / "docs"
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 VIEWPORT = {"width": 1000, "height": 900}
-SERVER_START_S = 30.0
 LOAD_TIMEOUT_MS = 120_000  # a full Pyodide load on a slow, shared machine
 STEP_TIMEOUT_MS = 10_000  # anything that does not load Python
 
@@ -109,52 +97,6 @@ class Run:
     config_to_step: float
     pyodide_loads: int
     preload_status: str
-
-
-# -- the server ------------------------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Server:
-    """`python -m server` in a subprocess; its output goes to a log file, so a full pipe never stalls it."""
-
-    def __init__(self, data_dir: Path) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}/"
-        self.log_path = data_dir / "server.log"
-        self._log = self.log_path.open("w")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "server", "--port", str(self.port), "--data-dir", str(data_dir / "data")],
-            cwd=ROOT,
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )
-
-    def wait_until_serving(self) -> None:
-        deadline = time.monotonic() + SERVER_START_S
-        while time.monotonic() < deadline:
-            if "Participant URL" in self.log_path.read_text():
-                return
-            if self.proc.poll() is not None:
-                break
-            time.sleep(0.05)
-        raise RuntimeError(f"the server did not start:\n{self.log_path.read_text()}")
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=10)
-        self._log.close()
 
 
 # -- the page --------------------------------------------------------------------------------
@@ -325,33 +267,32 @@ def runs_argument(doc: str) -> int:
 
 
 @contextmanager
-def served_browser() -> Iterator[tuple[Server, Browser]]:
-    """`python -m server` on a temporary data dir and one headless Chromium, both stopped afterwards."""
+def served_browser() -> Iterator[tuple[str, Path, Browser]]:
+    """`python -m server` on a temporary data dir and one headless Chromium, both stopped afterwards.
+
+    Yields the participant URL, the data dir the server writes to, and the browser.
+    """
     with tempfile.TemporaryDirectory(prefix="preflight-bench-") as tmp:
-        server = Server(Path(tmp))
-        try:
-            server.wait_until_serving()
-            with sync_playwright() as p:
-                browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-                try:
-                    yield server, browser
-                finally:
-                    browser.close()
-        finally:
-            server.stop()
+        data = Path(tmp) / "data"
+        with served(data) as url, sync_playwright() as p:
+            browser = launch_chromium(p)
+            try:
+                yield url, data, browser
+            finally:
+                browser.close()
 
 
 def main() -> int:
     runs_per_mode = runs_argument(__doc__)
     if not os.access(CHROMIUM, os.X_OK):
-        print(f"bench/browser.py: {CHROMIUM} is required (`make browser` installs it)", file=sys.stderr)
+        print(f"python -m bench.browser: {CHROMIUM} is required (`make browser` installs it)", file=sys.stderr)
         return 2
-    with served_browser() as (server, browser):
-        screenshots(browser, server.url)
+    with served_browser() as (url, _, browser):
+        screenshots(browser, url)
         runs: list[Run] = []
         for k in range(runs_per_mode):
             for preload in (True, False):
-                run = measure(browser, server.url, preload)
+                run = measure(browser, url, preload)
                 print(
                     f"run {k + 1} {run.mode}: config->ready {run.config_to_ready:.3f} s, "
                     f"enter->frame {run.enter_to_frame:.3f} s, enter->step {run.enter_to_step:.3f} s "

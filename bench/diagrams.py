@@ -1,6 +1,6 @@
 """What drawing the lifecycle costs, and why the diagram machine stays out of the server.
 
-Run: .venv/bin/python bench/diagrams.py [--repeat 9]
+Run: .venv/bin/python -m bench.diagrams [--repeat 9]
 Times the generators in-process, the command end to end, mermaid rendering in Debian's
 Chromium (the npm `mermaid` bundle), and attaching 1,000 plain models to the library's
 HierarchicalMachine against its HierarchicalGraphMachine on the same table, in the same run.
@@ -14,26 +14,12 @@ import statistics
 import subprocess
 import sys
 import time
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+from transitions.extensions.nesting import HierarchicalMachine
 
-from transitions.extensions.nesting import HierarchicalMachine  # noqa: E402
-
-from statemachine import INITIAL, STATES, TRANSITIONS  # noqa: E402
-from statemachine.diagram import _diagram_states, _DiagramMachine, _LabelledState, lifecycle  # noqa: E402
-
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
+from client.harness import ROOT, launch_chromium
+from statemachine import INITIAL, STATES, TRANSITIONS
+from statemachine.diagram import _diagram_states, _DiagramMachine, _LabelledState, lifecycle
 
 
 def median_ms(fn, repeat: int) -> float:
@@ -59,7 +45,7 @@ def mermaid_in_chromium(repeat: int) -> tuple[float, float]:
 
     text = lifecycle("mermaid")
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path="/usr/bin/chromium", args=CHROMIUM_ARGS)
+        browser = launch_chromium(p)
         page = browser.new_page()
         page.set_content("<div id='out'></div>")
         t0 = time.perf_counter()

@@ -1,6 +1,6 @@
 """The stack's own limit: a plain Tornado WebSocket server that decodes each msgpack frame and sends it back.
 
-Run: .venv/bin/python bench/echo.py --port 9999   (bench/server.py starts it itself)
+Run: .venv/bin/python -m bench.echo --port 9999   (`python -m bench.server` starts it itself)
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Load and faults together: many participants in flight while some connections are cut and come back.
 
-Run: .venv/bin/python bench/faults.py [--sessions 1000] [--drop 0.1] [--concurrency 1000]
+Run: .venv/bin/python -m bench.faults [--sessions 1000] [--drop 0.1] [--concurrency 1000]
 Starts `python -m server` on a free port with a fresh data directory, walks every participant with
 `client.participant.walk` (a dropped one loses its connection after a random message and returns with its
 token), then reads every session's records back and counts what is missing. Server memory is read from
@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import random
 import resource
 import secrets
@@ -23,11 +22,8 @@ import urllib.request
 from collections import Counter
 from pathlib import Path
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
+from client.harness import sessions_by_participant, start_server, stop_server
 from client.participant import walk
-from server.store import read_records
-from tests.support import start_server
 
 STEPS = 3
 GRACE = 10  # seconds; a 1,000-participant crowd on 2 shared cores takes seconds to reconnect
@@ -81,12 +77,7 @@ async def round_of(
 
 def audit(data: Path, plan: dict[str, int | None]) -> dict[str, int]:
     """Every participant's records: begin, each game step exactly once, the completion; missing ones are lost."""
-    found: dict[str, list[dict]] = {}
-    for log in (data / "sessions").glob("*.msgpack"):
-        records = list(read_records(log))
-        begin = next((r for r in records if r["kind"] == "begin"), None)
-        if begin is not None and begin["participant_id"] in plan:
-            found[begin["participant_id"]] = records
+    found = {pid: sessions[-1] for pid, sessions in sessions_by_participant(data).items() if pid in plan}
     lost = resumed = duplicated = abandoned = 0
     for pid in plan:
         records = found.get(pid)
@@ -151,8 +142,7 @@ def main() -> int:
             after_again = rss_kb(proc.pid)
             alive = proc.poll() is None
         finally:
-            proc.terminate()
-            proc.wait(timeout=10)
+            stop_server(proc)
         report = {
             "sessions": args.sessions,
             "dropped": sum(1 for d in plan.values() if d is not None),

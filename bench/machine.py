@@ -1,6 +1,6 @@
 """Cost of the shared lifecycle machine: attach, one trigger, memory per session.
 
-Run: .venv/bin/python bench/machine.py [--sessions 10000]
+Run: .venv/bin/python -m bench.machine [--sessions 10000]
 Compares SessionMachine with the library's own HierarchicalMachine.add_model on the
 same table in the same run, since absolute timings on a shared machine are noise.
 """
@@ -13,8 +13,6 @@ import os
 import sys
 import time
 import tracemalloc
-
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from transitions.extensions.nesting import HierarchicalMachine
 

@@ -1,6 +1,6 @@
 """The server under replayed load, next to a plain Tornado + msgpack echo server measured in the same run.
 
-Run: .venv/bin/python bench/server.py [--runs 3] [--sessions 2000] [--idle 10000]
+Run: .venv/bin/python -m bench.server [--runs 3] [--sessions 2000] [--idle 10000]
 Both servers run as subprocesses pinned to one core, the load client on the other; every
 figure is a median over --runs and is also given as a ratio to the echo server's.
 Server CPU comes from /proc/<pid>/stat, so it does not depend on how fast the client is.
@@ -25,28 +25,21 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+from tornado.httpclient import HTTPRequest
+from tornado.websocket import websocket_connect
 
-from tornado.httpclient import HTTPRequest  # noqa: E402
-from tornado.websocket import websocket_connect  # noqa: E402
-
-from client.participant import DESKTOP_CHROMIUM, walk  # noqa: E402
-from client.runner import replay  # noqa: E402
-from client.trace import Trace, load  # noqa: E402
-from server import protocol  # noqa: E402
-from server.store import FilePool, SessionLog  # noqa: E402
+from client.harness import ROOT, free_port
+from client.participant import DESKTOP_CHROMIUM, walk
+from client.runner import replay
+from client.stats import percentile
+from client.trace import Trace, load
+from server import protocol
+from server.store import FilePool, SessionLog
 
 GRACE = 2.0  # seconds a dropped session waits for its participant; short, so ended rounds really end
 TICK = os.sysconf("SC_CLK_TCK")
 PAGE = os.sysconf("SC_PAGE_SIZE")
 SERVER_CPU, CLIENT_CPU = 1, 0
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def cpu_seconds(pid: int) -> float:
@@ -166,9 +159,9 @@ def write_cost(records: int, sessions: int, tmp: Path) -> dict[str, float]:
         log.close()
     times.sort()
     return {
-        "p50_us": times[len(times) // 2] * 1e6,
-        "p99_us": times[int(len(times) * 0.99)] * 1e6,
-        "p999_us": times[int(len(times) * 0.999)] * 1e6,
+        "p50_us": percentile(times, 50) * 1e6,
+        "p99_us": percentile(times, 99) * 1e6,
+        "p999_us": percentile(times, 99.9) * 1e6,
         "max_us": times[-1] * 1e6,
     }
 
@@ -217,7 +210,7 @@ def main() -> None:
                         str(GRACE),
                     ]
                     if server == "preflight"
-                    else [py, "bench/echo.py", "--port", str(port)]
+                    else [py, "-m", "bench.echo", "--port", str(port)]
                 )
                 url = f"ws://127.0.0.1:{port}/ws"
                 with started(argv, port) as proc:

@@ -1,6 +1,6 @@
 """What the runtime's worker buys the page: main-thread stalls, time to ready and step round trips, worker vs main.
 
-Run: .venv/bin/python bench/worker.py [--runs 3]
+Run: .venv/bin/python -m bench.worker [--runs 3]
 
 The script starts `python -m server` (the built-in example) on a free port with a
 temporary data dir and drives Debian's /usr/bin/chromium, a fresh browser context
@@ -40,26 +40,22 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from browser import (
-    CHROMIUM,
+from playwright.sync_api import Browser
+
+from bench.browser import (
     LOAD_TIMEOUT_MS,
     STEP_TIMEOUT_MS,
     VIEWPORT,
-    Server,
     machine_lines,
     runs_argument,
     served_browser,
     wait_js,
     wait_state,
 )
-from playwright.sync_api import Browser
-
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-from server.examples.gridworld.study import experiment  # noqa: E402
-from server.experiment import GymScene  # noqa: E402
-from server.store import read_records  # noqa: E402
+from client.harness import CHROMIUM, records_of
+from client.stats import percentile
+from server.examples.gridworld.study import experiment
+from server.experiment import GymScene
 
 [GAME] = [s for s in experiment.leaves() if isinstance(s, GymScene)]
 MODES = ("worker", "main")
@@ -118,14 +114,14 @@ class Run:
     loads: int
 
 
-def measure(browser: Browser, server: Server, mode: str, k: int) -> Run:
+def measure(browser: Browser, url: str, data: Path, mode: str, k: int) -> Run:
     participant = f"bench-{mode}-{k}"
     context = browser.new_context(viewport=VIEWPORT)
     try:
         context.add_init_script(INIT_SCRIPT)
         page = context.new_page()
         query = f"?PROLIFIC_PID={participant}" + ("&runtime=main" if mode == "main" else "")
-        page.goto(server.url + query, timeout=STEP_TIMEOUT_MS)
+        page.goto(url + query, timeout=STEP_TIMEOUT_MS)
         wait_state(page, "ready", "start", LOAD_TIMEOUT_MS)
         before = page.evaluate("""() => {
             const b = window.__bench, r = window.__preflight.runtime;
@@ -145,7 +141,7 @@ def measure(browser: Browser, server: Server, mode: str, k: int) -> Run:
         game_gap = page.evaluate("window.__bench.gameMaxGap")
     finally:
         context.close()
-    found = records(server, participant)
+    found = records_of(data, participant)
     steps = [r["data"]["step_ms"] for r in found if r["kind"] == "game_event"]
     if len(steps) != GAME.max_steps:
         raise RuntimeError(f"{mode}: {len(steps)} steps recorded, expected {GAME.max_steps}")
@@ -162,20 +158,6 @@ def measure(browser: Browser, server: Server, mode: str, k: int) -> Run:
         before["where"],
         before["loads"],
     )
-
-
-def records(server: Server, participant: str) -> list[dict]:
-    for path in (server.log_path.parent / "data" / "sessions").iterdir():
-        found = list(read_records(path))
-        if any(r["kind"] == "begin" and r.get("participant_id") == participant for r in found):
-            return found
-    raise RuntimeError(f"no records for {participant}")
-
-
-def percentile(values: list[float], q: float) -> float:
-    """Nearest-rank percentile: the smallest value with at least q% of the values at or below it."""
-    ordered = sorted(values)
-    return ordered[max(0, -(-len(ordered) * q // 100) - 1)]
 
 
 def table(runs: list[Run]) -> Iterator[str]:
@@ -201,7 +183,7 @@ def table(runs: list[Run]) -> Iterator[str]:
     ):
         ratio = med("worker", field) / med("main", field) if med("main", field) else float("nan")
         yield (f"| {label}, {unit} | {spread('worker', field, fmt)} | {spread('main', field, fmt)} | {ratio:.3f} |")
-    pooled = {mode: [s for r in by[mode] for s in r.steps_ms] for mode in MODES}
+    pooled = {mode: sorted(s for r in by[mode] for s in r.steps_ms) for mode in MODES}
     for q in (50, 99):
         w, m = percentile(pooled["worker"], q), percentile(pooled["main"], q)
         yield (
@@ -218,20 +200,20 @@ def table(runs: list[Run]) -> Iterator[str]:
 def main() -> int:
     runs_per_mode = runs_argument(__doc__)
     if not os.access(CHROMIUM, os.X_OK):
-        print(f"bench/worker.py: {CHROMIUM} is required (`make browser` installs it)", file=sys.stderr)
+        print(f"python -m bench.worker: {CHROMIUM} is required (`make browser` installs it)", file=sys.stderr)
         return 2
     load_before = os.getloadavg()
-    with served_browser() as (server, browser):
+    with served_browser() as (url, data, browser):
         for mode in MODES:  # warm the server's and the browser's first-use paths, unmeasured
-            measure(browser, server, mode, -1)
+            measure(browser, url, data, mode, -1)
         runs: list[Run] = []
         for k in range(runs_per_mode):
             for mode in MODES if k % 2 == 0 else MODES[::-1]:  # neither mode always goes first
-                run = measure(browser, server, mode, k)
+                run = measure(browser, url, data, mode, k)
                 print(
                     f"run {k + 1} {mode}: stall {run.stall_ms:.0f} ms, long task {run.long_task_ms:.0f} ms, "
-                    f"ready {run.nav_to_ready_s:.3f} s, step p50 {percentile(run.steps_ms, 50):.3f} ms "
-                    f"p99 {percentile(run.steps_ms, 99):.3f} ms (loadPyodide calls {run.loads}, "
+                    f"ready {run.nav_to_ready_s:.3f} s, step p50 {percentile(sorted(run.steps_ms), 50):.3f} ms "
+                    f"p99 {percentile(sorted(run.steps_ms), 99):.3f} ms (loadPyodide calls {run.loads}, "
                     f"load average {os.getloadavg()[0]:.2f})",
                     file=sys.stderr,
                     flush=True,

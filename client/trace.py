@@ -16,6 +16,7 @@ from typing import Any
 
 import msgpack
 
+from server.records import read_session
 from server.store import read_records
 
 SKIPPED_CLIENT_TYPES = frozenset({"ack"})
@@ -56,10 +57,6 @@ class Trace:
     steps: tuple[Step, ...]
     expected: tuple[Expect, ...]
 
-    @property
-    def duration(self) -> float:
-        return self.steps[-1].offset if self.steps else 0.0
-
     def as_echo(self) -> Trace:
         """The same client messages against an echo server: each is answered by itself."""
         steps = tuple(Step(s.offset, s.message, i, 1) for i, s in enumerate(self.steps))
@@ -77,18 +74,16 @@ def from_records(records: Iterable[dict[str, Any]], source: str = "") -> Trace:
     expected: list[Expect] = []
     start: float | None = None
     pending: list[tuple[float, dict[str, Any] | bytes | str, int]] = []
-    for record in records:
-        if record.get("kind") != "frame":
-            continue
+    for frame in read_session(source, records).frames:
         if start is None:
-            start = record["t"]
-        message = record.get("message")
+            start = frame["t"]
+        message = frame.get("message")
         if message is None:
-            message = _raw(record.get("raw", b""))
-        if record.get("dir") == "in":
+            message = _raw(frame.get("raw", b""))
+        if frame.get("dir") == "in":
             if isinstance(message, dict) and message.get("type") in SKIPPED_CLIENT_TYPES:
                 continue
-            pending.append((record["t"] - start, message, len(expected)))
+            pending.append((frame["t"] - start, message, len(expected)))
         elif isinstance(message, dict):
             expected.append(Expect.of(message))
     for i, (offset, message, after) in enumerate(pending):

@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 from .app import make_app
-from .config import Config, new_admin_token
+from .config import Config
 from .loader import DEFAULT, ExperimentError, load_study
 from .runtime import RuntimeSetupError
 from .session import Timeouts
@@ -26,7 +26,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m server",
         description="Serve a Preflight experiment.",
-        epilog="`python -m server export --help`: the data directory as tidy tables.",
+        epilog="`python -m server export --help`: the data directory as tidy tables.\n"
+        "`python -m server scenes --help`: an experiment's scene flow as a diagram.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--host", default="127.0.0.1", help="interface to listen on (default: %(default)s)")
     parser.add_argument("--port", type=int, default=8888, help="port to listen on (default: %(default)s)")
@@ -131,6 +133,10 @@ def main(argv: list[str] | None = None) -> int:
         from .export import main as export
 
         return export(argv[1:])
+    if argv[:1] == ["scenes"]:
+        from .scene_flow import main as scenes
+
+        return scenes(argv[1:])
     args = parse_args(argv)
     try:
         source = load_study(args.experiment)
@@ -152,7 +158,7 @@ def main(argv: list[str] | None = None) -> int:
         pyodide_dir=args.pyodide_dir,
         pyodide_url=args.pyodide_url,
         wheelhouse=args.wheelhouse,
-        admin_token=args.admin_token or new_admin_token(),
+        **({} if args.admin_token is None else {"admin_token": args.admin_token}),
     )
     generated_token = args.admin_token is None
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")

@@ -22,6 +22,7 @@ from tornado.iostream import StreamClosedError
 
 from statemachine import FINAL_STATES, OUTCOMES, active_states, state_names, top_state
 
+from .records import PRELOAD_FIELDS, read_session
 from .store import read_records
 from .study import StudyView, tally
 
@@ -83,57 +84,50 @@ def details(study: StudyView, session_id: str) -> dict[str, Any] | None:
     path = study.session_file(session_id)
     if not SESSION_ID.fullmatch(session_id) or not path.is_file():
         return None
-    records = list(read_records(path))
-    t0 = records[0]["t"] if records else 0.0
+    summary = read_session(session_id, read_records(path))
+    t0 = summary.first_t or 0.0
+
+    def when(t: float | None, wall: float | None) -> dict[str, Any]:
+        return {"at_s": None if t is None else round(t - t0, 3), "wall": wall}
+
+    screening = summary.screening
     out: dict[str, Any] = {
         "session_id": session_id,
         "live": session_id in study.sessions,
-        "path": [],
-        "screening": None,
-        "preload": [],
+        "path": [{"event": s.event, "source": s.source, "dest": s.dest, **when(s.t, s.wall)} for s in summary.path],
+        "screening": None
+        if screening is None
+        else {
+            "facts": screening.facts or {},
+            "rtt_ms": screening.rtt_ms,
+            "verdict": screening.verdict or [],
+            **when(screening.t, screening.wall),
+        },
+        "preload": [
+            {k: p.report[k] for k in PRELOAD_FIELDS if k in p.report} | when(p.t, p.wall) for p in summary.preload
+        ],
         "scene_order": [],
-        "scenes_shown": [],
+        "scenes_shown": [
+            {"scene_id": s.scene_id, "scene_type": s.scene_type, "index": s.index, **when(s.t, s.wall)}
+            for s in summary.scenes_shown
+        ],
         "participant_id": None,
         "params": {},
         "seed": None,
         "outcome": None,
         "state": None,
     }
-
-    def when(r: dict[str, Any]) -> dict[str, Any]:
-        return {"at_s": round(r["t"] - t0, 3), "wall": r["wall"]}
-
-    for r in records:
-        kind = r["kind"]
-        if kind == "begin":
-            out.update(
-                participant_id=r.get("participant_id"),
-                params=r.get("params", {}),
-                seed=r.get("seed"),
-                scene_order=r.get("order", []),
-                user_agent=r.get("user_agent"),
-                started_wall=r["wall"],
-            )
-        elif kind == "transition":
-            out["path"].append({"event": r["event"], "source": r["source"], "dest": r["dest"], **when(r)})
-        elif kind == "screening":
-            out["screening"] = {
-                "facts": r.get("facts", {}),
-                "rtt_ms": r.get("rtt_ms"),
-                "verdict": r.get("verdict", []),
-                **when(r),
-            }
-        elif kind == "preload":
-            out["preload"].append(
-                {k: r[k] for k in ("status", "stage", "package", "done", "total", "elapsed_ms", "error") if k in r}
-                | when(r)
-            )
-        elif kind == "scene":
-            out["scenes_shown"].append(
-                {"scene_id": r["scene_id"], "scene_type": r.get("scene_type"), "index": r.get("index"), **when(r)}
-            )
-        elif kind == "closed":
-            out.update(outcome=r.get("outcome"), state=r.get("state"), **{"ended": when(r)})
+    if (begin := summary.begin) is not None:
+        out.update(
+            participant_id=begin.participant_id,
+            params=begin.params or {},
+            seed=begin.seed,
+            scene_order=begin.order or [],
+            user_agent=begin.user_agent,
+            started_wall=begin.wall,
+        )
+    if (closed := summary.closed) is not None:
+        out.update(outcome=closed.outcome, state=closed.state, ended=when(closed.t, closed.wall))
     session = study.sessions.get(session_id)
     if session is not None:
         name, regions = top_state(session.state)

@@ -15,8 +15,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
-from statemachine import FINAL_STATES
-
+from .records import PreloadReport, SessionRecords, read_session
 from .store import read_records, torn_bytes
 
 EVENT_COLUMNS = ["session_id", "participant_id", "n", "kind", "t", "wall", "dir", "type", "scene_id", "data"]
@@ -116,65 +115,54 @@ def events(session_id: str, records: list[dict[str, Any]]) -> Iterator[dict[str,
         }
 
 
-def participant(session_id: str, records: list[dict[str, Any]], torn: int) -> dict[str, Any]:
+def participant(summary: SessionRecords, torn: int) -> dict[str, Any]:
     """One row for a session: everything an analysis joins on, with its timings."""
-    row: dict[str, Any] = {c: None for c in PARTICIPANT_COLUMNS}
+    row: dict[str, Any] = dict.fromkeys(PARTICIPANT_COLUMNS)
+    if (begin := summary.begin) is not None:
+        row.update(
+            participant_id=begin.participant_id,
+            params=begin.params,
+            seed=begin.seed,
+            scene_order=begin.order,
+            user_agent=begin.user_agent,
+        )
+    if (screening := summary.screening) is not None:
+        row.update(
+            screening_verdict=",".join(screening.verdict or []) or "passed",
+            screening_rtt_ms=screening.rtt_ms,
+            screening_facts=screening.facts,
+        )
+    row.update(_preload_columns(summary.preload))
     row.update(
-        session_id=session_id,
-        records=len(records),
+        session_id=summary.session_id,
+        game_events=summary.game_events,
+        outcome=summary.outcome,
+        final_state=summary.final_state,
+        started_wall=summary.first_wall,
+        ended_wall=summary.last_wall,
+        duration_s=summary.duration_s,
+        time_to_ready_s=summary.time_to_ready_s,
+        frames_in=summary.frames_in,
+        frames_out=summary.frames_out,
+        records=summary.count,
         torn_bytes=torn,
-        game_events=0,
-        frames_in=0,
-        frames_out=0,
-        final_state="connected",
     )
-    start_t = None
-    for record in records:
-        kind = record["kind"]
-        if record.get("t") is not None and start_t is None:
-            start_t = record["t"]
-            row["started_wall"] = record.get("wall")
-        if record.get("wall") is not None:
-            row["ended_wall"] = record["wall"]
-        if kind == "begin":
-            row.update(
-                participant_id=record.get("participant_id"),
-                params=record.get("params"),
-                seed=record.get("seed"),
-                scene_order=record.get("order"),
-                user_agent=record.get("user_agent"),
-            )
-        elif kind == "screening":
-            row.update(
-                screening_verdict=",".join(record.get("verdict") or []) or "passed",
-                screening_rtt_ms=record.get("rtt_ms"),
-                screening_facts=record.get("facts"),
-            )
-        elif kind == "preload":
-            stage, status = record.get("stage"), record.get("status")
-            if status == "loading" and stage in ("runtime", "micropip", "packages"):
-                row[f"preload_{stage}_ms"] = record.get("elapsed_ms")
-            elif status in ("ready", "error"):
-                row["preload_status"] = status
-                row["preload_ready_ms" if status == "ready" else "preload_error"] = (
-                    record.get("elapsed_ms") if status == "ready" else record.get("error")
-                )
-            else:
-                row["preload_status"] = row["preload_status"] or status
-        elif kind == "game_event":
-            row["game_events"] += 1
-        elif kind == "transition":
-            row["final_state"] = str(record.get("dest")).split(".", 1)[0]
-            if row["time_to_ready_s"] is None and record.get("dest") == "ready" and start_t is not None:
-                row["time_to_ready_s"] = record["t"] - start_t
-        elif kind == "frame":
-            row["frames_in" if record.get("dir") == "in" else "frames_out"] += 1
-        elif kind in ("outcome", "closed"):
-            row["outcome"] = record.get("outcome")
-    if start_t is not None and records:
-        row["duration_s"] = records[-1].get("t", start_t) - start_t
-    if not row["outcome"]:  # not closed yet: finished and within its grace period, or the server stopped first
-        row["outcome"] = row["final_state"] if row["final_state"] in FINAL_STATES else "unfinished"
+    return row
+
+
+def _preload_columns(reports: list[PreloadReport]) -> dict[str, Any]:
+    """How the preload went: when each stage was reached, and how it ended (ready in so long, or which error)."""
+    row: dict[str, Any] = {c: None for c in PARTICIPANT_COLUMNS if c.startswith("preload_")}
+    for report in reports:
+        stage, status = report.report.get("stage"), report.report.get("status")
+        if status == "loading" and stage in ("runtime", "micropip", "packages"):
+            row[f"preload_{stage}_ms"] = report.report.get("elapsed_ms")
+        elif status == "ready":
+            row.update(preload_status=status, preload_ready_ms=report.report.get("elapsed_ms"))
+        elif status == "error":
+            row.update(preload_status=status, preload_error=report.report.get("error"))
+        else:
+            row["preload_status"] = row["preload_status"] or status
     return row
 
 
@@ -196,7 +184,7 @@ def export(data_dir: Path, fmt: str, output: Path) -> dict[str, int]:
             for row in steps(path.stem, records):
                 played.write(row)
                 counts["steps"] += 1
-            people.write(participant(path.stem, records, torn_bytes(path)))
+            people.write(participant(read_session(path.stem, records), torn_bytes(path)))
             counts["participants"] += 1
     return counts
 

@@ -2,14 +2,48 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from collections.abc import Sequence
+from typing import Any, Protocol
 
-from statemachine import top_state
+from statemachine import SessionMachine, top_state
 
 from . import protocol
+from .experiment import Experiment, Placed
 
-if TYPE_CHECKING:
-    from .session import Session
+
+class Session(Protocol):
+    """What the messages are built from: a session as the views may read it."""
+
+    @property
+    def token(self) -> str: ...
+
+    @property
+    def participant_id(self) -> str | None: ...
+
+    @property
+    def experiment(self) -> Experiment: ...
+
+    @property
+    def pyodide_config(self) -> dict[str, Any]: ...
+
+    @property
+    def plan(self) -> Sequence[Placed]: ...
+
+    @property
+    def index(self) -> int: ...
+
+    @property
+    def state(self) -> Any: ...
+
+    @property
+    def verdict(self) -> tuple[str, ...]: ...
+
+    @property
+    def machine(self) -> SessionMachine: ...
+
+    def awaiting(self) -> list[str]: ...
+
+    def episode_seeds(self) -> list[int] | None: ...
 
 
 def config_message(session: Session) -> dict[str, Any]:

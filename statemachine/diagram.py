@@ -6,6 +6,9 @@ graph support makes every `add_model` several times dearer.
 
 from __future__ import annotations
 
+import argparse
+import sys
+from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 import graphviz
@@ -220,3 +223,25 @@ def render_svg(graph: graphviz.Digraph) -> str:
         ) from None
     except graphviz.CalledProcessError as exc:
         raise DiagramError(f"dot failed: {(exc.stderr or b'').decode(errors='replace').strip()}") from None
+
+
+def add_output_arguments(parser: argparse.ArgumentParser) -> None:
+    """`--format` and `--output`, the same for every command that draws a diagram."""
+    parser.add_argument(
+        "--format",
+        choices=FORMATS,
+        default="mermaid",
+        help="mermaid text, Graphviz dot source, or SVG rendered by Graphviz (default: %(default)s)",
+    )
+    parser.add_argument("--output", "-o", type=Path, default=None, help="write to FILE instead of standard output")
+
+
+def write(text: str, output: Path | None) -> None:
+    """Standard output, or the named file; a file that cannot be written is a DiagramError naming it."""
+    if output is None:
+        sys.stdout.write(text)
+        return
+    try:
+        output.write_text(text, encoding="utf-8")
+    except OSError as exc:
+        raise DiagramError(f"cannot write {output}: {exc.strerror}") from None

@@ -9,21 +9,10 @@ from typing import Any
 
 import pytest
 
+from client.harness import CHROMIUM, launch_chromium
 from client.participant import ProtocolClient
 from server.app import Config, make_app
 from server.examples.gridworld import study as example_study
-
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 
 
 def pytest_collection_modifyitems(items):
@@ -38,7 +27,7 @@ def browser():
 
     assert os.access(CHROMIUM, os.X_OK), "Debian chromium is required: `make test` installs it"
     with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        b = launch_chromium(p)
         yield b
         b.close()
 

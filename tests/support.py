@@ -1,70 +1,12 @@
-"""Helpers for tests: `python -m server` started as a researcher would, and participants held in chosen states."""
+"""Participants held in chosen states: one table of the messages that lead to each, for every test that needs one."""
 
 from __future__ import annotations
 
 import asyncio
-import socket
-import subprocess
-import sys
 import threading
-import time
-from collections.abc import Iterator
-from contextlib import contextmanager
-from pathlib import Path
 
 from client.participant import DESKTOP_CHROMIUM, ProtocolClient
 from statemachine import INITIAL, SEPARATOR
-
-ROOT = Path(__file__).resolve().parent.parent
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def start_server(data_dir: Path, *flags: str, port: int | None = None) -> tuple[subprocess.Popen, str]:
-    """Start `python -m server` and wait until it serves; the caller stops it."""
-    port = port or free_port()
-    log = data_dir.parent / f"server-{port}.log"
-    with open(log, "w") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "server", "--port", str(port), "--data-dir", str(data_dir), *flags],
-            cwd=ROOT,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
-    deadline = time.monotonic() + 30
-    while "Participant URL" not in log.read_text() and proc.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.05)
-    if "Participant URL" not in log.read_text():
-        proc.kill()
-        proc.wait(timeout=10)
-        raise RuntimeError(f"server did not start: {log.read_text()}")
-    return proc, f"http://127.0.0.1:{port}/"
-
-
-@contextmanager
-def served(data_dir: Path, *flags: str) -> Iterator[str]:
-    """Run `python -m server` on a free port until the block ends; yields the participant URL."""
-    with server_process(data_dir, *flags) as (url, _):
-        yield url
-
-
-@contextmanager
-def server_process(data_dir: Path, *flags: str) -> Iterator[tuple[str, subprocess.Popen]]:
-    """`served`, also handing over the process (to kill it mid-run)."""
-    proc, url = start_server(data_dir, *flags)
-    try:
-        yield url, proc
-    finally:
-        if proc.poll() is None:
-            proc.terminate()
-        proc.wait(timeout=10)
-
-
-# -- simulated participants held in chosen states ---------------------------------------------------------------
 
 HELLO = {"type": "hello"}
 SMALL_SCREEN = {"type": "screening", "facts": {**DESKTOP_CHROMIUM, "screen_width": 320, "screen_height": 240}}
@@ -77,18 +19,21 @@ GAME_OVER = {"type": "game_over", "score": 1}
 
 SITUATIONS: dict[str, list[dict]] = {
     "connected": [],
-    "checking+idle": [HELLO],
-    "passed+idle": [HELLO, SCREENING],
-    "passed+loading": [HELLO, SCREENING, LOADING],
-    "checking+loading": [HELLO, LOADING],
-    "ready at start": [HELLO, SCREENING, LOADING, READY],
-    "ready after a preload error": [HELLO, SCREENING, FAILED],
-    "ready at instructions": [HELLO, SCREENING, READY, ADVANCE],
-    "in game": [HELLO, SCREENING, READY, ADVANCE, ADVANCE],
+    "preflight/checking+idle": [HELLO],
+    "preflight/passed+idle": [HELLO, SCREENING],
+    "preflight/passed+loading": [HELLO, SCREENING, LOADING],
+    "preflight/checking+loading": [HELLO, LOADING],
+    "ready/start": [HELLO, SCREENING, LOADING, READY],
+    "ready/start after a preload error": [HELLO, SCREENING, FAILED],
+    "ready/instructions": [HELLO, SCREENING, READY, ADVANCE],
+    "in_game": [HELLO, SCREENING, READY, ADVANCE, ADVANCE],
     "completed": [HELLO, SCREENING, READY, ADVANCE, ADVANCE, GAME_OVER, ADVANCE],
     "excluded": [HELLO, SMALL_SCREEN],
 }
-"""How to bring a participant of the built-in example to each situation: the messages, in order."""
+"""How to bring a participant of the built-in example to each situation (`state/where`): the messages, in order.
+
+Each message's `type` is the trigger it fires, so the same table drives a `Session` directly and a socket.
+"""
 
 
 async def bring(url: str, situation: str, participant_id: str) -> tuple[ProtocolClient, dict | None]:

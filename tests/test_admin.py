@@ -10,9 +10,10 @@ from collections import Counter
 import pytest
 from tornado.httpclient import AsyncHTTPClient, HTTPRequest
 
+from client.harness import ROOT, served
 from server.session import Timeouts
 from statemachine import state_names
-from tests.support import ROOT, Crowd, bring, served, true_states
+from tests.support import Crowd, bring, true_states
 
 ADMIN_URLS = [
     "/admin",
@@ -26,18 +27,18 @@ ADMIN_URLS = [
     "/admin/static/admin.js",
 ]
 PLAN = {  # situation: how many participants stay connected in it (before `hello` there is no session to count)
-    "checking+idle": 9,
-    "passed+idle": 5,
-    "passed+loading": 5,
-    "checking+loading": 4,
-    "ready at start": 3,
-    "ready after a preload error": 2,
-    "ready at instructions": 4,
-    "in game": 5,
+    "preflight/checking+idle": 9,
+    "preflight/passed+idle": 5,
+    "preflight/passed+loading": 5,
+    "preflight/checking+loading": 4,
+    "ready/start": 3,
+    "ready/start after a preload error": 2,
+    "ready/instructions": 4,
+    "in_game": 5,
     "completed": 4,
     "excluded": 4,
 }
-ENDED = {"completed": 2, "excluded": 1, "checking+loading": 2}  # ... and these leave again
+ENDED = {"completed": 2, "excluded": 1, "preflight/checking+loading": 2}  # ... and these leave again
 GRACE = 2.0
 
 
@@ -112,7 +113,7 @@ async def test_fifty_participants_are_counted_where_they_really_are(http_server,
         if leaving[situation]:
             leaving[situation] -= 1
             client.close()
-            truth.update({"disconnected"} if situation == "checking+loading" else {"lingering"})
+            truth.update({"disconnected"} if situation == "preflight/checking+loading" else {"lingering"})
         else:
             truth.update(true_states(last))
     try:
@@ -124,15 +125,13 @@ async def test_fifty_participants_are_counted_where_they_really_are(http_server,
         )
         assert counts["live"] == 50
         assert counts["states"] == {name: truth[name] for name in state_names()}
-        assert counts["states"]["preflight"] == sum(
-            PLAN[s] for s in ("checking+idle", "passed+idle", "passed+loading", "checking+loading")
-        )
-        assert counts["states"]["in_game"] == PLAN["in game"]
+        assert counts["states"]["preflight"] == sum(n for s, n in PLAN.items() if s.startswith("preflight/"))
+        assert counts["states"]["in_game"] == PLAN["in_game"]
         assert counts["outcomes"] == {
             "completed": PLAN["completed"] + 2,
             "excluded": PLAN["excluded"] + 1,
             "abandoned": 0,
-            "preload_error": PLAN["ready after a preload error"],
+            "preload_error": PLAN["ready/start after a preload error"],
             "timed_out": 0,
         }
         assert counts["excluded_reasons"] == {"screen_too_small": PLAN["excluded"] + 1}
@@ -149,7 +148,7 @@ async def test_fifty_participants_are_counted_where_they_really_are(http_server,
 @pytest.mark.gen_test
 @pytest.mark.config(timeouts=Timeouts(screening=0.4, preload=0.1))  # preload first: leaving cancels it
 async def test_timeouts_are_counted_with_their_reason(http_server, http_port, ws_url, config):
-    silent, _ = await bring(ws_url, "checking+idle", "silent")
+    silent, _ = await bring(ws_url, "preflight/checking+idle", "silent")
     counts = await until(http_port, config.admin_token, lambda c: c["states"]["excluded"] == 1, "the exclusion")
     assert counts["timeouts"] == {"preload_timeout": 1, "screening_timeout": 1}
     assert counts["outcomes"]["timed_out"] == 1 and counts["outcomes"]["preload_error"] == 1  # one session, twice
@@ -161,7 +160,7 @@ async def test_timeouts_are_counted_with_their_reason(http_server, http_port, ws
 @pytest.mark.config(timeouts=Timeouts(grace=0.3))
 async def test_one_participants_path_screening_preload_and_scene_order(http_server, http_port, ws_url, config):
     token = config.admin_token
-    client, _ = await bring(ws_url, "in game", "traced")
+    client, _ = await bring(ws_url, "in_game", "traced")
     [row] = [s for s in await api(http_port, token, "sessions") if s["participant_id"] == "traced"]
     live = await api(http_port, token, f"sessions/{row['session_id']}")
     assert live["live"] is True and live["state"] == "in_game"
@@ -213,7 +212,7 @@ async def test_the_event_stream_pushes_new_counts_when_participants_move(http_se
     stream = fetch(http_port, "/admin/api/events", config.admin_token, streaming_callback=on_chunk, request_timeout=60)
     first = await asyncio.wait_for(events.get(), 5)
     assert first["live"] == 0
-    client, _ = await bring(ws_url, "ready at start", "mover")
+    client, _ = await bring(ws_url, "ready/start", "mover")
     while True:
         update = await asyncio.wait_for(events.get(), 5)
         if update["states"]["ready"] == 1:
@@ -229,10 +228,10 @@ async def test_the_event_stream_pushes_new_counts_when_participants_move(http_se
 # -- the page in Chromium ------------------------------------------------------------------------------------------
 
 BROWSER_PLAN = {
-    "checking+idle": 3,
-    "passed+loading": 2,
-    "ready at start": 1,
-    "in game": 2,
+    "preflight/checking+idle": 3,
+    "preflight/passed+loading": 2,
+    "ready/start": 1,
+    "in_game": 2,
     "completed": 1,
     "excluded": 1,
 }
@@ -274,7 +273,7 @@ def test_the_admin_page_draws_the_lifecycle_with_live_counts(admin_server, brows
 
             # Live: one more participant reaches the game while the page stays loaded.
             updates = page.evaluate("window.__admin.updates")
-            crowd.bring(ws, "in game", "late")
+            crowd.bring(ws, "in_game", "late")
             page.wait_for_function("window.__admin.data.states.in_game === 3", timeout=10_000)
             assert page.evaluate("window.__admin.updates") > updates
             assert page.locator('#diagram svg .badge[data-state="in_game"] text').text_content() == "3"

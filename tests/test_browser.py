@@ -14,9 +14,8 @@ from urllib.parse import urlparse
 import pytest
 from playwright.sync_api import Route
 
+from client.harness import records_of, served
 from server.export import export
-from server.store import read_records
-from tests.support import served
 
 PING_SECONDS = 1.0
 LOAD_TIMEOUT_MS = 90_000
@@ -88,15 +87,6 @@ def enter_the_game(page) -> list:
 def resources(where) -> list[str]:
     """The URLs a page or a worker fetched itself, from its own Resource Timing buffer."""
     return where.evaluate("performance.getEntriesByType('resource').map((e) => e.name)")
-
-
-def records_of(data: Path, participant_id: str) -> list[dict]:
-    [records] = [
-        r
-        for r in map(list, map(read_records, (data / "sessions").glob("*.msgpack")))
-        if any(x["kind"] == "begin" and x["participant_id"] == participant_id for x in r)
-    ]
-    return records
 
 
 def played(records: list[dict]) -> list[dict]:

@@ -1,4 +1,4 @@
-"""The commands as a researcher types them: `python -m server`, `python -m client walk`."""
+"""The commands as a researcher types them: `python -m server` (and its `scenes`), `python -m client walk`."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import sys
 import urllib.error
 import urllib.request
 
-from tests.support import ROOT, served
+from client.harness import ROOT, served
 
 
 def run(*args: str, timeout: float = 30) -> subprocess.CompletedProcess:
@@ -28,6 +28,19 @@ def test_help_documents_the_flags():
         "--admin-token",
     ):
         assert flag in out
+    assert "python -m server scenes --help" in out
+
+
+def test_scenes_draws_the_experiment_the_server_would_serve(tmp_path):
+    mermaid = run("-m", "server", "scenes")
+    assert mermaid.returncode == 0, mermaid.stderr
+    assert "title: Scene flow of gridworld-example" in mermaid.stdout
+    assert "gridworld (game, needs Python in the page)" in mermaid.stdout
+    out = tmp_path / "flow.svg"
+    svg = run("-m", "server", "scenes", "--format", "svg", "-o", str(out))
+    assert svg.returncode == 0 and svg.stdout == "", svg.stderr
+    drawn = out.read_text()
+    assert "<svg" in drawn and "gridworld (game, needs Python in the page)" in drawn
 
 
 def test_a_bad_experiment_is_named_on_the_command_line(tmp_path):

@@ -15,10 +15,10 @@ from pathlib import Path
 
 import pytest
 
+from client.harness import ROOT
+from server.scene_flow import scene_flow
 from statemachine import GUARD_LABELS, SEPARATOR, STATES, TRANSITIONS, state_names
 from statemachine.diagram import lifecycle
-from statemachine.scenes import scene_flow
-from tests.support import ROOT
 
 MERMAID_JS = ROOT / "node_modules" / "mermaid" / "dist" / "mermaid.min.js"
 ARCHITECTURE = ROOT / "docs" / "architecture.md"
@@ -28,10 +28,14 @@ DOC_BEGIN = (
 SVG = "{http://www.w3.org/2000/svg}"
 
 
-def run(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+def run(*args: str, env: dict | None = None, command: str = "statemachine") -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "statemachine", *args], cwd=ROOT, capture_output=True, text=True, timeout=60, env=env
+        [sys.executable, "-m", command, *args], cwd=ROOT, capture_output=True, text=True, timeout=60, env=env
     )
+
+
+def scenes(*args: str) -> subprocess.CompletedProcess:
+    return run("scenes", *args, command="server")
 
 
 def table_edges() -> list[tuple[str, str, str, list[str]]]:
@@ -146,7 +150,7 @@ def test_the_scene_flow_shows_wrappers_python_and_the_gates(tmp_path):
         "                    StaticScene('survey', html=''), StaticScene('quiz', html='')], keep_n=2),\n"
         "    EndScene(completion_code='C0DE')])\n"
     )
-    done = run("diagram", "--scenes", "--experiment", str(study))
+    done = scenes("--experiment", str(study))
     assert done.returncode == 0, done.stderr
     text = done.stdout
     assert "randomized order, keep 2 of 3" in text and "repeated 3 times" in text
@@ -157,22 +161,24 @@ def test_the_scene_flow_shows_wrappers_python_and_the_gates(tmp_path):
     start, consent = re.search(r'^\s*(n\d+)\["start', text, re.M)[1], re.search(r'^\s*(n\d+)\["consent', text, re.M)[1]
     assert f'{start} -->|"gate: {words}"| {consent}' in text
     assert GUARD_LABELS["next_is_game"] in text.split("game (game")[1].split('"]')[0]
-    dot = run("diagram", "--scenes", "--experiment", str(study), "--format", "dot").stdout
+    dot = scenes("--experiment", str(study), "--format", "dot").stdout
     assert 'label="randomized order, keep 2 of 3"' in dot and 'label="repeated 3 times"' in dot
 
 
 def test_command_line_errors_name_the_problem(tmp_path):
-    lone = run("diagram", "--experiment", "x.py")
-    assert lone.returncode == 2 and "--experiment is only used with --scenes" in lone.stderr
-    missing = run("diagram", "--scenes", "--experiment", str(tmp_path / "nope.py"))
+    lone = run("diagram", "--experiment", "x.py")  # scenes are drawn by `python -m server scenes`
+    assert lone.returncode == 2 and "unrecognized arguments: --experiment" in lone.stderr
+    missing = scenes("--experiment", str(tmp_path / "nope.py"))
     assert missing.returncode == 2 and "experiment file not found" in missing.stderr
+    scenes_unwritable = scenes("-o", str(tmp_path / "no" / "such" / "dir.mmd"))
+    assert scenes_unwritable.returncode == 2 and "cannot write" in scenes_unwritable.stderr
     unwritable = run("diagram", "-o", str(tmp_path / "no" / "such" / "dir.mmd"))
     assert unwritable.returncode == 2 and "cannot write" in unwritable.stderr
     bad_format = run("diagram", "--format", "png")
     assert bad_format.returncode == 2 and "invalid choice: 'png'" in bad_format.stderr
     no_dot = run("diagram", "--format", "svg", env={**os.environ, "PATH": str(Path(sys.executable).parent)})
     assert no_dot.returncode == 2 and "Graphviz's `dot` is not installed" in no_dot.stderr
-    for done in (lone, missing, unwritable, bad_format, no_dot):
+    for done in (lone, missing, scenes_unwritable, unwritable, bad_format, no_dot):
         assert "Traceback" not in done.stderr
 
 
@@ -182,7 +188,7 @@ def test_the_live_server_never_builds_a_diagram_machine():
         "import sys, server.app; from transitions.extensions.diagrams import GraphMachine; "
         "from statemachine import SessionMachine; assert not isinstance(SessionMachine(), GraphMachine); "
         "print(sorted(m for m in sys.modules if m.startswith(('graphviz', 'statemachine.diagram', "
-        "'statemachine.scenes', 'transitions.extensions.diagrams_'))))"
+        "'server.scene_flow', 'transitions.extensions.diagrams_'))))"
     )
     done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr

@@ -11,11 +11,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from client.harness import start_server, stop_server
 from client.participant import DESKTOP_CHROMIUM, ProtocolClient
 from server.protocol import PRELOAD_STATUSES, SERVER_TYPES, Code
 from server.store import read_records
 from statemachine import STATES
-from tests.support import start_server
 
 TOP_STATES = {s if isinstance(s, str) else s["name"] for s in STATES}
 
@@ -72,8 +72,7 @@ def server(tmp_path_factory):
     data = tmp_path_factory.mktemp("fuzz") / "data"
     proc, url = start_server(data, "--rate-limit", "100000", "--screening-timeout", "30")
     yield url.replace("http", "ws") + "ws", data
-    proc.terminate()
-    proc.wait(timeout=10)
+    stop_server(proc)
 
 
 def check_reply(reply: dict) -> None:

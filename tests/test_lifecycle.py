@@ -21,6 +21,7 @@ from statemachine import (
     triggers,
 )
 from statemachine.lifecycle import top_state
+from tests.support import HELLO, LOADING, READY, SCREENING, SITUATIONS
 
 CHROME_UA = DESKTOP_CHROMIUM["user_agent"]
 CLIENT_TRIGGERS = ["hello", "screening", "preload", "advance", "game_event", "game_over"]
@@ -68,45 +69,10 @@ def msg(kind, **fields):
     return {"type": kind, **fields}
 
 
-SCREEN = msg("screening", facts=DESKTOP_CHROMIUM)
-LOADING = msg("preload", status="loading", stage="runtime")
-READY = msg("preload", status="ready")
-
-
-def drive(session, steps):
-    for trigger, message in steps:
-        assert session.fire(trigger, message) is Fired.ACCEPTED, (trigger, session.state)
-
-
-# Each reachable situation, with the steps that lead there.
-SITUATIONS = {
-    "connected": [],
-    "preflight/checking+idle": [("hello", msg("hello"))],
-    "preflight/passed+loading": [("hello", msg("hello")), ("screening", SCREEN), ("preload", LOADING)],
-    "ready/start": [("hello", msg("hello")), ("screening", SCREEN), ("preload", READY)],
-    "ready/instructions": [
-        ("hello", msg("hello")),
-        ("screening", SCREEN),
-        ("preload", READY),
-        ("advance", msg("advance")),
-    ],
-    "in_game": [
-        ("hello", msg("hello")),
-        ("screening", SCREEN),
-        ("preload", READY),
-        ("advance", msg("advance")),
-        ("advance", msg("advance")),
-    ],
-    "completed": [
-        ("hello", msg("hello")),
-        ("screening", SCREEN),
-        ("preload", READY),
-        ("advance", msg("advance")),
-        ("advance", msg("advance")),
-        ("game_over", msg("game_over")),
-        ("advance", msg("advance")),
-    ],
-}
+def drive(session, messages):
+    """Fire each message's own type as its trigger, as the server does with what a socket delivers."""
+    for message in messages:
+        assert session.fire(message["type"], message) is Fired.ACCEPTED, (message["type"], session.state)
 
 
 def accepted_triggers(state) -> set[str]:
@@ -145,7 +111,7 @@ def test_every_message_the_state_does_not_accept_is_refused_without_a_change(mac
     session, _sent = new_session(machine, clock)
     drive(session, SITUATIONS[situation])
     before, history = session.state, list(session.history)
-    message = {"hello": msg("hello"), "screening": SCREEN, "preload": READY}.get(trigger, msg(trigger))
+    message = {"hello": HELLO, "screening": SCREENING, "preload": READY}.get(trigger, msg(trigger))
     assert session.fire(trigger, message) is Fired.NOT_ACCEPTED
     assert session.state == before and session.history == history
 
@@ -216,7 +182,7 @@ def test_each_state_message_is_sent_once(machine, clock):
 
 def test_screening_silence_excludes_with_reason_timeout(machine, clock):
     session, sent = new_session(machine, clock)
-    drive(session, [("hello", msg("hello")), ("preload", READY)])
+    drive(session, [HELLO, READY])
     clock.fire_all()
     assert session.state == "excluded" and session.verdict == ("timeout",)
     assert sent[-1]["state"] == "excluded" and sent[-1]["reason"] == "timeout"
@@ -225,24 +191,24 @@ def test_screening_silence_excludes_with_reason_timeout(machine, clock):
 
 def test_preload_silence_is_an_error_that_still_lets_the_participant_play(machine, clock):
     session, _ = new_session(machine, clock)
-    drive(session, [("hello", msg("hello")), ("screening", SCREEN), ("preload", LOADING)])
+    drive(session, [HELLO, SCREENING, LOADING])
     clock.fire_all()
     assert session.state == "ready" and session.preload_result == "error"
-    drive(session, [("advance", msg("advance")), ("advance", msg("advance"))])
+    drive(session, [msg("advance"), msg("advance")])
     assert session.state == "in_game"
 
 
 def test_a_reported_preload_stage_does_not_restart_the_timer(machine, clock):
     session, _ = new_session(machine, clock)
-    drive(session, [("hello", msg("hello")), ("preload", LOADING)])
+    drive(session, [HELLO, LOADING])
     pending = dict(clock.pending)
-    drive(session, [("preload", LOADING), ("preload", LOADING)])
+    drive(session, [LOADING, LOADING])
     assert clock.pending == pending
 
 
 def test_closing_cancels_timers_and_detaches(machine, clock):
     session, _ = new_session(machine, clock)
-    drive(session, [("hello", msg("hello"))])
+    drive(session, [HELLO])
     assert machine.attached == 1 and clock.pending
     session.release()
     assert machine.attached == 0 and not clock.pending and session.outcome is None  # only the table decides one

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import pytest
 
+from client.harness import ROOT, free_port, served
 from client.participant import ProtocolClient
 from server.loader import load_study
 from server.packages import (
@@ -32,7 +33,6 @@ from server.packages import (
 )
 from server.runtime import DEFAULT_PYODIDE_DIR, DEFAULT_WHEELHOUSE, RuntimeSetupError, load_runtime
 from server.store import read_records
-from tests.support import ROOT, free_port, served
 
 CORE_VERSION = json.loads((DEFAULT_PYODIDE_DIR / "package.json").read_text())["version"]
 MICROPIP = next(DEFAULT_WHEELHOUSE.glob("micropip-*.whl"))

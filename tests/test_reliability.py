@@ -9,10 +9,10 @@ import msgpack
 import pytest
 from tornado.httpclient import HTTPClientError
 
+from client.harness import start_server
 from client.participant import DESKTOP_CHROMIUM, ProtocolClient, walk
 from server.session import Timeouts
 from server.store import DataStore, read_records
-from tests.support import start_server
 
 READY = {"type": "preload", "status": "ready"}
 

@@ -12,10 +12,10 @@ import sys
 
 import pytest
 
+from client.harness import ROOT, free_port, served, server_process
 from client.runner import replay
 from client.trace import Expect, load
 from server.store import read_records
-from tests.support import ROOT, free_port, served, server_process
 
 
 def run(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:

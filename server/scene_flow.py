@@ -1,22 +1,26 @@
-"""An experiment's scene flow, drawn from the same `Experiment` the server serves.
+"""`python -m server scenes`: an experiment's scene flow, drawn from the same `Experiment` the server serves.
 
 Wrappers are drawn as what they do to each participant's order, games say that they
-need Python, and the gates carry the lifecycle table's own guard words.
+need Python, and the gates carry the lifecycle table's own guard words. It lives with the
+experiment model, not in `statemachine`, so the lifecycle package never depends on the server.
 """
 
 from __future__ import annotations
 
+import argparse
 import itertools
-from collections.abc import Sequence
+import sys
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import graphviz
 
-from server.experiment import EndScene, Experiment, GymScene, RandomizeOrder, RepeatScene, StartScene
+from statemachine import TRANSITIONS
+from statemachine.diagram import FORMATS, DiagramError, add_output_arguments, guard_words, render_svg, write
 
-from .diagram import FORMATS, DiagramError, guard_words, render_svg
-from .lifecycle import TRANSITIONS
+from .experiment import EndScene, Experiment, GymScene, RandomizeOrder, RepeatScene, StartScene
+from .loader import DEFAULT, ExperimentError, load_experiment
 
 
 def gate_words(source: str, dest: str) -> str:
@@ -144,3 +148,22 @@ def _graphviz(boxes: list[_Box], title: str, gate: str) -> graphviz.Digraph:
             attr["lhead"] = f"cluster_{b.key}"
         graph.edge(_last(a), _first(b), **attr)
     return graph
+
+
+def main(argv: Iterable[str]) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m server scenes", description="Draw an experiment's scene flow, from the experiment itself."
+    )
+    parser.add_argument(
+        "--experiment",
+        default=DEFAULT,
+        help="a Python file (path/to/study.py[:name]) or module defining an Experiment (default: the built-in example)",
+    )
+    add_output_arguments(parser)
+    args = parser.parse_args(list(argv))
+    try:
+        write(scene_flow(load_experiment(args.experiment), args.format), args.output)
+    except (ExperimentError, DiagramError) as exc:
+        print(f"python -m server scenes: error: {exc}", file=sys.stderr)
+        return 2
+    return 0

@@ -1,0 +1,1 @@
+"""Benchmarks, each run as `python -m bench.<name>` from the repository root; none is a test."""
