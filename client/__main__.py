@@ -16,7 +16,9 @@ def main(argv: list[str] | None = None) -> int:
     w = commands.add_parser("walk", help="walk one simulated desktop-Chromium participant through the experiment")
     w.add_argument("--url", default="ws://127.0.0.1:8888/ws", help="the server's WebSocket URL (default: %(default)s)")
     w.add_argument("--participant-id", default=None, help="participant id to send in hello (default: server assigns)")
-    w.add_argument("--steps", type=int, default=5, help="game events per game scene (default: %(default)s)")
+    w.add_argument(
+        "--steps", type=int, default=5, help="game steps per game scene, in one batch (default: %(default)s)"
+    )
     w.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for any reply (default: %(default)s)")
     w.add_argument(
         "--count",

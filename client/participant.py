@@ -9,7 +9,7 @@ from typing import Any
 from tornado.websocket import WebSocketClientConnection, websocket_connect
 
 from server import protocol
-from statemachine import FINAL_STATES
+from statemachine import FINAL_STATES, IN_GAME
 
 DESKTOP_CHROMIUM = {
     "user_agent": (
@@ -148,12 +148,18 @@ async def walk(
                 if situation == acted_on:  # a resume confirms the state it resent: act once
                     continue
                 acted_on = situation
-                if message["state"] == "in_game":
-                    for step in range(steps):
-                        if (scene["scene_id"], step) not in sent_steps:
-                            sent_steps.add((scene["scene_id"], step))
-                            await client.send({"type": "game_event", "step": step, "action": step % 4, "reward": -0.01})
-                    await client.send({"type": "game_over", "steps": steps, "score": 1.0})
+                if message["state"] == IN_GAME:
+                    batch = [
+                        {"episode": 0, "step": step, "action": step % 4, "reward": -0.01, "terminated": False}
+                        for step in range(1, steps + 1)
+                        if (scene["scene_id"], step) not in sent_steps
+                    ]
+                    sent_steps.update((scene["scene_id"], s["step"]) for s in batch)
+                    if batch:
+                        await client.send({"type": "steps", "steps": batch})
+                    await client.send(
+                        {"type": "game_over", "episodes": 1, "steps": steps, "total_reward": -0.01 * steps}
+                    )
                 elif message["may_advance"]:
                     await client.send({"type": "advance"})
                 await client.ack()

@@ -111,6 +111,19 @@ def details(study: StudyView, session_id: str) -> dict[str, Any] | None:
             {"scene_id": s.scene_id, "scene_type": s.scene_type, "index": s.index, **when(s.t, s.wall)}
             for s in summary.scenes_shown
         ],
+        "games": [
+            {
+                "scene_id": g.scene_id,
+                "failed": bool(g.summary.get("failed")),
+                "error": g.summary.get("error"),
+                "steps": g.summary.get("steps"),
+                "episodes": g.summary.get("episodes"),
+                "total_reward": g.summary.get("total_reward"),
+                "complete": (g.check or {}).get("complete"),
+                **when(g.t, g.wall),
+            }
+            for g in summary.games
+        ],
         "participant_id": None,
         "params": {},
         "seed": None,

@@ -17,6 +17,7 @@ from statemachine import INITIAL, Fired, top_state
 
 from . import protocol
 from .admin import admin_routes
+from .assets import AssetFiles, collect_assets
 from .config import Config
 from .packages import LOCAL_URL
 from .page_module import page_module
@@ -176,8 +177,10 @@ class ParticipantPage(tornado.web.RequestHandler):
 def make_app(config: Config) -> tornado.web.Application:
     """The whole server for one study; tests and `python -m server` both start it this way."""
     study = Study(config)
+    assets = collect_assets(config.experiment, config.experiment_file)
     routes: list[Any] = [
         (r"/", ParticipantPage),
+        (r"/assets/([^/]+)/([^/]+)", AssetFiles, {"assets": assets}),
         (r"/ws", ParticipantSocket, {"study": study}),
         (r"/client/lifecycle\.js", PageModule, {"source": page_module()}),
         (r"/client/(game_contract\.py)", tornado.web.StaticFileHandler, {"path": str(SERVER_DIR)}),

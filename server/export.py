@@ -36,6 +36,7 @@ PARTICIPANT_COLUMNS = [
     "preload_ready_ms",
     "preload_error",
     "game_events",
+    "steps",
     "outcome",
     "final_state",
     "started_wall",
@@ -136,6 +137,7 @@ def participant(summary: SessionRecords, torn: int) -> dict[str, Any]:
     row.update(
         session_id=summary.session_id,
         game_events=summary.game_events,
+        steps=summary.steps,
         outcome=summary.outcome,
         final_state=summary.final_state,
         started_wall=summary.first_wall,

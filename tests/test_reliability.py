@@ -271,8 +271,8 @@ async def test_participants_dropped_at_every_moment_finish_with_every_record(ws_
     await asyncio.sleep(1.0)  # finished sessions stay resumable for the grace period, then are closed
     for log in (config.data_dir / "sessions").glob("*.msgpack"):
         records = list(read_records(log))
-        steps = [r["data"]["step"] for r in records if r["kind"] == "game_event"]
-        assert steps == [0, 1, 2], log
+        steps = [s["step"] for r in records if r["kind"] == "steps" for s in r["steps"]]
+        assert steps == [1, 2, 3], log
         assert records[-1]["kind"] == "closed" and records[-1]["outcome"] == "completed"
         assert [r["kind"] for r in records].count("resumed") == 1
 

@@ -45,7 +45,7 @@ def test_export_writes_tidy_tables_in_both_formats(recorded, tmp_path):
     for p in people:
         assert p["outcome"] == "completed" and p["screening_verdict"] == "passed" and p["preload_status"] == "ready"
         assert json.loads(p["scene_order"]) == ["start", "instructions", "gridworld", "end"] and p["seed"]
-        assert float(p["time_to_ready_s"]) > 0 and int(p["game_events"]) == 5 and p["torn_bytes"] == "0"
+        assert float(p["time_to_ready_s"]) > 0 and int(p["steps"]) == 5 and p["torn_bytes"] == "0"
     out = run(
         "-m", "server", "export", "--data-dir", str(recorded), "--format", "jsonl", "--output", str(tmp_path / "j")
     )
@@ -62,7 +62,7 @@ def test_export_writes_tidy_tables_in_both_formats(recorded, tmp_path):
         "preload",
         "scene",
         "transition",
-        "game_event",
+        "steps",
         "game_over",
     }
 
@@ -121,7 +121,7 @@ def test_replay_writes_the_report_and_thresholds_set_the_exit_code(recorded, tmp
     assert ok.returncode == 0, ok.stdout + ok.stderr
     assert "sessions: ok 20, diverged 0, failed 0" in ok.stdout and "latency_ms" in ok.stdout
     data = json.loads(report.read_text())
-    assert data["sessions"]["ok"] == 20 and data["messages"]["sent"] > 20 * 13  # 13 recorded each, plus acks
+    assert data["sessions"]["ok"] == 20 and data["messages"]["sent"] > 20 * 9  # 9 recorded each, plus acks
     assert data["latency_ms"]["hello"]["count"] == 20 and data["thresholds"]["crossed"] == []
     with open(report.with_suffix(".csv")) as f:
         rows = list(csv.DictReader(f))

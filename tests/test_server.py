@@ -41,7 +41,7 @@ async def test_full_walk_reaches_the_completion_code(ws_url, config):
     ]
     [log] = (config.data_dir / "sessions").glob("*.msgpack")
     kinds = [r["kind"] for r in read_records(log)]
-    assert {"begin", "screening", "preload", "scene", "transition", "game_event", "game_over"} <= set(kinds)
+    assert {"begin", "screening", "preload", "scene", "transition", "steps", "game_over"} <= set(kinds)
 
 
 @pytest.mark.gen_test

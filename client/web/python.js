@@ -87,7 +87,8 @@ export class PythonHost {
       flushedAt = now();
     };
     try {
-      game = this.python(() => this.contract.load(scene.environment, this.pyodide.toPy(scene.env_kwargs)));
+      game = this.python(() => this.contract.load.callKwargs(scene.environment, this.pyodide.toPy(scene.env_kwargs),
+                                                              { assets: this.pyodide.toPy(scene.assets || []) }));
       for (let episode = 0; episode < scene.episodes && reason === "done"; episode++) {
         if (episode > 0) {
           flush();
