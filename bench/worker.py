@@ -1,4 +1,4 @@
-"""What the runtime's worker buys the page: main-thread stalls, time to ready and step round trips, worker vs main.
+"""What the runtime's worker buys the page: main-thread stalls and time to ready, worker vs main.
 
 Run: .venv/bin/python -m bench.worker [--runs 3]
 
@@ -19,13 +19,11 @@ Per run, all taken inside the page (an init script that runs before app.js):
   (screening passed and the preload settled: Start is enabled).
 * time to ready: from navigation start (performance.now() == 0) to `ready`, and from the
   page handling `experiment_config` (when the preload starts) to `ready`.
-* step round trip: the harness walks into the game and, from its first frame, dispatches
-  one arrow-key `keydown` every 1000/fps ms (the example's fps) inside the page, circling
-  the top-left square so the game runs its full `max_steps`. Each step's `step_ms`
-  (performance.now() around `await env.step(action)` in game.js: page -> runtime -> page,
-  including structured cloning both ways) is read back from the participant's
-  `game_event` records in the server's data dir. Percentiles pool every run's steps.
-  The heartbeat keeps running, so the longest stall during the game is reported too.
+* the game: the harness walks into the game and, from its first frame, dispatches one
+  arrow-key `keydown` every 100 ms inside the page, circling the top-left square so the
+  game runs its full `max_steps`; the heartbeat keeps running, so the longest stall during
+  the game is reported too. (The game loop's own figures — tick rate, frame time, work on
+  the main thread per frame — are `python -m bench.game`'s.)
 
 One unmeasured run per mode comes first (the server's and the browser's first-use
 costs), then the modes alternate, each taking the first turn every other run.
@@ -53,7 +51,6 @@ from bench.browser import (
     wait_state,
 )
 from client.harness import CHROMIUM, records_of
-from client.stats import percentile
 from server.examples.gridworld.study import experiment
 from server.experiment import GymScene
 
@@ -108,7 +105,6 @@ class Run:
     nav_to_ready_s: float
     config_to_ready_s: float
     game_stall_ms: float  # longest heartbeat gap while the game ran
-    steps_ms: list[float]
     stages_ms: dict[str, int]  # each preload stage's elapsed_ms as the page reported it
     where: str
     loads: int
@@ -136,13 +132,13 @@ def measure(browser: Browser, url: str, data: Path, mode: str, k: int) -> Run:
         page.click("#advance", timeout=STEP_TIMEOUT_MS)
         wait_state(page, "in_game", GAME.scene_id)
         wait_js(page, "window.__preflight.firstFrameAt !== null")
-        page.evaluate(DRIVE, [GAME.fps, GAME.max_steps])
+        page.evaluate(DRIVE, [10, GAME.max_steps])
         wait_state(page, "ready", GAME.scene_id)
         game_gap = page.evaluate("window.__bench.gameMaxGap")
     finally:
         context.close()
     found = records_of(data, participant)
-    steps = [r["data"]["step_ms"] for r in found if r["kind"] == "game_event"]
+    steps = [s for r in found if r["kind"] == "steps" for s in r["steps"]]
     if len(steps) != GAME.max_steps:
         raise RuntimeError(f"{mode}: {len(steps)} steps recorded, expected {GAME.max_steps}")
     stages = {r.get("stage", r["status"]): r["elapsed_ms"] for r in found if r["kind"] == "preload"}
@@ -153,7 +149,6 @@ def measure(browser: Browser, url: str, data: Path, mode: str, k: int) -> Run:
         before["ready"] / 1000,
         (before["ready"] - before["config"]) / 1000,
         game_gap,
-        steps,
         stages,
         before["where"],
         before["loads"],
@@ -183,15 +178,6 @@ def table(runs: list[Run]) -> Iterator[str]:
     ):
         ratio = med("worker", field) / med("main", field) if med("main", field) else float("nan")
         yield (f"| {label}, {unit} | {spread('worker', field, fmt)} | {spread('main', field, fmt)} | {ratio:.3f} |")
-    pooled = {mode: sorted(s for r in by[mode] for s in r.steps_ms) for mode in MODES}
-    for q in (50, 99):
-        w, m = percentile(pooled["worker"], q), percentile(pooled["main"], q)
-        yield (
-            f"| step round trip p{q} at {GAME.fps} fps ({len(pooled['worker'])} steps per mode), ms "
-            f"| {w:.3f} | {m:.3f} | {w / m:.1f} |"
-        )
-    w, m = max(pooled["worker"]), max(pooled["main"])
-    yield f"| step round trip max, ms | {w:.3f} | {m:.3f} | {w / m:.1f} |"
     for stage in ("micropip", "packages", "preparing", "ready"):
         w, m = (statistics.median(r.stages_ms[stage] for r in by[mode]) for mode in MODES)
         yield f"| preload reached `{stage}` (elapsed_ms reported), ms | {w:.0f} | {m:.0f} | {w / m:.3f} |"
@@ -212,8 +198,7 @@ def main() -> int:
                 run = measure(browser, url, data, mode, k)
                 print(
                     f"run {k + 1} {mode}: stall {run.stall_ms:.0f} ms, long task {run.long_task_ms:.0f} ms, "
-                    f"ready {run.nav_to_ready_s:.3f} s, step p50 {percentile(sorted(run.steps_ms), 50):.3f} ms "
-                    f"p99 {percentile(sorted(run.steps_ms), 99):.3f} ms (loadPyodide calls {run.loads}, "
+                    f"ready {run.nav_to_ready_s:.3f} s (loadPyodide calls {run.loads}, "
                     f"load average {os.getloadavg()[0]:.2f})",
                     file=sys.stderr,
                     flush=True,

@@ -10,7 +10,7 @@ import { CLOSE, CODE, FINAL_STATES, GIVE_UP, PLAYING, STAGE, STAGES, STATUS, TYP
 const $ = (id) => document.getElementById(id);
 
 const preflight = (window.__preflight = { states: [], errors: [], runtime: null, firstFrameAt: null, firstStepAt: null,
-                                          connections: 0, games: 0, steps: 0 });
+                                          connections: 0, games: 0, steps: 0, frameTimes: [] });
 const params = Object.fromEntries(new URLSearchParams(location.search));
 const TOKEN_KEY = `preflight.token:${location.pathname}${location.search}`;
 

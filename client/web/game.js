@@ -12,6 +12,7 @@ export async function playGame(runtime, scene, canvas, { send, status }) {
   try {
     return await runtime.play(scene, (event) => {
       if (event.type === "frame") {
+        const began = performance.now();  // the page's work for a frame: drawing it and the score
         draw(canvas, event.frame, assets);
         stats.firstFrameAt ??= performance.now();
         if (event.step > 0) {
@@ -19,6 +20,7 @@ export async function playGame(runtime, scene, canvas, { send, status }) {
           stats.steps += 1;
         }
         if (scene.show_score) status(`Score: ${round(event.score)}`);
+        if (stats.frameTimes.length < 100_000) stats.frameTimes.push([event.work_ms, performance.now() - began]);
       } else if (event.type === "steps") {
         send({ type: TYPE.steps, steps: event.steps });
       } else if (event.type === "episode") {

@@ -117,6 +117,7 @@ export class PythonHost {
             const key = scene.input === "held" ? keys[keys.length - 1] : keys[0];
             if (key !== undefined && controls.visible) action = scene.keys[key];
           }
+          const began = now();
           const result = this.python(() => game.step(this.pyodide.toPy(action)));
           step += 1;
           steps += 1;
@@ -126,7 +127,7 @@ export class PythonHost {
           batch.push({ episode, step, action, reward: result.reward, terminated: result.terminated, truncated,
                        info: result.info, keys, visible: controls.visible, t: Math.round(now()),
                        ...(scene.record_observations ? { observation: result.observation } : {}) });
-          this.frame(game, episode, step, total);
+          this.frame(game, episode, step, total, began);
           if (batch.length >= BATCH_STEPS || now() - flushedAt >= BATCH_MS) flush();
         }
         episodes = episode + 1;
@@ -169,10 +170,11 @@ export class PythonHost {
   }
 
   // Render, and hand the frame to the page: a drawing as it is, an RGB image as a transferred buffer.
-  frame(game, episode, step, score) {
+  // `work_ms`: the step and the render, in this thread, for the benchmark of the loop.
+  frame(game, episode, step, score, began = now()) {
     const frame = this.python(() => game.frame());
     const transfer = frame.kind === "rgb" ? [(frame.data = frame.data.slice().buffer)] : [];
-    this.notify({ kind: "game", type: "frame", episode, step, score, frame }, transfer);
+    this.notify({ kind: "game", type: "frame", episode, step, score, frame, work_ms: now() - began }, transfer);
   }
 
   // Call into Python and convert the result; a Python error becomes its last line (the contract's own words).
