@@ -160,11 +160,12 @@ async def play_protocol(url: str, players: int, minutes: float, batched: bool) -
 
 
 def server_cost(runs: int, players: int, minutes: float, tmp: Path) -> dict[str, list[float]]:
+    study = write_study(tmp / "cost-study")  # no round-trip rule: a saturated server's pings would exclude players
     costs: dict[str, list[float]] = {"batched": [], "per step": []}
     for k in range(runs):
         for batched in (True, False) if k % 2 == 0 else (False, True):
             data = tmp / f"cost-{k}-{batched}"
-            with server_process(data, "--rate-limit", "100000") as (url, proc):
+            with server_process(data, "--rate-limit", "100000", "--experiment", str(study)) as (url, proc):
                 ws = url.replace("http://", "ws://") + "ws"
                 before = cpu_seconds(proc.pid)
                 asyncio.run(play_protocol(ws, players, minutes, batched))
