@@ -14,8 +14,9 @@ from urllib.parse import urlparse
 import pytest
 from playwright.sync_api import Route
 
-from client.harness import records_of, served
+from client.harness import ROOT, records_of, served
 from server.export import export
+from server.game_contract import replay
 
 PING_SECONDS = 1.0
 LOAD_TIMEOUT_MS = 90_000
@@ -154,6 +155,11 @@ def test_a_participant_walks_from_the_url_to_the_completion_code_offline(server,
     assert steps[-1]["terminated"] is True and sum(s["reward"] for s in steps) == pytest.approx(0.93)
     [over] = [r for r in records if r["kind"] == "game_over"]
     assert over["check"] == {"reported_steps": 8, "received_steps": 8, "complete": True}
+    [scene] = [r for r in records if r["kind"] == "scene" and r["scene_id"] == "gridworld"]
+    with pytest.MonkeyPatch.context() as patch:  # the same episode again, in CPython, from the recorded seed
+        patch.syspath_prepend(str(ROOT / "server" / "examples" / "gridworld"))
+        [again] = replay("gridworld_env:make", {}, [(scene["seeds"][0], [s["action"] for s in steps])])
+    assert [(r["reward"], r["terminated"]) for r in again] == [(s["reward"], s["terminated"]) for s in steps]
 
 
 def test_python_lives_in_one_worker_and_the_game_steps_through_it(server, context):

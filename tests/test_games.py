@@ -194,3 +194,24 @@ def test_an_environment_that_breaks_the_contract_ends_the_game_as_failed_never_s
         assert "failed: reset() returned an int; expected (observation, info)" in admin.inner_text("#games")
     [over] = [r for r in records_of(data, "unlucky") if r["kind"] == "game_over"]
     assert over["data"]["failed"] is True and "reset() returned an int" in over["data"]["error"]
+
+
+def test_a_time_limit_ends_a_game_that_waits_for_keys(context, tmp_path):
+    study = tmp_path / "limited"
+    study.mkdir()
+    for name in ("gridworld_env.py",):
+        (study / name).write_text((EXAMPLES / "gridworld" / name).read_text())
+    (study / "study.py").write_text(
+        "from server.experiment import EndScene, Experiment, GymScene, StartScene, StaticScene\n"
+        "experiment = Experiment(name='limited', scenes=[StartScene(), StaticScene('instructions', '<p>Go</p>'),\n"
+        "    GymScene('grid', environment='gridworld_env:make', keys={'ArrowRight': 1}, input='turn',\n"
+        "             time_limit_s=2), EndScene(completion_code='T1')])\n"
+    )
+    data = tmp_path / "data"
+    with served(data, "--experiment", str(study / "study.py")) as url:
+        page = context.new_page()
+        enter_game(page, url, "slow")
+        page.keyboard.press("ArrowRight")
+        state_is(page, "ready", scene_id="grid")  # nobody pressed again: the limit ended it
+    [over] = [r for r in records_of(data, "slow") if r["kind"] == "game_over"]
+    assert over["data"]["reason"] == "time_limit" and over["data"]["steps"] == 1 and over["check"]["complete"]

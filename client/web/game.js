@@ -119,6 +119,7 @@ function draw(canvas, frame, assets) {
       ctx.fillStyle = shape.fill || "#000";
       ctx.font = `${shape.size ?? height / 20}px system-ui, sans-serif`;
       ctx.textAlign = shape.align || "left";
+      ctx.textBaseline = "middle";
       ctx.fillText(shape.text, shape.x, shape.y);
     } else if (shape.kind === "image") {
       ctx.drawImage(assets[shape.asset], shape.x, shape.y, shape.w, shape.h);
