@@ -44,6 +44,17 @@ def enter_game(page, url: str, participant: str) -> None:
     page.wait_for_function("window.__preflight.firstFrameAt !== null", timeout=STEP_MS)
 
 
+def show_tab(page, visibility: str) -> None:
+    """What switching tabs does to the page: `document.visibilityState` changes and `visibilitychange` fires."""
+    page.evaluate(
+        """(visibility) => {
+            Object.defineProperty(document, "visibilityState", { configurable: true, get: () => visibility });
+            document.dispatchEvent(new Event("visibilitychange"));
+        }""",
+        visibility,
+    )
+
+
 def exported_steps(data: Path, out: Path, participant: str) -> list[dict]:
     export(data, "jsonl", out)
     rows = [json.loads(line) for line in (out / "steps.jsonl").read_text().splitlines()]
@@ -105,17 +116,11 @@ def test_catch_plays_in_real_time_and_a_hidden_tab_plays_the_default_action(cont
         page.keyboard.down("ArrowLeft")
         page.wait_for_function("window.__preflight.steps >= 10", timeout=STEP_MS)
         page.keyboard.up("ArrowLeft")
-        page.evaluate("""() => {
-            Object.defineProperty(document, "visibilityState", { configurable: true, get: () => "hidden" });
-            document.dispatchEvent(new Event("visibilitychange"));
-        }""")
+        show_tab(page, "hidden")
         page.keyboard.down("ArrowRight")  # pressed while hidden: not the participant's choice, not played
         page.wait_for_function("window.__preflight.steps >= 25", timeout=STEP_MS)
         page.keyboard.up("ArrowRight")
-        page.evaluate("""() => {
-            Object.defineProperty(document, "visibilityState", { configurable: true, get: () => "visible" });
-            document.dispatchEvent(new Event("visibilitychange"));
-        }""")
+        show_tab(page, "visible")
         state_is(page, "ready", timeout=120_000, scene_id="catch")
     rows = exported_steps(data, tmp_path / "export", "catcher")
     hidden = [r for r in rows if not r["visible"]]
