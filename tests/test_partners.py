@@ -7,6 +7,7 @@ the Python and random bots' actions. Start-up refuses missing models, wrong inpu
 
 from __future__ import annotations
 
+import hashlib
 import math
 import random
 import shutil
@@ -182,7 +183,7 @@ def test_a_human_plays_with_onnx_python_and_random_partners_in_the_worker(tmp_pa
     model = tmp_path / "study" / "models" / "partner.onnx"
     data = tmp_path / "data"
     with served(data, "--experiment", str(study)) as url:
-        digest = __import__("hashlib").sha256(model.read_bytes()).hexdigest()[:16]
+        digest = hashlib.sha256(model.read_bytes()).hexdigest()[:16]
         with urllib.request.urlopen(f"{url}models/{digest}/partner.onnx") as response:
             assert response.read() == model.read_bytes()
             assert response.headers["Cache-Control"] == "public, max-age=31536000, immutable"
