@@ -132,8 +132,11 @@ def measure(records: list[dict[str, Any]]) -> dict[str, Any]:
             "ticks_per_s": round((len(t) - 1) / ((t[-1] - t[0]) / 1000), 2),
             "tick_gap_ms_p99": percentile(gaps, 99),
         }
-    preload = {r.get("stage", r["status"]): r.get("elapsed_ms") for r in records if r["kind"] == "preload"}
-    out["preload_ms"] = {k: preload.get(k) for k in ("packages", "models", "preparing", "ready")}
+    preload: dict[str, Any] = {}
+    for r in records:
+        if r["kind"] == "preload":
+            preload.setdefault(r.get("stage", r["status"]), r.get("elapsed_ms"))
+    out["preload_ms"] = {k: preload.get(k) for k in ("runtime", "packages", "models", "preparing", "ready")}
     return out
 
 

@@ -10,11 +10,12 @@ export async function loadModels(config, origin, progress) {
   const models = new Map();
   const list = config.models || [];
   if (!list.length) return models;
+  progress(0, list.length, list[0].path);  // onnxruntime's module and WebAssembly load within this stage
   const ort = await import(new URL(config.onnxruntime_url + "ort.wasm.min.mjs", origin).href);
   ort.env.wasm.numThreads = 1;  // threads need cross-origin isolation, which the page does not ask for
   ort.env.wasm.wasmPaths = new URL(config.onnxruntime_url, origin).href;
   for (const [k, model] of list.entries()) {
-    progress(k, list.length, model.path);
+    if (k > 0) progress(k, list.length, model.path);
     const response = await fetch(new URL(model.url, origin));
     if (!response.ok) throw new Error(`the model ${model.path} could not be fetched (HTTP ${response.status})`);
     const bytes = new Uint8Array(await response.arrayBuffer());
