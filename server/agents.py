@@ -45,6 +45,7 @@ class OnnxPolicy:
     input_name: str | None = None  # default: the model's first input
     sample: str = "argmax"
     temperature: float = 1.0
+    input_size: int | None = None  # the flattened observation length; start-up checks the model takes it
     kind = "onnx"
 
     def __post_init__(self) -> None:
@@ -54,6 +55,8 @@ class OnnxPolicy:
             raise ValueError(f"OnnxPolicy {self.path!r}: temperature must be positive, got {self.temperature}")
         if Path(self.path).is_absolute() or ".." in Path(self.path).parts:
             raise ValueError(f"OnnxPolicy: the model path must be inside the study folder, got {self.path!r}")
+        if self.input_size is not None and (isinstance(self.input_size, bool) or self.input_size < 1):
+            raise ValueError(f"OnnxPolicy {self.path!r}: input_size must be a positive integer, got {self.input_size}")
 
     def payload(self) -> dict[str, Any]:
         return {
@@ -62,6 +65,7 @@ class OnnxPolicy:
             "input_name": self.input_name,
             "sample": self.sample,
             "temperature": self.temperature,
+            "input_size": self.input_size,
         }
 
 

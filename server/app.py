@@ -21,6 +21,7 @@ from .assets import AssetFiles, collect_assets
 from .config import Config
 from .packages import LOCAL_URL
 from .page_module import page_module
+from .partners import ONNX_DIR, ModelFiles
 from .protocol import Close, Code, Refusal
 from .runtime import MSGPACK_DIR, SimpleIndex, VersionedFiles
 from .session import Session
@@ -186,6 +187,8 @@ def make_app(config: Config) -> tornado.web.Application:
         (r"/client/(game_contract\.py)", tornado.web.StaticFileHandler, {"path": str(SERVER_DIR)}),
         (r"/client/(.*)", tornado.web.StaticFileHandler, {"path": str(CLIENT_DIR)}),
         (r"/vendor/msgpack/(.*)", tornado.web.StaticFileHandler, {"path": str(MSGPACK_DIR)}),
+        (r"/vendor/onnxruntime/(.*)", tornado.web.StaticFileHandler, {"path": str(ONNX_DIR)}),
+        (r"/models/([0-9a-f]{16})/([^/]+)", ModelFiles, {"models": study.models}),
         (r"/simple/?", SimpleIndex, {"wheels": study.runtime.wheels}),
         (r"/simple/([^/]+)/?", SimpleIndex, {"wheels": study.runtime.wheels}),
         (r"/wheels/(.*)", tornado.web.StaticFileHandler, {"path": str(config.wheelhouse)}),

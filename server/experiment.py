@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
 
+from .agents import Agent, Bot, Human, PythonPolicy
+
 
 @dataclass(frozen=True)
 class StartScene:
@@ -71,6 +73,7 @@ class GymScene:
     title: str = ""
     html: str = ""
     run_through_pyodide: bool = True
+    agents: Mapping[str, Agent] | None = None  # a multi-agent game (docs/games.md, AI partners); None: one agent
     scene_type = "game"
 
     def __post_init__(self) -> None:
@@ -102,24 +105,66 @@ class GymScene:
         ):
             if not _is_plain(value):
                 raise ValueError(f"{where}: {name} must be plain data (numbers, strings, lists, maps)")
+        if self.agents is not None:
+            self._check_agents(where)
         for name in self.assets:
             if not re.fullmatch(r"[A-Za-z0-9_-]{1,64}", name):
                 raise ValueError(f"{where}: asset names are 1-64 letters, digits, '-' or '_', got {name!r}")
+
+    def _check_agents(self, where: str) -> None:
+        """One keyboard plays at most one agent, so the keys and default action come from that Human."""
+        object.__setattr__(self, "agents", dict(self.agents or {}))
+        agents = self.agents or {}
+        if not agents:
+            raise ValueError(f"{where}: agents must name at least one agent")
+        for agent_id, agent in agents.items():
+            if not isinstance(agent_id, str) or not re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", agent_id):
+                raise ValueError(f"{where}: agent ids are 1-64 letters, digits, '.', '-' or '_', got {agent_id!r}")
+            if not isinstance(agent, (Human, Bot)):
+                raise TypeError(f"{where}: agent {agent_id!r} must be a Human or a Bot, got {agent!r}")
+            if isinstance(agent, Human) and not (_is_plain(agent.keys) and _is_plain(agent.default_action)):
+                raise ValueError(f"{where}: agent {agent_id!r}: keys and default_action must be plain data")
+        humans = [a for a, agent in agents.items() if isinstance(agent, Human)]
+        if len(humans) > 1:
+            raise ValueError(f"{where}: one participant plays at most one Human agent, got {', '.join(humans)}")
+        if self.keys:
+            raise ValueError(f"{where}: with agents, give the keys to the Human agent, not to the scene")
+
+    @property
+    def human(self) -> str | None:
+        """The agent the participant plays, if any."""
+        return next((a for a, agent in (self.agents or {}).items() if isinstance(agent, Human)), None)
 
     @property
     def module(self) -> str:
         """The top-level module the environment is imported from."""
         return self.environment.split(":", 1)[0].split(".", 1)[0]
 
+    @property
+    def modules(self) -> tuple[str, ...]:
+        """Every top-level module the page imports for this scene: the environment's, then the Python policies'."""
+        policies = [
+            agent.policy.module
+            for agent in (self.agents or {}).values()
+            if isinstance(agent, Bot) and isinstance(agent.policy, PythonPolicy)
+        ]
+        return tuple(dict.fromkeys([self.module, *policies]))
+
     def payload(self) -> dict[str, Any]:
+        human = (self.agents or {}).get(self.human or "")
+        controls = (
+            {"keys": dict(human.keys), "default_action": human.default_action}
+            if isinstance(human, Human)
+            else {"keys": dict(self.keys), "default_action": self.default_action}
+        )
+        agents = None if self.agents is None else {a: agent.payload() for a, agent in self.agents.items()}
         return {
             "title": self.title,
             "html": self.html,
             "environment": self.environment,
             "env_kwargs": dict(self.env_kwargs),
             "packages_to_install": list(self.packages_to_install),
-            "keys": dict(self.keys),
-            "default_action": self.default_action,
+            **controls,
             "input": self.input,
             "fps": self.fps,
             "episodes": self.episodes,
@@ -129,6 +174,7 @@ class GymScene:
             "show_score": self.show_score,
             "pause_when_hidden": self.pause_when_hidden,
             "assets": sorted(self.assets),
+            "agents": agents,
         }
 
 

@@ -33,6 +33,7 @@ PARTICIPANT_COLUMNS = [
     "preload_runtime_ms",
     "preload_micropip_ms",
     "preload_packages_ms",
+    "preload_models_ms",
     "preload_ready_ms",
     "preload_error",
     "game_events",
@@ -70,7 +71,7 @@ def _fields(record: dict[str, Any]) -> dict[str, Any]:
 
 STEP_COLUMNS = [
     "session_id", "participant_id", "scene_id", "episode", "step", "seed", "action", "reward", "terminated",
-    "truncated", "info", "keys", "t", "visible", "observation",
+    "truncated", "info", "keys", "t", "visible", "observation", "actions", "by", "rewards", "probs", "bot_ms",
 ]  # fmt: skip
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib
 import inspect
 import math
+import random
 import re
 import traceback
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -23,6 +24,8 @@ PLAIN = "plain data (numbers, strings, lists, maps)"
 DRAWING = "a drawing {width, height, shapes} or an RGB image (H×W×3)"
 RESET = "(observation, info)"
 STEP = "(observation, reward, terminated, truncated, info)"
+MULTI_RESET = "(observations, infos), dicts by agent"
+MULTI_STEP = "(observations, rewards, terminations, truncations, infos), dicts by agent"
 
 _SPEC = re.compile(r"[A-Za-z_][\w.]*:[A-Za-z_]\w*")
 _INT64 = (-(2**63), 2**64 - 1)
@@ -126,6 +129,193 @@ class Game:
             raise
         except Exception as exc:
             raise ContractError(f"{name}() raised {_last_line(exc)}") from exc
+
+
+class Team:
+    """A multi-agent environment (the PettingZoo parallel API's shape) with the Python side of its bots.
+
+    `agents` is each agent's payload (server/agents.py). Python and random policies choose here; an ONNX policy's
+    scores come from the page's onnxruntime and are turned into an action here, with the agent's seeded `rng`.
+    """
+
+    def __init__(self, env: Any, agents: Mapping[str, Mapping[str, Any]], *, assets: Iterable[str] | None = None):
+        self.game = Game(env, assets=assets)
+        self.env = env
+        self.agents = {str(a): dict(p) for a, p in agents.items()}
+        self.policies: dict[str, Callable[..., Any]] = {}
+        for agent_id, agent in self.agents.items():
+            policy = agent.get("policy") or {}
+            if policy.get("kind") == "python":
+                self.policies[agent_id] = _policy(policy["spec"], agent_id)
+        self.observations: dict[str, Any] = {}
+        self.rngs: dict[str, random.Random] = {}
+
+    def reset(self, seed: int) -> dict[str, Any]:
+        """Start an episode; each agent's `rng` is seeded from the episode's seed and the agent's id."""
+        if isinstance(seed, bool) or not isinstance(seed, int):
+            raise TypeError(f"seed must be an int, got {_short(seed)}")
+        result = self.game._call("reset", lambda: self.env.reset(seed=seed))
+        if not isinstance(result, tuple) or len(result) != 2:
+            raise ContractError(f"reset() returned {_kind(result)}; expected {MULTI_RESET}")
+        observations, info = result
+        self.observations = self._by_agent(observations, "reset() observations")
+        self.rngs = {agent_id: random.Random(f"{seed}:{agent_id}") for agent_id in self.agents}
+        return {"observations": plain(self.observations, "observations"), "info": _info(info)}
+
+    def step(self, actions: Mapping[str, Any]) -> dict[str, Any]:
+        """Every agent's action at once; the episode ends when any agent is terminated or truncated."""
+        actions = {str(a): v for a, v in dict(actions).items()}
+        result = self.game._call("step", lambda: self.env.step(actions))
+        if not isinstance(result, tuple) or len(result) != 5:
+            raise ContractError(f"step() returned {_kind(result)}; expected {MULTI_STEP}")
+        observations, rewards, terminations, truncations, infos = result
+        self.observations = self._by_agent(observations, "step() observations")
+        rewards = {a: _reward(r) for a, r in self._by_agent(rewards, "step() rewards").items()}
+        terminated = any(_flag(f, "terminations") for f in self._by_agent(terminations, "step() terminations").values())
+        truncated = any(_flag(f, "truncations") for f in self._by_agent(truncations, "step() truncations").values())
+        return {
+            "observations": plain(self.observations, "observations"),
+            "rewards": rewards,
+            "reward": math.fsum(rewards.values()),
+            "terminated": terminated,
+            "truncated": truncated and not terminated,
+            "info": _info(infos),
+        }
+
+    def frame(self) -> dict[str, Any]:
+        return self.game.frame()
+
+    def act(self, agent_id: str) -> Any:
+        """A Python or random policy's action for the agent's current observation."""
+        agent = self.agents[agent_id]
+        policy, rng = agent["policy"], self.rngs[agent_id]
+        if policy["kind"] == "random":
+            if policy.get("actions"):
+                return rng.choice(list(policy["actions"]))
+            return rng.randrange(self._action_count(agent_id))
+        name = f"policy {policy['spec']} (agent {agent_id})"
+        try:
+            action = self.policies[agent_id](self.observations[agent_id], agent_id, rng)
+        except Exception as exc:
+            raise ContractError(f"{name} raised {_last_line(exc)}") from exc
+        return plain(action, f"the action of {name}")
+
+    def features(self, agent_id: str) -> list[float]:
+        """The agent's observation flattened to numbers, the input of its ONNX model."""
+        return flatten(self.observations[agent_id], f"agent {agent_id}'s observation")
+
+    def choose(self, agent_id: str, scores: Sequence[float]) -> dict[str, Any]:
+        """The action an ONNX policy's scores give, with the probabilities it was drawn from."""
+        policy = self.agents[agent_id]["policy"]
+        return sample(list(scores), policy["sample"], policy["temperature"], self.rngs[agent_id])
+
+    def _by_agent(self, value: Any, what: str) -> dict[str, Any]:
+        if not isinstance(value, Mapping):
+            raise ContractError(f"{what} must be a dict by agent id, got {_kind(value)}")
+        missing = [a for a in self.agents if a not in value]
+        if missing:
+            raise ContractError(f"{what} has no entry for agent {', '.join(missing)}")
+        return {a: value[a] for a in self.agents}
+
+    def _action_count(self, agent_id: str) -> int:
+        space = getattr(self.env, "action_space", None)
+        space = space(agent_id) if callable(space) else space
+        n = getattr(space, "n", None)
+        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+            raise ContractError(
+                f"RandomPolicy for agent {agent_id}: give actions=..., or give the environment "
+                "action_space(agent) with a positive .n"
+            )
+        return n
+
+
+def _policy(spec: str, agent_id: str) -> Callable[..., Any]:
+    if not isinstance(spec, str) or not _SPEC.fullmatch(spec):
+        raise ContractError(f"policy for agent {agent_id} must be 'module:function', got {_short(spec)}")
+    module_name, name = spec.split(":")
+    try:
+        module = importlib.import_module(module_name)
+    except Exception as exc:
+        raise ContractError(f"could not import the policy module {module_name}: {_last_line(exc)}") from exc
+    function = getattr(module, name, None)
+    if not callable(function):
+        raise ContractError(f"policy {spec} (agent {agent_id}) is not a function of (observation, agent_id, rng)")
+    return function  # type: ignore[no-any-return]
+
+
+def flatten(observation: Any, name: str) -> list[float]:
+    """Nested lists (or arrays) of numbers as one flat list of floats, in row-major order."""
+    out: list[float] = []
+
+    def walk(value: Any) -> None:
+        if isinstance(value, (list, tuple)):
+            for v in value:
+                walk(v)
+        elif isinstance(value, (int, float)):
+            out.append(float(value))
+        else:
+            raise ContractError(f"{name} must be numbers or nested lists of numbers for a model, got {_kind(value)}")
+
+    walk(plain(observation, name))
+    return out
+
+
+def sample(scores: list[float], how: str, temperature: float, rng: random.Random) -> dict[str, Any]:
+    """`argmax` takes the first best score; `softmax` draws from softmax(scores / temperature) with `rng`."""
+    if not scores or not all(isinstance(s, (int, float)) and math.isfinite(s) for s in scores):
+        raise ContractError(f"the model gave {_short(scores)}; expected one finite score per action")
+    top = max(scores)
+    weights = [math.exp((s - top) / temperature) for s in scores]
+    total = math.fsum(weights)
+    probs = [w / total for w in weights]
+    if how == "argmax":
+        return {"action": scores.index(top), "probs": probs}
+    x, acc = rng.random(), 0.0
+    for action, p in enumerate(probs):
+        acc += p
+        if x < acc:
+            return {"action": action, "probs": probs}
+    return {"action": len(probs) - 1, "probs": probs}
+
+
+def load_team(
+    spec: str,
+    kwargs: Mapping[str, Any] | None,
+    agents: Mapping[str, Mapping[str, Any]],
+    *,
+    assets: Iterable[str] | None = None,
+) -> Team:
+    """Like `load`, for a multi-agent scene: the environment and its Python policies, or one ContractError."""
+    game = load(spec, kwargs, assets=assets)
+    return Team(game.env, agents, assets=assets)
+
+
+def replay_team(
+    spec: str,
+    kwargs: Mapping[str, Any] | None,
+    agents: Mapping[str, Mapping[str, Any]],
+    episodes: Sequence[tuple[int, Sequence[Mapping[str, Any]]]],
+) -> list[list[dict[str, Any]]]:
+    """Rerun recorded multi-agent episodes: per step, what each agent observed before it, and the actions the
+    Python and random bots choose here (on their frame_skip ticks), to compare with what the page recorded."""
+    team = load_team(spec, kwargs, agents)
+    runs = []
+    for seed, steps in episodes:
+        team.reset(seed)
+        run = []
+        for index, actions in enumerate(steps):
+            chosen = {}
+            for agent_id, agent in team.agents.items():
+                kind = (agent.get("policy") or {}).get("kind")
+                if kind in ("python", "random") and index % agent.get("frame_skip", 1) == 0:
+                    chosen[agent_id] = team.act(agent_id)
+            observed = plain(team.observations, "observations")
+            result = team.step(actions)
+            run.append({"observations": observed, "bot_actions": chosen, "reward": result["reward"]})
+            if result["terminated"] or result["truncated"]:
+                break
+        runs.append(run)
+    return runs
 
 
 def replay(

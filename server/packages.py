@@ -86,17 +86,17 @@ def find_local_modules(experiment: Experiment, experiment_file: Path) -> dict[st
     found: dict[str, Path] = {}
     directory = experiment_file.parent
     for scene in _games(experiment):
-        name = scene.module
-        package, single = directory / name, directory / f"{name}.py"
-        path = package if (package / "__init__.py").is_file() else single if single.is_file() else None
-        if path is None:
-            continue
-        if path.resolve() == experiment_file.resolve():
-            raise PackageError(
-                f"scene {scene.scene_id!r}: environment module {name!r} is the experiment file itself; "
-                f"put the environment in a file of its own beside it (the page has no `server` package to import)"
-            )
-        found[name] = path
+        for name in scene.modules:
+            package, single = directory / name, directory / f"{name}.py"
+            path = package if (package / "__init__.py").is_file() else single if single.is_file() else None
+            if path is None:
+                continue
+            if path.resolve() == experiment_file.resolve():
+                raise PackageError(
+                    f"scene {scene.scene_id!r}: {_role(scene, name)} module {name!r} is the experiment file itself; "
+                    f"put it in a file of its own beside it (the page has no `server` package to import)"
+                )
+            found[name] = path
     return found
 
 
@@ -289,13 +289,14 @@ class _Resolver:
                 )
             else:
                 raise self._missing(scene, req, None)
-        if scene.module in self.local_modules or scene.module in walk.modules or walk.unchecked:
-            return
-        beside = self.experiment_file.name if self.experiment_file is not None else "the experiment file"
-        raise PackageError(
-            f"scene {scene.scene_id!r}: environment module {scene.module!r} not found: put {scene.module}.py "
-            f"beside {beside}, or add the package that provides it to packages_to_install"
-        )
+        for module in scene.modules:
+            if module in self.local_modules or module in walk.modules or walk.unchecked:
+                continue
+            beside = self.experiment_file.name if self.experiment_file is not None else "the experiment file"
+            raise PackageError(
+                f"scene {scene.scene_id!r}: {_role(scene, module)} module {module!r} not found: put {module}.py "
+                f"beside {beside}, or add the package that provides it to packages_to_install"
+            )
 
     def _walk_wheel(self, wheel: Wheel, req: Requirement, scene: GymScene, walk: _Walk) -> None:
         if wheel.path not in self.contents:
@@ -395,6 +396,10 @@ class _Resolver:
                 else f"fetch a pure-Python wheel with: {self._download(requirement, wheelhouse)}"
             )
         )
+
+
+def _role(scene: GymScene, module: str) -> str:
+    return "environment" if module == scene.module else "policy"
 
 
 def _shown(path: Path) -> str:

@@ -51,6 +51,7 @@ PRELOAD_STAGES: dict[str, tuple[float, str]] = {
     "runtime": (0.05, "Loading the Python runtime"),
     "micropip": (0.55, "Loading the package installer"),
     "packages": (0.65, "Installing packages"),
+    "models": (0.85, "Loading the AI partners"),
     "preparing": (0.95, "Preparing the game"),
 }
 """The stages a `loading` report names, in order: the share of the progress bar each starts at, and its label."""

@@ -20,6 +20,7 @@ from statemachine import SessionMachine, triggers
 from . import __version__
 from .config import Config
 from .packages import resolve_packages
+from .partners import ONNX_URL, check_onnxruntime, resolve_models
 from .protocol import Close, Code, Refusal, Writer
 from .runtime import load_runtime
 from .session import Session, token_digest
@@ -83,10 +84,14 @@ class Study:
         runtime = load_runtime(config.pyodide_dir, config.wheelhouse, config.pyodide_url)
         self.packages = resolve_packages(config.experiment, config.experiment_file, runtime)
         self.runtime = runtime.with_wheels(self.packages.local)
+        self.models = resolve_models(config.experiment, config.experiment_file)
+        check_onnxruntime(self.models)
         self.pyodide_config = {
             **config.experiment.pyodide_config,
             **self.packages.page_config(),
             **self.runtime.page_config(),
+            "models": [model.page_config() for model in self.models.values()],
+            "onnxruntime_url": ONNX_URL,
         }
         self.machine = SessionMachine()
         self.store = DataStore(config.data_dir)

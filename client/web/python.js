@@ -5,6 +5,7 @@
 // The game loop runs here, next to Python, so a busy page never slows its ticks.
 
 import { STAGE, STATUS } from "/client/lifecycle.js";
+import { loadModels, playTeam } from "/client/partners.js";
 
 const now = () => performance.timeOrigin + performance.now();  // comparable across the page and its workers
 const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, Math.max(0, ms)));
@@ -18,6 +19,7 @@ export class PythonHost {
     this.pyodide = null;     // set once everything is installed
     this.contract = null;    // server/game_contract.py, imported once Python is loaded
     this.controls = null;    // the keys, presses and visibility of the game in play
+    this.models = new Map(); // AI partners' ONNX sessions by the path the study names, preloaded with Python
   }
 
   // One operation of the message interface; its result must survive structured cloning.
@@ -53,6 +55,9 @@ export class PythonHost {
       stage(STAGE.packages, { package: name, done: fromLock.length + k, total });
       await micropip.install(name);
     }
+    if (config.models?.length) {
+      this.models = await loadModels(config, origin, (done, count) => stage(STAGE.models, { done, total: count }));
+    }
     stage(STAGE.preparing, { done: total, total });
     micropip.destroy();
     const contract = await fetch(new URL("/client/game_contract.py", origin));
@@ -86,15 +91,22 @@ export class PythonHost {
       batch = [];
       flushedAt = now();
     };
+    if (scene.agents) {
+      const push = (step) => {
+        batch.push(step);
+        if (batch.length >= BATCH_STEPS || now() - flushedAt >= BATCH_MS) flush();
+      };
+      try {
+        return await playTeam(this, scene, { period, deadline, controls, flush, push });
+      } finally {
+        this.controls = null;
+      }
+    }
     try {
       game = this.python(() => this.contract.load.callKwargs(scene.environment, this.pyodide.toPy(scene.env_kwargs),
                                                               { assets: this.pyodide.toPy(scene.assets || []) }));
       for (let episode = 0; episode < scene.episodes && reason === "done"; episode++) {
-        if (episode > 0) {
-          flush();
-          this.notify({ kind: "game", type: "episode", episode, episodes: scene.episodes, score: total });
-          await sleep(EPISODE_PAUSE_MS);
-        }
+        if (episode > 0) await this.episodeBreak(flush, episode, scene.episodes, total);
         this.python(() => game.reset(scene.seeds[episode]));
         this.frame(game, episode, 0, total);
         let step = 0, over = false, next = now();
@@ -141,6 +153,17 @@ export class PythonHost {
       this.controls = null;
     }
     return { episodes, steps, total_reward: Math.round(total * 1e6) / 1e6, reason };
+  }
+
+  // "Episode k of n" on the page, with the steps so far sent first.
+  async episodeBreak(flush, episode, episodes, score) {
+    flush();
+    this.notify({ kind: "game", type: "episode", episode, episodes, score });
+    await sleep(EPISODE_PAUSE_MS);
+  }
+
+  sleep(ms) {
+    return sleep(ms);
   }
 
   // The page's keys and visibility: {held: [keys, oldest first]}, {press: key} or {visible: bool}.
@@ -190,7 +213,7 @@ export class PythonHost {
   }
 
   convert(value) {
-    if (!value?.toJs || value.type === "Game") return value;
+    if (!value?.toJs || value.type === "Game" || value.type === "Team") return value;
     try {
       return value.toJs({ dict_converter: Object.fromEntries });
     } finally {
