@@ -222,16 +222,14 @@ def test_a_human_plays_with_onnx_python_and_random_partners_in_the_worker(tmp_pa
     played = steps["with_model"]
     assert all(s["by"] == {"chef_0": "default", "chef_1": "bot"} for s in played)
     agents = {"chef_0": Human().payload(), "chef_1": Human().payload()}
-    sys.path.insert(0, str(study.parent))
-    try:
+    with pytest.MonkeyPatch.context() as patch:
+        patch.syspath_prepend(str(study.parent))
         [replayed] = replay_team(
             "coop_env:make",
             {"stars": 3, "max_steps": 40},
             agents,
             [(seeds["with_model"][0], [s["actions"] for s in played])],
         )
-    finally:
-        sys.path.remove(str(study.parent))
     assert len(replayed) == len(played) > 2
     for index, (step, seen) in enumerate(zip(played, replayed, strict=True)):
         if index % 2 == 0:
@@ -248,11 +246,9 @@ def test_a_human_plays_with_onnx_python_and_random_partners_in_the_worker(tmp_pa
     two = steps["two_bots"]
     bots = {"chef_0": Bot(RandomPolicy()).payload(), "chef_1": Bot(PythonPolicy("policies:greedy")).payload()}
     episodes = [(seed, [s["actions"] for s in two if s["episode"] == e]) for e, seed in enumerate(seeds["two_bots"])]
-    sys.path.insert(0, str(study.parent))
-    try:
+    with pytest.MonkeyPatch.context() as patch:
+        patch.syspath_prepend(str(study.parent))
         runs = replay_team("coop_env:make", {"stars": 2, "max_steps": 30}, bots, episodes)
-    finally:
-        sys.path.remove(str(study.parent))
     assert [s["bot_actions"] for run in runs for s in run] == [s["actions"] for s in two]
     assert all(s["by"] == {"chef_0": "bot", "chef_1": "bot"} for s in two)
 
