@@ -220,3 +220,26 @@ def test_a_time_limit_ends_a_game_that_waits_for_keys(context, tmp_path):
         state_is(page, "ready", scene_id="grid")  # nobody pressed again: the limit ended it
     [over] = [r for r in records_of(data, "slow") if r["kind"] == "game_over"]
     assert over["data"]["reason"] == "time_limit" and over["data"]["steps"] == 1 and over["check"]["complete"]
+
+
+def test_pause_when_hidden_stops_the_ticks_until_the_tab_is_back(context, tmp_path):
+    files = readme_files()
+    study = tmp_path / "paused"
+    study.mkdir()
+    (study / "my_env.py").write_text(files["my_env.py"])
+    (study / "study.py").write_text(
+        files["study.py"].replace("episodes=2, show_score=True", "episodes=1, pause_when_hidden=True")
+    )
+    data = tmp_path / "data"
+    with served(data, "--experiment", str(study / "study.py")) as url:
+        page = context.new_page()
+        enter_game(page, url, "pauser")
+        page.wait_for_function("window.__preflight.steps >= 5", timeout=STEP_MS)
+        show_tab(page, "hidden")
+        paused_at = page.evaluate("window.__preflight.steps")
+        page.wait_for_timeout(1500)  # 15 ticks at 10 fps, had the game gone on
+        assert page.evaluate("window.__preflight.steps") <= paused_at + 1
+        show_tab(page, "visible")
+        state_is(page, "ready", scene_id="walk")
+    rows = exported_steps(data, tmp_path / "export", "pauser")
+    assert len(rows) == 30 and all(r["visible"] for r in rows)
