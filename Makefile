@@ -7,7 +7,8 @@ PYTEST_ARGS ?=
 
 WHEELHOUSE := build/wheelhouse
 GAME := server/examples/gridworld_env
-RUNTIME := node_modules/.installed $(WHEELHOUSE)/.done
+PRECOMPRESSED := build/precompressed
+RUNTIME := node_modules/.installed $(WHEELHOUSE)/.done $(PRECOMPRESSED)/.done
 
 .PHONY: serve test lint bench wheelhouse browser graphviz clean
 
@@ -46,6 +47,11 @@ $(WHEELHOUSE)/.done: $(VENV)/.installed $(GAME)/pyproject.toml $(GAME)/preflight
 		--dest $(WHEELHOUSE) micropip==0.11.1 packaging==26.1
 	$(VENV)/bin/pip wheel --quiet --no-deps --wheel-dir $(WHEELHOUSE) ./$(GAME)
 	rm -rf $(GAME)/build $(GAME)/*.egg-info
+	touch $@
+
+# Brotli and gzip copies of the runtime's files (about 40 s, once), so the first participant already gets them.
+$(PRECOMPRESSED)/.done: node_modules/.installed $(WHEELHOUSE)/.done
+	$(PY) -m server.precompress --cache-dir $(PRECOMPRESSED)
 	touch $@
 
 # Browser tests drive Debian's chromium (Playwright never downloads a browser here).

@@ -19,6 +19,7 @@ from . import protocol
 from .admin import admin_routes
 from .config import Config
 from .page_module import page_module
+from .precompress import EncodedFiles, Precompressed
 from .protocol import Close, Code, Refusal
 from .runtime import MSGPACK_DIR, SimpleIndex, VersionedFiles
 from .session import Session
@@ -175,6 +176,7 @@ class ParticipantPage(tornado.web.RequestHandler):
 def make_app(config: Config) -> tornado.web.Application:
     """The whole server for one study; tests and `python -m server` both start it this way."""
     study = Study(config)
+    precompressed = precompress(config, study)
     routes: list[Any] = [
         (r"/", ParticipantPage),
         (r"/ws", ParticipantSocket, {"study": study}),
@@ -184,12 +186,16 @@ def make_app(config: Config) -> tornado.web.Application:
         (r"/vendor/msgpack/(.*)", tornado.web.StaticFileHandler, {"path": str(MSGPACK_DIR)}),
         (r"/simple/?", SimpleIndex, {"runtime": study.runtime}),
         (r"/simple/([^/]+)/?", SimpleIndex, {"runtime": study.runtime}),
-        (r"/wheels/(.*)", tornado.web.StaticFileHandler, {"path": str(config.wheelhouse)}),
+        (r"/wheels/(.*)", EncodedFiles, {"path": str(config.wheelhouse), "precompressed": precompressed}),
         *admin_routes(study, config.admin_token),
     ]
     if study.runtime.pyodide_dir is not None:
         routes.append(
-            (rf"/pyodide/{study.runtime.version}/(.*)", VersionedFiles, {"path": str(study.runtime.pyodide_dir)})
+            (
+                rf"/pyodide/{study.runtime.version}/(.*)",
+                VersionedFiles,
+                {"path": str(study.runtime.pyodide_dir), "precompressed": precompressed},
+            )
         )
     return tornado.web.Application(
         routes,
@@ -200,6 +206,18 @@ def make_app(config: Config) -> tornado.web.Application:
         websocket_max_message_size=4 * config.max_message_bytes,
         study=study,
     )
+
+
+def precompress(config: Config, study: Study) -> Precompressed | None:
+    """The compressed copies of the runtime's files and wheels; the missing ones are made while the server runs."""
+    if config.precompressed_dir is None:
+        return None
+    precompressed = Precompressed(config.precompressed_dir)
+    precompressed.add(config.wheelhouse)
+    if study.runtime.pyodide_dir is not None:
+        precompressed.add(study.runtime.pyodide_dir)
+    precompressed.start()
+    return precompressed
 
 
 def log_request(handler: tornado.web.RequestHandler) -> None:

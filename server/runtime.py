@@ -17,6 +17,8 @@ from typing import Any
 
 import tornado.web
 
+from .precompress import EncodedFiles
+
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_PYODIDE_DIR = ROOT / "node_modules" / "pyodide"
 DEFAULT_WHEELHOUSE = ROOT / "build" / "wheelhouse"
@@ -115,8 +117,8 @@ def load_runtime(pyodide_dir: Path | None, wheelhouse: Path, pyodide_url: str | 
     return Runtime(pyodide_dir, f"/pyodide/{version}/", version, wheelhouse, wheels, lock)
 
 
-class VersionedFiles(tornado.web.StaticFileHandler):
-    """Files under a versioned URL never change: browsers may keep them for a year."""
+class VersionedFiles(EncodedFiles):
+    """Files under a versioned URL never change: browsers may keep them for a year (in every coding sent)."""
 
     def get_cache_time(self, path: str, modified: Any, mime_type: str) -> int:
         return 365 * 24 * 3600
@@ -129,14 +131,6 @@ class VersionedFiles(tornado.web.StaticFileHandler):
         """Size and mtime, not a SHA-512 of 9.6 MB on every participant's request."""
         stat = Path(abspath).stat()
         return f"{stat.st_size:x}-{stat.st_mtime_ns:x}"
-
-    def get_content_type(self) -> str:
-        path = self.absolute_path or ""
-        if path.endswith(".wasm"):
-            return "application/wasm"
-        if path.endswith((".mjs", ".js")):
-            return "text/javascript"
-        return super().get_content_type()
 
 
 class SimpleIndex(tornado.web.RequestHandler):
