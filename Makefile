@@ -6,7 +6,8 @@ ARGS ?=
 PYTEST_ARGS ?=
 
 WHEELHOUSE := build/wheelhouse
-RUNTIME := node_modules/.installed $(WHEELHOUSE)/.done
+PRECOMPRESSED := build/precompressed
+RUNTIME := node_modules/.installed $(WHEELHOUSE)/.done $(PRECOMPRESSED)/.done
 
 .PHONY: serve test lint bench wheelhouse browser graphviz clean
 
@@ -43,6 +44,11 @@ $(WHEELHOUSE)/.done: $(VENV)/.installed
 	mkdir -p $(WHEELHOUSE)
 	$(VENV)/bin/pip download --quiet --no-deps --only-binary=:all: --python-version 3.14 \
 		--dest $(WHEELHOUSE) micropip==0.11.1 packaging==26.1
+	touch $@
+
+# Brotli and gzip copies of the runtime's files (about 40 s, once), so the first participant already gets them.
+$(PRECOMPRESSED)/.done: node_modules/.installed $(WHEELHOUSE)/.done
+	$(PY) -m server.precompress --cache-dir $(PRECOMPRESSED)
 	touch $@
 
 # Browser tests drive Debian's chromium (Playwright never downloads a browser here).

@@ -11,6 +11,7 @@ from pathlib import Path
 from .app import make_app
 from .config import Config
 from .loader import DEFAULT, ExperimentError, load_study
+from .precompress import DEFAULT_CACHE_DIR
 from .runtime import RuntimeSetupError
 from .session import Timeouts
 
@@ -110,6 +111,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="directory of wheels served as the package index micropip installs from (default: %(default)s)",
     )
     parser.add_argument(
+        "--precompressed-dir",
+        type=Path,
+        default=DEFAULT_CACHE_DIR,
+        help="where brotli and gzip copies of the runtime's files are kept; missing ones are made in the background "
+        "at start-up, and `make` makes them ahead (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--no-precompressed",
+        action="store_true",
+        help="send the runtime's files as they are (e.g. behind a proxy or CDN that compresses them)",
+    )
+    parser.add_argument(
         "--admin-token",
         default=None,
         help="token that opens /admin (at least 16 characters; default: a random one, printed at start-up)",
@@ -159,6 +172,7 @@ def main(argv: list[str] | None = None) -> int:
         pyodide_url=args.pyodide_url,
         wheelhouse=args.wheelhouse,
         **({} if args.admin_token is None else {"admin_token": args.admin_token}),
+        precompressed_dir=None if args.no_precompressed else args.precompressed_dir,
     )
     generated_token = args.admin_token is None
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")

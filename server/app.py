@@ -22,6 +22,7 @@ from .config import Config
 from .packages import LOCAL_URL
 from .page_module import page_module
 from .partners import ONNX_DIR, ModelFiles
+from .precompress import EncodedFiles, Precompressed
 from .protocol import Close, Code, Refusal
 from .runtime import MSGPACK_DIR, SimpleIndex, VersionedFiles
 from .session import Session
@@ -179,6 +180,7 @@ def make_app(config: Config) -> tornado.web.Application:
     """The whole server for one study; tests and `python -m server` both start it this way."""
     study = Study(config)
     assets = collect_assets(config.experiment, config.experiment_file)
+    precompressed = precompress(config, study)
     routes: list[Any] = [
         (r"/", ParticipantPage),
         (r"/assets/([^/]+)/([^/]+)", AssetFiles, {"assets": assets}),
@@ -191,14 +193,18 @@ def make_app(config: Config) -> tornado.web.Application:
         (r"/models/([0-9a-f]{16})/([^/]+)", ModelFiles, {"models": study.models}),
         (r"/simple/?", SimpleIndex, {"wheels": study.runtime.wheels}),
         (r"/simple/([^/]+)/?", SimpleIndex, {"wheels": study.runtime.wheels}),
-        (r"/wheels/(.*)", tornado.web.StaticFileHandler, {"path": str(config.wheelhouse)}),
+        (r"/wheels/(.*)", EncodedFiles, {"path": str(config.wheelhouse), "precompressed": precompressed}),
         *admin_routes(study, config.admin_token),
     ]
     if study.packages.cache is not None:  # the study's own modules, named after their content's hash
         routes.append((rf"{LOCAL_URL}(.*)", VersionedFiles, {"path": str(study.packages.cache)}))
     if study.runtime.pyodide_dir is not None:
         routes.append(
-            (rf"/pyodide/{study.runtime.version}/(.*)", VersionedFiles, {"path": str(study.runtime.pyodide_dir)})
+            (
+                rf"/pyodide/{study.runtime.version}/(.*)",
+                VersionedFiles,
+                {"path": str(study.runtime.pyodide_dir), "precompressed": precompressed},
+            )
         )
     return tornado.web.Application(
         routes,
@@ -209,6 +215,18 @@ def make_app(config: Config) -> tornado.web.Application:
         websocket_max_message_size=4 * config.max_message_bytes,
         study=study,
     )
+
+
+def precompress(config: Config, study: Study) -> Precompressed | None:
+    """The compressed copies of the runtime's files and wheels; the missing ones are made while the server runs."""
+    if config.precompressed_dir is None:
+        return None
+    precompressed = Precompressed(config.precompressed_dir)
+    precompressed.add(config.wheelhouse)
+    if study.runtime.pyodide_dir is not None:
+        precompressed.add(study.runtime.pyodide_dir)
+    precompressed.start()
+    return precompressed
 
 
 def log_request(handler: tornado.web.RequestHandler) -> None:

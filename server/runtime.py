@@ -21,6 +21,8 @@ from typing import Any
 
 import tornado.web
 
+from .precompress import EncodedFiles
+
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_PYODIDE_DIR = ROOT / "node_modules" / "pyodide"
 DEFAULT_WHEELHOUSE = ROOT / "build" / "wheelhouse"
@@ -195,8 +197,8 @@ def _is_relative(file_name: str) -> bool:
     return "://" not in file_name and not file_name.startswith("/")
 
 
-class VersionedFiles(tornado.web.StaticFileHandler):
-    """Files under a versioned URL never change: browsers may keep them for a year."""
+class VersionedFiles(EncodedFiles):
+    """Files under a versioned URL never change: browsers may keep them for a year (in every coding sent)."""
 
     def get_cache_time(self, path: str, modified: Any, mime_type: str) -> int:
         return 365 * 24 * 3600
@@ -209,14 +211,6 @@ class VersionedFiles(tornado.web.StaticFileHandler):
         """Size and mtime, not a SHA-512 of 9.6 MB on every participant's request."""
         stat = Path(abspath).stat()
         return f"{stat.st_size:x}-{stat.st_mtime_ns:x}"
-
-    def get_content_type(self) -> str:
-        path = self.absolute_path or ""
-        if path.endswith(".wasm"):
-            return "application/wasm"
-        if path.endswith((".mjs", ".js")):
-            return "text/javascript"
-        return super().get_content_type()
 
 
 class SimpleIndex(tornado.web.RequestHandler):
