@@ -185,7 +185,7 @@ def make_app(config: Config) -> tornado.web.Application:
         (r"/vendor/msgpack/(.*)", tornado.web.StaticFileHandler, {"path": str(MSGPACK_DIR)}),
         (r"/simple/?", SimpleIndex, {"wheels": study.runtime.wheels}),
         (r"/simple/([^/]+)/?", SimpleIndex, {"wheels": study.runtime.wheels}),
-        (r"/wheels/(.*)", tornado.web.StaticFileHandler, {"path": str(config.wheelhouse)}),
+        (r"/wheels/(.*)", tornado.web.StaticFileHandler, {"path": str(study.runtime.wheelhouse)}),
         *admin_routes(study, config.admin_token),
     ]
     if study.packages.cache is not None:  # the study's own modules, named after their content's hash
