@@ -51,10 +51,11 @@ def stage() -> None:
 
 
 class StagedBuildPy(build_py):
-    """`build_py` that stages the runtime first, so the wheel carries it as package data."""
+    """`build_py` that stages the runtime first, so the wheel carries it; an editable install reads node_modules."""
 
     def run(self) -> None:
-        stage()
+        if not getattr(self, "editable_mode", False):
+            stage()
         super().run()
 
 

@@ -21,7 +21,7 @@ BUNDLE = PACKAGE_DIR / "_bundle"
 
 def in_checkout() -> bool:
     """True when running from the source tree (an editable install), which serves what `make serve` installs."""
-    return (CHECKOUT / "setup.cfg").is_file() and (CHECKOUT / "server" / "__init__.py").is_file()
+    return all((CHECKOUT / name).is_file() for name in ("setup.cfg", "package.json", "server/__init__.py"))
 
 
 def _pick(checkout: Path, bundled: Path) -> Path:

@@ -145,3 +145,8 @@ def test_the_installed_sdist_starts_a_new_study(dist, tmp_path):
     assert run([str(python), "-m", "server", "init", "s"], work, clean_env(work)).returncode == 0
     with serving(python, work, "--experiment", "s/study.py") as (_, log):
         assert "Admin view:" in log.read_text()
+    site = run([str(python), "-c", "import server; print(server.__file__)"], work, clean_env(work)).stdout
+    (Path(site.strip()).parent / "_bundle" / "pyodide" / "pyodide.mjs").unlink()
+    broken = run([str(python), "-m", "server", "--experiment", "s/study.py"], work, clean_env(work), timeout=60)
+    assert broken.returncode == 2 and "Pyodide not found" in broken.stderr and "make dist" in broken.stderr
+    assert "Traceback" not in broken.stderr
