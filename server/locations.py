@@ -39,6 +39,11 @@ SETUP_HINT = (
     else "this Preflight was installed without its runtime files; reinstall it from a wheel built in a checkout "
     "with `make dist`"
 )
+WHEELHOUSE_HINT = (
+    SETUP_HINT
+    if in_checkout()
+    else "give --wheelhouse an existing folder of wheels, or leave it out for the study's .preflight/wheelhouse/"
+)
 
 
 def user_cache() -> Path:
@@ -61,6 +66,8 @@ def study_wheelhouse(study_dir: Path) -> Path:
     wheelhouse.mkdir(parents=True, exist_ok=True)
     if BUNDLED_WHEELS.is_dir():
         for wheel in BUNDLED_WHEELS.glob("*.whl"):
-            if not (wheelhouse / wheel.name).is_file():
-                shutil.copyfile(wheel, wheelhouse / wheel.name)
+            if not (wheelhouse / wheel.name).is_file():  # copied whole or not at all: a half wheel never serves
+                partial = wheelhouse / f".{wheel.name}.{os.getpid()}"
+                shutil.copyfile(wheel, partial)
+                partial.replace(wheelhouse / wheel.name)
     return wheelhouse

@@ -22,7 +22,7 @@ from typing import Any
 import tornado.web
 
 from .locations import MSGPACK_DIR as MSGPACK_DIR
-from .locations import PYODIDE_DIR, SETUP_HINT, WHEELHOUSE
+from .locations import PYODIDE_DIR, SETUP_HINT, WHEELHOUSE, WHEELHOUSE_HINT
 
 DEFAULT_PYODIDE_DIR = PYODIDE_DIR
 DEFAULT_WHEELHOUSE = WHEELHOUSE  # None in an installed Preflight: the study's own, in its cache
@@ -110,7 +110,7 @@ class Runtime:
 def load_runtime(pyodide_dir: Path | None, wheelhouse: Path, pyodide_url: str | None = None) -> Runtime:
     """Check the files are there and write the lock; fail with set-up instructions if not."""
     if not wheelhouse.is_dir():
-        raise RuntimeSetupError(f"wheelhouse not found: {wheelhouse} ({SETUP_HINT})")
+        raise RuntimeSetupError(f"wheelhouse not found: {wheelhouse} ({WHEELHOUSE_HINT})")
     wheels = scan_wheelhouse(wheelhouse)
     if pyodide_url:  # a distribution the researcher hosts elsewhere, with its own lock and packages
         return Runtime(None, pyodide_url.rstrip("/") + "/", "external", wheelhouse, wheels, None, None, PYTHON_VERSION)
