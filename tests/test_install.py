@@ -89,6 +89,9 @@ def test_init_writes_a_study_folder_and_refuses_to_overwrite_one(tmp_path):
     again = run([sys.executable, "-m", "server", "init", str(study)], ROOT, dict(os.environ))
     assert again.returncode == 2 and "already exists" in again.stderr and "Traceback" not in again.stderr
     assert (study / "study.py").read_text().endswith("# the researcher's edit\n")
+    (tmp_path / "a-file").write_text("")
+    blocked = run([sys.executable, "-m", "server", "init", str(tmp_path / "a-file" / "s")], ROOT, dict(os.environ))
+    assert blocked.returncode == 2 and "cannot write" in blocked.stderr and "Traceback" not in blocked.stderr
     version = run([sys.executable, "-m", "server", "--version"], ROOT, dict(os.environ))
     assert version.returncode == 0 and version.stdout.strip() == f"Preflight {__version__}"
 
@@ -145,7 +148,12 @@ def test_the_installed_sdist_starts_a_new_study(dist, tmp_path):
     assert run([str(python), "-m", "server", "init", "s"], work, clean_env(work)).returncode == 0
     with serving(python, work, "--experiment", "s/study.py") as (_, log):
         assert "Admin view:" in log.read_text()
+    with serving(python, work) as (_, log):  # the built-in example, inside the package: its cache is per user
+        assert "'gridworld-example'" in log.read_text()
+    cached = sorted(p.name.split("-")[0] for p in (work / "xdg-cache" / "preflight").rglob("*.whl"))
+    assert cached == ["micropip", "packaging", "preflight_local_gridworld_env"]
     site = run([str(python), "-c", "import server; print(server.__file__)"], work, clean_env(work)).stdout
+    assert not list(Path(site.strip()).parent.rglob(".preflight"))
     (Path(site.strip()).parent / "_bundle" / "pyodide" / "pyodide.mjs").unlink()
     broken = run([str(python), "-m", "server", "--experiment", "s/study.py"], work, clean_env(work), timeout=60)
     assert broken.returncode == 2 and "Pyodide not found" in broken.stderr and "make dist" in broken.stderr
