@@ -133,6 +133,11 @@ def test_the_installed_wheel_serves_a_new_study_to_a_participant_to_completion(d
     assert [r["outcome"] for r in records if r["kind"] == "outcome"] == ["completed"]
     [snapshot] = read_records(work / "data" / "study.msgpack")
     assert snapshot["preflight_version"] == __version__ and snapshot["experiment"]["name"] == "my-study"
+    exported = run(
+        [str(python), "-m", "server", "export", "--data-dir", "data", "--format", "csv"], work, clean_env(work)
+    )
+    assert exported.returncode == 0, exported.stderr
+    assert "installed-walker" in (work / "data" / "export" / "participants.csv").read_text()
     cache = work / "my-study" / ".preflight"
     assert sorted(p.name.split("-")[0] for p in (cache / "wheelhouse").glob("*.whl")) == ["micropip", "packaging"]
     assert [p.name.split("-")[0] for p in (cache / "wheels").glob("*.whl")] == ["preflight_local_gridworld_env"]
