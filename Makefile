@@ -9,7 +9,7 @@ WHEELHOUSE := build/wheelhouse
 PRECOMPRESSED := build/precompressed
 RUNTIME := node_modules/.installed $(WHEELHOUSE)/.done $(PRECOMPRESSED)/.done
 
-.PHONY: serve test lint bench wheelhouse browser graphviz clean
+.PHONY: serve test lint bench wheelhouse dist browser graphviz clean
 
 serve: $(VENV)/.installed $(RUNTIME) graphviz
 	$(PY) -m server $(ARGS)
@@ -32,6 +32,10 @@ bench: $(VENV)/.installed $(RUNTIME) browser graphviz
 	$(PY) -m bench.faults
 
 wheelhouse: $(WHEELHOUSE)/.done
+
+# The wheel and sdist a researcher installs: setup.py stages the pinned runtime from node_modules and the wheelhouse.
+dist: $(VENV)/.installed $(RUNTIME)
+	$(PY) -m build --outdir dist .
 
 # The Pyodide core and msgpack for the page, and mermaid (rendered in Chromium by the diagram tests),
 # from the npm registry (package-lock.json pins them).
@@ -66,4 +70,4 @@ $(VENV)/.installed: setup.cfg pyproject.toml
 	touch $@
 
 clean:
-	rm -rf $(VENV) data build node_modules *.egg-info
+	rm -rf $(VENV) data build dist node_modules server/_bundle *.egg-info

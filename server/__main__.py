@@ -8,6 +8,7 @@ import logging
 import sys
 from pathlib import Path
 
+from . import __version__
 from .app import make_app
 from .config import Config
 from .loader import DEFAULT, ExperimentError, load_study
@@ -28,9 +29,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         prog="python -m server",
         description="Serve a Preflight experiment.",
         epilog="`python -m server export --help`: the data directory as tidy tables.\n"
-        "`python -m server scenes --help`: an experiment's scene flow as a diagram.",
+        "`python -m server scenes --help`: an experiment's scene flow as a diagram.\n"
+        "`python -m server init FOLDER`: a new study folder to start from.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    parser.add_argument("--version", action="version", version=f"Preflight {__version__}")
     parser.add_argument("--host", default="127.0.0.1", help="interface to listen on (default: %(default)s)")
     parser.add_argument("--port", type=int, default=8888, help="port to listen on (default: %(default)s)")
     parser.add_argument(
@@ -108,7 +111,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--wheelhouse",
         type=Path,
         default=Config.wheelhouse,
-        help="directory of wheels served as the package index micropip installs from (default: %(default)s)",
+        help="directory of wheels served as the package index micropip installs from (default: "
+        + (f"{Config.wheelhouse}" if Config.wheelhouse else ".preflight/wheelhouse beside the experiment file")
+        + ")",
     )
     parser.add_argument(
         "--precompressed-dir",
@@ -146,6 +151,10 @@ def main(argv: list[str] | None = None) -> int:
         from .export import main as export
 
         return export(argv[1:])
+    if argv[:1] == ["init"]:
+        from .new_study import main as init
+
+        return init(argv[1:])
     if argv[:1] == ["scenes"]:
         from .scene_flow import main as scenes
 

@@ -193,7 +193,7 @@ def make_app(config: Config) -> tornado.web.Application:
         (r"/models/([0-9a-f]{16})/([^/]+)", ModelFiles, {"models": study.models}),
         (r"/simple/?", SimpleIndex, {"wheels": study.runtime.wheels}),
         (r"/simple/([^/]+)/?", SimpleIndex, {"wheels": study.runtime.wheels}),
-        (r"/wheels/(.*)", EncodedFiles, {"path": str(config.wheelhouse), "precompressed": precompressed}),
+        (r"/wheels/(.*)", EncodedFiles, {"path": str(study.runtime.wheelhouse), "precompressed": precompressed}),
         *admin_routes(study, config.admin_token),
     ]
     if study.packages.cache is not None:  # the study's own modules, named after their content's hash
@@ -222,7 +222,7 @@ def precompress(config: Config, study: Study) -> Precompressed | None:
     if config.precompressed_dir is None:
         return None
     precompressed = Precompressed(config.precompressed_dir)
-    precompressed.add(config.wheelhouse)
+    precompressed.add(study.runtime.wheelhouse)
     if study.runtime.pyodide_dir is not None:
         precompressed.add(study.runtime.pyodide_dir)
     precompressed.start()

@@ -34,6 +34,6 @@ class Config:
     allowed_origins: tuple[str, ...] = ()  # besides the server's own origin, e.g. "https://study.example.org"
     pyodide_dir: Path = DEFAULT_PYODIDE_DIR
     pyodide_url: str | None = None  # a Pyodide distribution hosted elsewhere (e.g. the full release)
-    wheelhouse: Path = DEFAULT_WHEELHOUSE
+    wheelhouse: Path | None = DEFAULT_WHEELHOUSE  # None: the study's cache (.preflight/wheelhouse)
     precompressed_dir: Path | None = None  # compressed copies of the runtime's files; None sends them as they are
     admin_token: str = field(default_factory=new_admin_token, repr=False)  # never a default password

@@ -29,14 +29,15 @@ from packaging.utils import InvalidWheelFilename, parse_wheel_filename
 from packaging.version import InvalidVersion, Version
 
 from .experiment import Experiment, GymScene
+from .locations import study_cache
 from .runtime import Runtime, RuntimeSetupError, Wheel, normalize
 
 log = logging.getLogger("preflight")
 
 LOCAL_PREFIX = "preflight-local-"
 """Local modules' projects start with this, and one the wheelhouse or the lock already has is refused."""
-CACHE = Path(".preflight") / "wheels"
-"""Where local modules' wheels are kept, relative to the experiment file's folder."""
+CACHE = "wheels"
+"""Where local modules' wheels are kept, in the study's cache (`.preflight/` beside the experiment file)."""
 LOCAL_URL = "/local-wheels/"
 _EPOCH = (1980, 1, 1, 0, 0, 0)
 _BROWSER_PLATFORMS = ("any", "emscripten", "pyodide", "pyemscripten")
@@ -191,7 +192,7 @@ def resolve_packages(experiment: Experiment, experiment_file: Path | None, runti
     cache = None
     if experiment_file is not None:
         modules = find_local_modules(experiment, experiment_file)
-        cache = experiment_file.parent / CACHE if modules else None
+        cache = study_cache(experiment_file.parent) / CACHE if modules else None
         for module, source in modules.items():
             project = local_project(module)
             if project in runtime.wheels or project in (runtime.distribution or {}):

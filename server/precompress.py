@@ -27,6 +27,8 @@ from pathlib import Path
 import brotli
 import tornado.web
 
+from .locations import PYODIDE_DIR, WHEELHOUSE
+
 log = logging.getLogger("preflight")
 
 DEFAULT_CACHE_DIR = Path(__file__).resolve().parent.parent / "build" / "precompressed"
@@ -251,13 +253,12 @@ class EncodedFiles(tornado.web.StaticFileHandler):
 
 
 def main(argv: list[str] | None = None) -> int:
-    from .runtime import DEFAULT_PYODIDE_DIR, DEFAULT_WHEELHOUSE  # runtime.py imports this module
-
     parser = argparse.ArgumentParser(
         prog="python -m server.precompress",
         description="Make the compressed copies of the runtime's files the server sends (once; they are kept).",
     )
-    parser.add_argument("directories", nargs="*", type=Path, default=[DEFAULT_PYODIDE_DIR, DEFAULT_WHEELHOUSE])
+    defaults = [d for d in (PYODIDE_DIR, WHEELHOUSE) if d is not None]
+    parser.add_argument("directories", nargs="*", type=Path, default=defaults)
     parser.add_argument("--cache-dir", type=Path, default=DEFAULT_CACHE_DIR)
     args = parser.parse_args(argv)
     cache = Precompressed(args.cache_dir)

@@ -21,12 +21,12 @@ from typing import Any
 
 import tornado.web
 
+from .locations import MSGPACK_DIR as MSGPACK_DIR
+from .locations import PYODIDE_DIR, SETUP_HINT, WHEELHOUSE, WHEELHOUSE_HINT
 from .precompress import EncodedFiles
 
-ROOT = Path(__file__).resolve().parent.parent
-DEFAULT_PYODIDE_DIR = ROOT / "node_modules" / "pyodide"
-DEFAULT_WHEELHOUSE = ROOT / "build" / "wheelhouse"
-MSGPACK_DIR = ROOT / "node_modules" / "@msgpack" / "msgpack" / "dist.esm"
+DEFAULT_PYODIDE_DIR = PYODIDE_DIR
+DEFAULT_WHEELHOUSE = WHEELHOUSE  # None in an installed Preflight: the study's own, in its cache
 PYTHON_VERSION = "3.14.2"
 """The page's Python when the distribution does not say (`--pyodide-url`): Pyodide 314's."""
 
@@ -111,16 +111,14 @@ class Runtime:
 def load_runtime(pyodide_dir: Path | None, wheelhouse: Path, pyodide_url: str | None = None) -> Runtime:
     """Check the files are there and write the lock; fail with set-up instructions if not."""
     if not wheelhouse.is_dir():
-        raise RuntimeSetupError(
-            f"wheelhouse not found: {wheelhouse} (run `make serve`, or `make wheelhouse`, to prepare it)"
-        )
+        raise RuntimeSetupError(f"wheelhouse not found: {wheelhouse} ({WHEELHOUSE_HINT})")
     wheels = scan_wheelhouse(wheelhouse)
     if pyodide_url:  # a distribution the researcher hosts elsewhere, with its own lock and packages
         return Runtime(None, pyodide_url.rstrip("/") + "/", "external", wheelhouse, wheels, None, None, PYTHON_VERSION)
     assert pyodide_dir is not None
     lock_path = pyodide_dir / "pyodide-lock.json"
     if not (pyodide_dir / "pyodide.mjs").is_file() or not lock_path.is_file():
-        raise RuntimeSetupError(f"Pyodide not found in {pyodide_dir} (run `make serve`, or `npm ci`, to install it)")
+        raise RuntimeSetupError(f"Pyodide not found in {pyodide_dir} ({SETUP_HINT})")
     original = _read_lock(lock_path)
     version = (
         json.loads((pyodide_dir / "package.json").read_text())["version"]
@@ -138,9 +136,7 @@ def load_runtime(pyodide_dir: Path | None, wheelhouse: Path, pyodide_url: str | 
     lock = None
     if "micropip" not in served:
         if "micropip" not in wheels:
-            raise RuntimeSetupError(
-                f"no micropip wheel in {wheelhouse} and none in {pyodide_dir} (run `make wheelhouse`)"
-            )
+            raise RuntimeSetupError(f"no micropip wheel in {wheelhouse} and none in {pyodide_dir} ({SETUP_HINT})")
         wheel = wheels["micropip"][-1]
         micropip = {**MICROPIP_ENTRY, **original["packages"].get("micropip", {})}
         micropip.update(file_name=wheel.filename, sha256=wheel.sha256, version=wheel.version, depends=[])

@@ -19,10 +19,11 @@ from statemachine import SessionMachine, triggers
 
 from . import __version__
 from .config import Config
+from .locations import study_wheelhouse
 from .packages import resolve_packages
 from .partners import ONNX_URL, check_onnxruntime, resolve_models
 from .protocol import Close, Code, Refusal, Writer
-from .runtime import load_runtime
+from .runtime import RuntimeSetupError, load_runtime
 from .session import Session, token_digest
 from .snapshot import SnapshotWriter, restore
 from .store import DataStore, SessionLog
@@ -76,12 +77,25 @@ class StudyView(Protocol):
     def session_file(self, session_id: str) -> Path: ...
 
 
+def wheelhouse_for(config: Config) -> Path:
+    """The wheelhouse given, else the study's own in its cache, so an installed Preflight never writes into itself."""
+    if config.wheelhouse is not None:
+        return config.wheelhouse
+    study_dir = config.experiment_file.parent if config.experiment_file is not None else Path.cwd()
+    try:
+        return study_wheelhouse(study_dir)
+    except OSError as exc:
+        raise RuntimeSetupError(
+            f"cannot prepare the wheelhouse beside {study_dir}: {exc.strerror or exc}; give one with --wheelhouse"
+        ) from exc
+
+
 class Study:
     """Sessions by id and by token digest, the connection driving each, and participant ids already used."""
 
     def __init__(self, config: Config) -> None:
         self.config = config
-        runtime = load_runtime(config.pyodide_dir, config.wheelhouse, config.pyodide_url)
+        runtime = load_runtime(config.pyodide_dir, wheelhouse_for(config), config.pyodide_url)
         self.packages = resolve_packages(config.experiment, config.experiment_file, runtime)
         self.runtime = runtime.with_wheels(self.packages.local)
         self.models = resolve_models(config.experiment, config.experiment_file)

@@ -26,9 +26,10 @@ def test_help_documents_the_flags():
         "--pyodide-dir",
         "--wheelhouse",
         "--admin-token",
+        "--version",
     ):
         assert flag in out
-    assert "python -m server scenes --help" in out
+    assert "python -m server scenes --help" in out and "python -m server init FOLDER" in out
 
 
 def test_scenes_draws_the_experiment_the_server_would_serve(tmp_path):

@@ -1,7 +1,7 @@
 """The grid world study: welcome and checks, instructions, one short turn-based game, a completion code.
 
-Copy this folder to start your own game study, then run
-`python -m server --experiment server/examples/gridworld/study.py`.
+`python -m server init my-study` writes a copy of it to start your own study from; this one is served by
+`python -m server` with no `--experiment`.
 """
 
 from server.experiment import EndScene, Experiment, GymScene, ScreeningRules, StartScene, StaticScene
