@@ -15,7 +15,7 @@ from tornado.log import access_log
 
 from statemachine import INITIAL, Fired, top_state
 
-from . import protocol
+from . import delivery, protocol
 from .admin import admin_routes
 from .config import Config
 from .packages import LOCAL_URL
@@ -96,7 +96,13 @@ class ParticipantSocket(tornado.websocket.WebSocketHandler):
             return
         if self.session is None:
             return self.hello(message, frame)
+        numbered = delivery.numbered(message)
+        if numbered and not delivery.is_new(self.session, message):
+            return self.acknowledge()  # resent after a reconnect, and already stored: say so again
         fired = self.session.fire(message["type"], message)
+        if numbered:
+            self.session.save(self.session)  # the highest `n` survives a restart with the snapshot
+            self.acknowledge()
         if fired is Fired.NOT_ACCEPTED:
             return self.refuse(Refusal(Code.NOT_ALLOWED, f"{message['type']} is not accepted now"))
         if fired is Fired.HELD_BACK:
@@ -115,6 +121,7 @@ class ParticipantSocket(tornado.websocket.WebSocketHandler):
             self.session = session
             self.record_in(frame, message)
             self.study.resume(session, self, token, message.get("last_seq", 0))
+            self.acknowledge()
         else:
             refusal = self.study.admit(message)
             if refusal is not None:
@@ -124,6 +131,12 @@ class ParticipantSocket(tornado.websocket.WebSocketHandler):
             self.session.fire("hello", message)
             self.study.admitted(self.session)
         self.refusals = 0
+
+    def acknowledge(self) -> None:
+        """Tell the page up to which `n` its research data is stored, so it may forget it (not logged: derived)."""
+        if self.session is not None:
+            with contextlib.suppress(tornado.websocket.WebSocketClosedError):
+                self.write_message(protocol.encode(protocol.received(self.session.received_n)), binary=True)
 
     def record_in(self, frame: bytes | str, message: dict[str, Any] | Refusal) -> None:
         assert self.session is not None

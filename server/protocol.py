@@ -45,7 +45,9 @@ class Refusal:
 
 
 CLIENT_TYPES = ("hello", "ack", "screening", "preload", "advance", "game_event", "steps", "game_over")
-SERVER_TYPES = ("experiment_config", "activate_scene", "state", "error")
+SERVER_TYPES = ("experiment_config", "activate_scene", "state", "error", "received")
+RESEARCH_TYPES = ("preload", "game_event", "steps", "game_over")
+"""Research data: the page numbers each with `n` (1, 2, ...) and keeps it until a `received` covers it."""
 PRELOAD_STATUSES = ("loading", "ready", "error")
 PRELOAD_STAGES: dict[str, tuple[float, str]] = {
     "runtime": (0.05, "Loading the Python runtime"),
@@ -96,6 +98,11 @@ def _number(value: Any) -> str | None:
 def _count(value: Any) -> str | None:
     ok = isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 2**31
     return None if ok else "must be a non-negative integer"
+
+
+def _serial(value: Any) -> str | None:
+    ok = isinstance(value, int) and not isinstance(value, bool) and 0 < value < 2**53
+    return None if ok else "must be a positive integer"
 
 
 def _flag(value: Any) -> str | None:
@@ -216,13 +223,14 @@ SCHEMAS: dict[str, Schema] = {
             "package": _text(128),
             "done": _count,
             "total": _count,
+            "n": _serial,
         },
         required=("status",),
     ),
     "advance": Schema({}),
-    "game_event": Schema({}, open=True),
-    "steps": Schema({"steps": _steps}, required=("steps",)),
-    "game_over": Schema({}, open=True),
+    "game_event": Schema({"n": _serial}, open=True),
+    "steps": Schema({"steps": _steps, "n": _serial}, required=("steps",)),
+    "game_over": Schema({"n": _serial}, open=True),
 }
 
 
@@ -275,6 +283,11 @@ def encode(message: Mapping[str, Any]) -> bytes:
 
 def error(refusal: Refusal, state: str) -> dict[str, Any]:
     return {"type": "error", "code": refusal.code.value, "message": refusal.message, "state": state}
+
+
+def received(n: int) -> dict[str, Any]:
+    """The highest `n` up to which every numbered research message is stored (or recorded as a gap)."""
+    return {"type": "received", "n": n}
 
 
 def state(name: str, may_advance: bool, **detail: Any) -> dict[str, Any]:

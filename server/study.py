@@ -17,7 +17,7 @@ from tornado.ioloop import IOLoop
 
 from statemachine import SessionMachine, triggers
 
-from . import __version__
+from . import __version__, delivery
 from .config import Config
 from .packages import resolve_packages
 from .protocol import Close, Code, Refusal, Writer
@@ -208,6 +208,7 @@ class Study:
                 log.warning("not resuming session %s: %s", saved.get("session_id"), exc)
                 sink.close()
                 continue
+            session.received_n = max(session.received_n, delivery.highest_logged(sink.path))
             self._track(session)
             self.participants[session.participant_id or ""] = ""
         if self.sessions:
