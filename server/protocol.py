@@ -7,6 +7,7 @@ socket or a session, so the server, the protocol client and the load tester shar
 from __future__ import annotations
 
 import enum
+import math
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -91,8 +92,8 @@ def _pattern(regex: re.Pattern[str], what: str) -> Validator:
 
 
 def _number(value: Any) -> str | None:
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and value >= 0
-    return None if ok else "must be a non-negative number"
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and 0 <= value < math.inf
+    return None if ok else "must be a non-negative finite number"
 
 
 def _count(value: Any) -> str | None:
@@ -155,6 +156,8 @@ def _facts(value: Any) -> str | None:
                 return f"{key} {problem}"
         elif not (item is None or isinstance(item, (bool, int, float)) or (isinstance(item, str) and len(item) <= 512)):
             return f"{key} must be a plain value"
+        elif isinstance(item, float) and not math.isfinite(item):
+            return f"{key} must be a finite number, not {item}"
     return None
 
 
@@ -175,6 +178,8 @@ def _plain(value: Any) -> str | None:
                 stack.extend((v, depth + 1) for v in item.values())
             else:
                 stack.extend((v, depth + 1) for v in item)
+        elif isinstance(item, float) and not math.isfinite(item):
+            return f"holds {item}: numbers must be finite (exports cannot hold NaN or Infinity)"
         elif not (item is None or isinstance(item, (bool, int, float, str))):
             return f"must be plain data, not {type(item).__name__}"
     return None
