@@ -8,6 +8,8 @@ import logging
 import sys
 from pathlib import Path
 
+from statemachine import OUTCOMES
+
 from .app import make_app
 from .config import Config
 from .loader import DEFAULT, ExperimentError, load_study
@@ -20,6 +22,14 @@ def _positive(text: str) -> float:
     if value <= 0:
         raise argparse.ArgumentTypeError(f"must be a positive number of seconds, got {text}")
     return value
+
+
+def _outcomes(text: str) -> tuple[str, ...]:
+    names = tuple(name.strip() for name in text.split(",") if name.strip() and name.strip() != "none")
+    unknown = [name for name in names if name not in OUTCOMES]
+    if unknown:
+        raise argparse.ArgumentTypeError(f"unknown outcome {unknown[0]!r}; outcomes are {', '.join(OUTCOMES)}")
+    return names
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -110,6 +120,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="directory of wheels served as the package index micropip installs from (default: %(default)s)",
     )
     parser.add_argument(
+        "--lock-ids",
+        type=_outcomes,
+        default=Config.lock_ids,
+        metavar="OUTCOMES",
+        help="comma-separated outcomes after which a participant id may not start again; an id with a session "
+        "in progress never may (default: completed; e.g. completed,excluded; 'none' for no lock)",
+    )
+    parser.add_argument(
         "--admin-token",
         default=None,
         help="token that opens /admin (at least 16 characters; default: a random one, printed at start-up)",
@@ -158,6 +176,7 @@ def main(argv: list[str] | None = None) -> int:
         pyodide_dir=args.pyodide_dir,
         pyodide_url=args.pyodide_url,
         wheelhouse=args.wheelhouse,
+        lock_ids=args.lock_ids,
         **({} if args.admin_token is None else {"admin_token": args.admin_token}),
     )
     generated_token = args.admin_token is None

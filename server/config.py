@@ -35,4 +35,5 @@ class Config:
     pyodide_dir: Path = DEFAULT_PYODIDE_DIR
     pyodide_url: str | None = None  # a Pyodide distribution hosted elsewhere (e.g. the full release)
     wheelhouse: Path = DEFAULT_WHEELHOUSE
+    lock_ids: tuple[str, ...] = ("completed",)  # outcomes after which a participant id may not start again
     admin_token: str = field(default_factory=new_admin_token, repr=False)  # never a default password

@@ -26,7 +26,7 @@ class Code(enum.StrEnum):
     BAD_TOKEN = "bad_token"  # a resume token that matches no session (unknown, or the session has ended)
     TOO_LARGE = "too_large"  # a frame above the configured maximum (far above it, the connection is closed)
     RATE_LIMITED = "rate_limited"  # more messages per second than the configured limit
-    ALREADY_PARTICIPATED = "already_participated"  # this participant id has a session in progress or finished
+    ALREADY_PARTICIPATED = "already_participated"  # this id is in progress, or ended in a locking outcome
 
 
 class Close(enum.IntEnum):

@@ -113,12 +113,15 @@ class Study:
         return self.store.sessions / f"{session_id}.msgpack"
 
     def admit(self, hello: dict[str, Any]) -> Refusal | None:
-        """Recruitment platforms resend links: a participant id may start only once, unless it was abandoned."""
+        """Recruitment platforms resend links: an id with a session in progress, or one that ended in a locking
+        outcome (`--lock-ids`, by default only `completed`), may not start again; the refusal never says which."""
         participant = Session.claimed_participant(hello)
         if participant is None or participant not in self.participants:
             return None
-        outcome = self.participants[participant] or "in progress"
-        return Refusal(Code.ALREADY_PARTICIPATED, f"participant {participant} already has a session ({outcome})")
+        outcome = self.participants[participant]
+        if outcome and outcome not in self.config.lock_ids:
+            return None
+        return Refusal(Code.ALREADY_PARTICIPATED, f"participant {participant} cannot start a new session")
 
     def open(self, link: Link) -> Session:
         """A new session for a connection that said `hello`; the caller fires it once the frame is recorded."""
