@@ -26,6 +26,8 @@ class Code(enum.StrEnum):
     BAD_TOKEN = "bad_token"  # a resume token that matches no session (unknown, or the session has ended)
     TOO_LARGE = "too_large"  # a frame above the configured maximum (far above it, the connection is closed)
     RATE_LIMITED = "rate_limited"  # more messages per second than the configured limit
+    SERVER_FULL = "server_full"  # the server holds as many sessions as it is configured to; try again later
+    QUOTA_EXCEEDED = "quota_exceeded"  # this session sent more research data than its configured quota
     ALREADY_PARTICIPATED = "already_participated"  # this id is in progress, or ended in a locking outcome
 
 
@@ -35,6 +37,8 @@ class Close(enum.IntEnum):
     POLICY = 1008  # too many refused messages in a row
     TOO_LARGE = 1009  # a frame far above the configured maximum (Tornado closes with this itself)
     TAKEN_OVER = 4001  # the same session was resumed from another connection (a second tab); the newest wins
+    NO_HELLO = 4002  # no `hello` within the configured time after connecting
+    TOO_MANY = 4003  # this address already holds as many connections as one address may
 
 
 @dataclass(frozen=True)

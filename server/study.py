@@ -19,6 +19,7 @@ from statemachine import SessionMachine, triggers
 
 from . import __version__, delivery
 from .config import Config
+from .limits import Limits
 from .packages import resolve_packages
 from .protocol import Close, Code, Refusal, Writer
 from .runtime import load_runtime
@@ -90,6 +91,7 @@ class Study:
         }
         self.machine = SessionMachine()
         self.store = DataStore(config.data_dir)
+        self.limits = Limits(config)
         self.outcomes: Counter[str] = Counter()  # what retired sessions added up to
         self.sessions: dict[str, Session] = {}  # by session id: live and parked sessions
         self.by_digest: dict[str, Session] = {}
@@ -172,6 +174,7 @@ class Study:
         self.by_digest.pop(session.digest, None)
         self.links.pop(session.session_id, None)
         session.release()
+        self.limits.forget(session.session_id)
         if session.participant_id is not None:
             if session.outcome == "abandoned":
                 self.participants.pop(session.participant_id, None)
