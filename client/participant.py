@@ -34,6 +34,8 @@ class ProtocolClient:
         self.conn = conn
         self.timeout = timeout
         self.last_seq = 0
+        self.n = 0  # research data is numbered, as the page numbers it, and kept until the server has it
+        self.pending: dict[int, dict[str, Any]] = {}
 
     @classmethod
     async def connect(
@@ -48,16 +50,53 @@ class ProtocolClient:
     async def send(self, message: dict[str, Any]) -> None:
         await self.conn.write_message(protocol.encode(message), binary=True)
 
+    async def send_data(self, message: dict[str, Any]) -> None:
+        """Send research data numbered and keep it until a `received` covers it (`resend` after a reconnect)."""
+        self.n += 1
+        numbered = {**message, "n": self.n}
+        self.pending[self.n] = numbered
+        await self.send(numbered)
+
+    async def resend(self) -> None:
+        """What the server has not confirmed, again and in order: it keeps one copy of each and drops the rest."""
+        for n in sorted(self.pending):
+            await self.send(self.pending[n])
+
+    def carry_over(self, old: ProtocolClient) -> None:
+        """Take over a dropped connection's numbering and unconfirmed data."""
+        self.last_seq, self.n, self.pending = old.last_seq, old.n, old.pending
+
     async def send_raw(self, frame: bytes | str) -> None:
         await self.conn.write_message(frame, binary=isinstance(frame, bytes))
 
     async def recv(self) -> dict[str, Any] | None:
-        """The next message, or None once the server has closed the connection."""
+        """The next message, or None once the server has closed the connection; `received` is handled here."""
+        while True:
+            message = await self._read()
+            if message is None or message.get("type") != "received":
+                return message
+
+    async def until_confirmed(self) -> list[dict[str, Any]]:
+        """Read until the server has confirmed every numbered message sent; returns the other messages seen."""
+        seen = []
+        while self.pending:
+            message = await self._read()
+            if message is None:
+                raise ConnectionError(f"closed by server ({self.conn.close_code}) with {len(self.pending)} unconfirmed")
+            if message.get("type") != "received":
+                seen.append(message)
+        return seen
+
+    async def _read(self) -> dict[str, Any] | None:
         frame = await asyncio.wait_for(self.conn.read_message(), self.timeout)
         if frame is None:
             return None
-        message = protocol.msgpack.unpackb(frame, raw=False)
-        self.last_seq = max(self.last_seq, message.get("seq", 0))
+        message: dict[str, Any] = protocol.msgpack.unpackb(frame, raw=False)
+        if message.get("type") == "received":
+            for n in [n for n in self.pending if n <= message["n"]]:
+                del self.pending[n]
+        else:
+            self.last_seq = max(self.last_seq, message.get("seq", 0))
         return message
 
     async def ack(self) -> None:
@@ -142,8 +181,9 @@ async def walk(
                     await client.send({"type": "screening", "facts": facts or DESKTOP_CHROMIUM})
                 if needs_pyodide and regions.get("preloading") in ("idle", "loading") and "preload" not in reported:
                     reported.add("preload")
-                    await client.send({"type": "preload", "status": "loading", "stage": "runtime", "elapsed_ms": 0})
-                    await client.send({"type": "preload", "status": "ready", "elapsed_ms": 1})
+                    loading = {"type": "preload", "status": "loading", "stage": "runtime", "elapsed_ms": 0}
+                    await client.send_data(loading)
+                    await client.send_data({"type": "preload", "status": "ready", "elapsed_ms": 1})
                 situation = (message["state"], message.get("scene_id"), message["may_advance"])
                 if situation == acted_on:  # a resume confirms the state it resent: act once
                     continue
@@ -156,8 +196,8 @@ async def walk(
                     ]
                     sent_steps.update((scene["scene_id"], s["step"]) for s in batch)
                     if batch:
-                        await client.send({"type": "steps", "steps": batch})
-                    await client.send(
+                        await client.send_data({"type": "steps", "steps": batch})
+                    await client.send_data(
                         {"type": "game_over", "episodes": 1, "steps": steps, "total_reward": -0.01 * steps}
                     )
                 elif message["may_advance"]:
@@ -169,11 +209,11 @@ async def walk(
 
 async def _come_back(client: ProtocolClient, url: str, token: str, timeout: float, away: float) -> ProtocolClient:
     """Cut the connection as a network would (no close frame), then resume with the token."""
-    last_seq = client.last_seq
     client.conn.stream.close()
     client.close()  # the stream is already gone: this only releases the connection object
     await asyncio.sleep(away)
     back = await ProtocolClient.connect(url, timeout=timeout)
-    back.last_seq = last_seq
-    await back.send({"type": "hello", "resume_token": token, "last_seq": last_seq})
+    back.carry_over(client)
+    await back.send({"type": "hello", "resume_token": token, "last_seq": back.last_seq})
+    await back.resend()
     return back

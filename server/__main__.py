@@ -8,9 +8,12 @@ import logging
 import sys
 from pathlib import Path
 
+from statemachine import OUTCOMES
+
 from . import __version__
 from .app import make_app
 from .config import Config
+from .limits import raise_descriptor_limit, server_options
 from .loader import DEFAULT, ExperimentError, load_study
 from .precompress import DEFAULT_CACHE_DIR
 from .runtime import RuntimeSetupError
@@ -22,6 +25,21 @@ def _positive(text: str) -> float:
     if value <= 0:
         raise argparse.ArgumentTypeError(f"must be a positive number of seconds, got {text}")
     return value
+
+
+def _count(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive whole number, got {text}")
+    return value
+
+
+def _outcomes(text: str) -> tuple[str, ...]:
+    names = tuple(name.strip() for name in text.split(",") if name.strip() and name.strip() != "none")
+    unknown = [name for name in names if name not in OUTCOMES]
+    if unknown:
+        raise argparse.ArgumentTypeError(f"unknown outcome {unknown[0]!r}; outcomes are {', '.join(OUTCOMES)}")
+    return names
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -127,6 +145,27 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         action="store_true",
         help="send the runtime's files as they are (e.g. behind a proxy or CDN that compresses them)",
     )
+    limits = parser.add_argument_group("limits (defaults far above what a real study uses)")
+    for flag, field, kind, what in (
+        ("--hello-timeout", "hello_timeout", _positive, "seconds a new /ws connection has to say hello (close 4002)"),
+        ("--idle-timeout", "idle_timeout", _positive, "seconds an HTTP connection may idle or take over its headers"),
+        ("--max-body-bytes", "max_body_bytes", _count, "larger request bodies are refused unread, on every route"),
+        ("--max-connections-per-ip", "max_connections_per_ip", _count, "open /ws connections one address may hold"),
+        ("--sessions-per-ip", "sessions_per_ip_per_minute", _count, "new sessions one address may start a minute"),
+        ("--max-sessions", "max_sessions", _count, "live sessions; beyond, a new hello is refused as server_full"),
+        ("--max-session-bytes", "max_session_bytes", _count, "research data one session may send (quota_exceeded)"),
+    ):
+        limits.add_argument(
+            flag, type=kind, default=getattr(Config, field), dest=field, help=f"{what} (default: %(default)s)"
+        )
+    parser.add_argument(
+        "--lock-ids",
+        type=_outcomes,
+        default=Config.lock_ids,
+        metavar="OUTCOMES",
+        help="comma-separated outcomes after which a participant id may not start again; an id with a session "
+        "in progress never may (default: completed; e.g. completed,excluded; 'none' for no lock)",
+    )
     parser.add_argument(
         "--admin-token",
         default=None,
@@ -180,6 +219,14 @@ def main(argv: list[str] | None = None) -> int:
         pyodide_dir=args.pyodide_dir,
         pyodide_url=args.pyodide_url,
         wheelhouse=args.wheelhouse,
+        lock_ids=args.lock_ids,
+        hello_timeout=args.hello_timeout,
+        idle_timeout=args.idle_timeout,
+        max_body_bytes=args.max_body_bytes,
+        max_connections_per_ip=args.max_connections_per_ip,
+        sessions_per_ip_per_minute=args.sessions_per_ip_per_minute,
+        max_sessions=args.max_sessions,
+        max_session_bytes=args.max_session_bytes,
         **({} if args.admin_token is None else {"admin_token": args.admin_token}),
         precompressed_dir=None if args.no_precompressed else args.precompressed_dir,
     )
@@ -195,8 +242,10 @@ async def _serve(config: Config, generated_token: bool) -> int:
     except RuntimeSetupError as exc:
         print(f"python -m server: error: {exc}", file=sys.stderr)
         return 2
+    soft, hard = raise_descriptor_limit()
+    logging.getLogger("preflight").info("open-file limit: %s (hard %s)", soft, hard)
     try:
-        app.listen(config.port, config.host)
+        app.listen(config.port, config.host, **server_options(config))
     except OSError as exc:
         print(f"python -m server: error: cannot listen on {config.host}:{config.port}: {exc.strerror}", file=sys.stderr)
         return 2

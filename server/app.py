@@ -11,14 +11,16 @@ from typing import Any
 
 import tornado.web
 import tornado.websocket
+from tornado.ioloop import IOLoop
 from tornado.log import access_log
 
 from statemachine import INITIAL, Fired, top_state
 
-from . import protocol
+from . import delivery, protocol
 from .admin import admin_routes
 from .assets import AssetFiles, collect_assets
 from .config import Config
+from .limits import MAX_USER_AGENT
 from .packages import LOCAL_URL
 from .page_module import page_module
 from .partners import ONNX_DIR, ModelFiles
@@ -64,16 +66,37 @@ class ParticipantSocket(tornado.websocket.WebSocketHandler):
         self.refusals = 0
         self.rtt_ms: float | None = None
         self.limit = RateLimit(study.config.messages_per_second)
+        self.address: str | None = None  # counted against the per-address limit while open
+        self.hello_timer: object | None = None
 
     @property
     def user_agent(self) -> str:
-        return self.request.headers.get("User-Agent", "")
+        return self.request.headers.get("User-Agent", "")[:MAX_USER_AGENT]
 
     def check_origin(self, origin: str) -> bool:
         return origin in self.study.config.allowed_origins or super().check_origin(origin)
 
     def open(self) -> None:
+        address = self.request.remote_ip or ""
+        if not self.study.limits.connect(address):
+            self.close(Close.TOO_MANY, "too many connections from this address")
+            return
+        self.address = address
+        self.hello_timer = IOLoop.current().call_later(self.study.config.hello_timeout, self.no_hello)
         self.ping(struct.pack("!d", time.monotonic()))
+
+    def no_hello(self) -> None:
+        """A connection that never says hello holds a socket for nothing: close it."""
+        self.hello_timer = None
+        if self.session is None:
+            self.close(Close.NO_HELLO, f"no hello within {self.study.config.hello_timeout:g} s")
+
+    def on_ping(self, data: bytes) -> None:
+        """A client's pings cost like messages: a ping flood meets the same rate limit and the same close."""
+        if not self.limit.take():
+            self.refusals += 1
+            if self.refusals >= self.study.config.max_refusals:
+                self.close(Close.POLICY, "too many pings")
 
     def on_pong(self, data: bytes) -> None:
         if len(data) == 8:
@@ -89,6 +112,13 @@ class ParticipantSocket(tornado.websocket.WebSocketHandler):
                 Refusal(Code.TOO_LARGE, f"frames may be at most {self.study.config.max_message_bytes} bytes")
             )
         message = protocol.decode(frame)
+        if (
+            self.session is not None
+            and not isinstance(message, Refusal)
+            and message["type"] in protocol.RESEARCH_TYPES
+            and not self.within_quota(message, len(frame))
+        ):
+            return None
         if self.session is not None:
             self.record_in(frame, message)
         if isinstance(message, Refusal):
@@ -99,7 +129,13 @@ class ParticipantSocket(tornado.websocket.WebSocketHandler):
             return
         if self.session is None:
             return self.hello(message, frame)
+        numbered = delivery.numbered(message)
+        if numbered and not delivery.is_new(self.session, message):
+            return self.acknowledge()  # resent after a reconnect, and already stored: say so again
         fired = self.session.fire(message["type"], message)
+        if numbered:
+            self.session.save(self.session)  # the highest `n` survives a restart with the snapshot
+            self.acknowledge()
         if fired is Fired.NOT_ACCEPTED:
             return self.refuse(Refusal(Code.NOT_ALLOWED, f"{message['type']} is not accepted now"))
         if fired is Fired.HELD_BACK:
@@ -118,8 +154,10 @@ class ParticipantSocket(tornado.websocket.WebSocketHandler):
             self.session = session
             self.record_in(frame, message)
             self.study.resume(session, self, token, message.get("last_seq", 0))
+            self.acknowledge()
         else:
-            refusal = self.study.admit(message)
+            refusal = self.study.limits.new_session(self.request.remote_ip or "", len(self.study.sessions))
+            refusal = refusal or self.study.admit(message)
             if refusal is not None:
                 return self.refuse(refusal)
             self.session = self.study.open(self)
@@ -127,6 +165,30 @@ class ParticipantSocket(tornado.websocket.WebSocketHandler):
             self.session.fire("hello", message)
             self.study.admitted(self.session)
         self.refusals = 0
+
+    def within_quota(self, message: dict[str, Any], size: int) -> bool:
+        """Count research bytes against the session's quota; past it the message is refused with a trace (a
+        `refused` record; a numbered one is confirmed, so the page stops resending what will never be stored)."""
+        assert self.session is not None
+        if self.study.limits.store(self.session.session_id, size):
+            return True
+        n = message.get("n")
+        if delivery.numbered(message) and not delivery.is_new(self.session, message):
+            self.acknowledge()
+            return False
+        self.session.record("refused", code=Code.QUOTA_EXCEEDED.value, type=message["type"], n=n, bytes=size)
+        if n is not None:
+            self.session.save(self.session)
+            self.acknowledge()
+        quota = self.study.config.max_session_bytes
+        self.refuse(Refusal(Code.QUOTA_EXCEEDED, f"this session has sent its {quota} bytes of research data"))
+        return False
+
+    def acknowledge(self) -> None:
+        """Tell the page up to which `n` its research data is stored, so it may forget it (not logged: derived)."""
+        if self.session is not None:
+            with contextlib.suppress(tornado.websocket.WebSocketClosedError):
+                self.write_message(protocol.encode(protocol.received(self.session.received_n)), binary=True)
 
     def record_in(self, frame: bytes | str, message: dict[str, Any] | Refusal) -> None:
         assert self.session is not None
@@ -151,6 +213,12 @@ class ParticipantSocket(tornado.websocket.WebSocketHandler):
             self.write_message(frame, binary=True)
 
     def on_close(self) -> None:
+        if self.hello_timer is not None:
+            IOLoop.current().remove_timeout(self.hello_timer)
+            self.hello_timer = None
+        if self.address is not None:
+            self.study.limits.disconnect(self.address)
+            self.address = None
         if self.session is not None:
             self.study.connection_lost(self.session, self)
             self.session = None

@@ -36,4 +36,12 @@ class Config:
     pyodide_url: str | None = None  # a Pyodide distribution hosted elsewhere (e.g. the full release)
     wheelhouse: Path | None = DEFAULT_WHEELHOUSE  # None: the study's cache (.preflight/wheelhouse)
     precompressed_dir: Path | None = None  # compressed copies of the runtime's files; None sends them as they are
+    hello_timeout: float = 30.0  # seconds a new connection has to say hello before it is closed (4002)
+    idle_timeout: float = 60.0  # seconds an HTTP connection may idle or take to send its headers or body
+    max_body_bytes: int = 1024 * 1024  # larger request bodies are refused from Content-Length, never read
+    max_connections_per_ip: int = 1000  # open /ws connections from one address (a campus NAT stays far below)
+    sessions_per_ip_per_minute: int = 1000  # new sessions one address may open a minute (load tests stay below)
+    max_sessions: int = 20_000  # live and parked sessions; beyond, a new hello is refused as server_full
+    max_session_bytes: int = 256 * 1024 * 1024  # research data one session may send; beyond, quota_exceeded
+    lock_ids: tuple[str, ...] = ("completed",)  # outcomes after which a participant id may not start again
     admin_token: str = field(default_factory=new_admin_token, repr=False)  # never a default password

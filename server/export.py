@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import math
 import sys
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -192,7 +193,21 @@ def export(data_dir: Path, fmt: str, output: Path) -> dict[str, int]:
     return counts
 
 
+FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+"""A CSV cell starting with one of these is a formula to a spreadsheet; OWASP's rule: prefix a `'`."""
+
+
+def safe_cell(value: Any) -> Any:
+    """A CSV cell a spreadsheet shows as text, never runs (CSV injection)."""
+    if isinstance(value, str) and value.startswith(FORMULA_START):
+        return "'" + value
+    return value
+
+
 def _plain(value: Any) -> Any:
+    """JSON-safe: bytes as hex, and a non-finite number (only in data stored before it was refused) as its name."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)  # "nan", "inf", "-inf": strictly valid JSON, and not silently a number
     if isinstance(value, bytes):
         return value.hex()
     if isinstance(value, dict):
@@ -218,9 +233,10 @@ class _Table:
     def write(self, row: dict[str, Any]) -> None:
         row = {k: _plain(v) for k, v in row.items()}
         if self.path.suffix == ".csv":
-            self.csv.writerow({k: json.dumps(v) if isinstance(v, (dict, list)) else v for k, v in row.items()})
+            cells = {k: json.dumps(v, allow_nan=False) if isinstance(v, (dict, list)) else v for k, v in row.items()}
+            self.csv.writerow({k: safe_cell(v) for k, v in cells.items()})
         else:
-            self.file.write(json.dumps(row) + "\n")
+            self.file.write(json.dumps(row, allow_nan=False) + "\n")
 
     def __exit__(self, *exc: Any) -> None:
         self.file.close()

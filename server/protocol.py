@@ -7,6 +7,7 @@ socket or a session, so the server, the protocol client and the load tester shar
 from __future__ import annotations
 
 import enum
+import math
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -25,7 +26,9 @@ class Code(enum.StrEnum):
     BAD_TOKEN = "bad_token"  # a resume token that matches no session (unknown, or the session has ended)
     TOO_LARGE = "too_large"  # a frame above the configured maximum (far above it, the connection is closed)
     RATE_LIMITED = "rate_limited"  # more messages per second than the configured limit
-    ALREADY_PARTICIPATED = "already_participated"  # this participant id has a session in progress or finished
+    SERVER_FULL = "server_full"  # the server holds as many sessions as it is configured to; try again later
+    QUOTA_EXCEEDED = "quota_exceeded"  # this session sent more research data than its configured quota
+    ALREADY_PARTICIPATED = "already_participated"  # this id is in progress, or ended in a locking outcome
 
 
 class Close(enum.IntEnum):
@@ -34,6 +37,8 @@ class Close(enum.IntEnum):
     POLICY = 1008  # too many refused messages in a row
     TOO_LARGE = 1009  # a frame far above the configured maximum (Tornado closes with this itself)
     TAKEN_OVER = 4001  # the same session was resumed from another connection (a second tab); the newest wins
+    NO_HELLO = 4002  # no `hello` within the configured time after connecting
+    TOO_MANY = 4003  # this address already holds as many connections as one address may
 
 
 @dataclass(frozen=True)
@@ -45,7 +50,9 @@ class Refusal:
 
 
 CLIENT_TYPES = ("hello", "ack", "screening", "preload", "advance", "game_event", "steps", "game_over")
-SERVER_TYPES = ("experiment_config", "activate_scene", "state", "error")
+SERVER_TYPES = ("experiment_config", "activate_scene", "state", "error", "received")
+RESEARCH_TYPES = ("preload", "game_event", "steps", "game_over")
+"""Research data: the page numbers each with `n` (1, 2, ...) and keeps it until a `received` covers it."""
 PRELOAD_STATUSES = ("loading", "ready", "error")
 PRELOAD_STAGES: dict[str, tuple[float, str]] = {
     "runtime": (0.05, "Loading the Python runtime"),
@@ -90,13 +97,18 @@ def _pattern(regex: re.Pattern[str], what: str) -> Validator:
 
 
 def _number(value: Any) -> str | None:
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and value >= 0
-    return None if ok else "must be a non-negative number"
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and 0 <= value < math.inf
+    return None if ok else "must be a non-negative finite number"
 
 
 def _count(value: Any) -> str | None:
     ok = isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 2**31
     return None if ok else "must be a non-negative integer"
+
+
+def _serial(value: Any) -> str | None:
+    ok = isinstance(value, int) and not isinstance(value, bool) and 0 < value < 2**53
+    return None if ok else "must be a positive integer"
 
 
 def _flag(value: Any) -> str | None:
@@ -149,6 +161,8 @@ def _facts(value: Any) -> str | None:
                 return f"{key} {problem}"
         elif not (item is None or isinstance(item, (bool, int, float)) or (isinstance(item, str) and len(item) <= 512)):
             return f"{key} must be a plain value"
+        elif isinstance(item, float) and not math.isfinite(item):
+            return f"{key} must be a finite number, not {item}"
     return None
 
 
@@ -169,6 +183,8 @@ def _plain(value: Any) -> str | None:
                 stack.extend((v, depth + 1) for v in item.values())
             else:
                 stack.extend((v, depth + 1) for v in item)
+        elif isinstance(item, float) and not math.isfinite(item):
+            return f"holds {item}: numbers must be finite (exports cannot hold NaN or Infinity)"
         elif not (item is None or isinstance(item, (bool, int, float, str))):
             return f"must be plain data, not {type(item).__name__}"
     return None
@@ -217,13 +233,14 @@ SCHEMAS: dict[str, Schema] = {
             "package": _text(128),
             "done": _count,
             "total": _count,
+            "n": _serial,
         },
         required=("status",),
     ),
     "advance": Schema({}),
-    "game_event": Schema({}, open=True),
-    "steps": Schema({"steps": _steps}, required=("steps",)),
-    "game_over": Schema({}, open=True),
+    "game_event": Schema({"n": _serial}, open=True),
+    "steps": Schema({"steps": _steps, "n": _serial}, required=("steps",)),
+    "game_over": Schema({"n": _serial}, open=True),
 }
 
 
@@ -276,6 +293,11 @@ def encode(message: Mapping[str, Any]) -> bytes:
 
 def error(refusal: Refusal, state: str) -> dict[str, Any]:
     return {"type": "error", "code": refusal.code.value, "message": refusal.message, "state": state}
+
+
+def received(n: int) -> dict[str, Any]:
+    """The highest `n` up to which every numbered research message is stored (or recorded as a gap)."""
+    return {"type": "received", "n": n}
 
 
 def state(name: str, may_advance: bool, **detail: Any) -> dict[str, Any]:

@@ -62,6 +62,7 @@ class Session(RegionGuards):
         "plan",
         "preload_result",
         "pyodide_config",
+        "received_n",
         "rtt_ms",
         "save",
         "seed",
@@ -112,6 +113,7 @@ class Session(RegionGuards):
         self.verdict: tuple[str, ...] = ()
         self.preload_result: str | None = None  # the preload region's answer, kept once the region is left
         self.outcome: str | None = None
+        self.received_n = 0  # the page's research messages are numbered; all up to this one are stored (or a gap)
         self.game_steps = 0  # steps received from the game in progress, checked against its `game_over`
         self.place: Any = None
         self.history: list[tuple[float, str, str, str]] = []
@@ -202,7 +204,7 @@ class Session(RegionGuards):
         return bool(_message(event)["status"] == "error")
 
     def note_preload(self, event: EventData) -> None:
-        report = {k: v for k, v in _message(event).items() if k != "type"}
+        report = _data(event)
         self.record("preload", **report)
 
     def preload_timed_out(self, event: EventData) -> None:
@@ -335,4 +337,4 @@ def _dest(event: EventData) -> str:
 
 
 def _data(event: EventData) -> dict[str, Any]:
-    return {k: v for k, v in _message(event).items() if k != "type"}
+    return {k: v for k, v in _message(event).items() if k not in ("type", "n")}

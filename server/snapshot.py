@@ -30,6 +30,7 @@ def capture(session: Session) -> dict[str, Any]:
         "state": session.state,
         "place": session.place,
         "seq": session.outbox.seq,
+        "received_n": session.received_n,
         "user_agent": session.user_agent,
         "rtt_ms": session.rtt_ms,
     }
@@ -75,6 +76,7 @@ def restore(
     session.game_steps = saved.get("game_steps", 0)
     session.rtt_ms = saved["rtt_ms"]
     session.outbox.seq = saved["seq"]
+    session.received_n = saved.get("received_n", 0)
     session.place = saved["place"] if saved["place"] is not None else saved["state"]
     machine.park(session)
     session.record("restored", place=session.place)

@@ -17,8 +17,9 @@ from tornado.ioloop import IOLoop
 
 from statemachine import SessionMachine, triggers
 
-from . import __version__
+from . import __version__, delivery
 from .config import Config
+from .limits import Limits
 from .locations import study_wheelhouse
 from .packages import resolve_packages
 from .partners import ONNX_URL, check_onnxruntime, resolve_models
@@ -109,6 +110,7 @@ class Study:
         }
         self.machine = SessionMachine()
         self.store = DataStore(config.data_dir)
+        self.limits = Limits(config)
         self.outcomes: Counter[str] = Counter()  # what retired sessions added up to
         self.sessions: dict[str, Session] = {}  # by session id: live and parked sessions
         self.by_digest: dict[str, Session] = {}
@@ -132,12 +134,15 @@ class Study:
         return self.store.sessions / f"{session_id}.msgpack"
 
     def admit(self, hello: dict[str, Any]) -> Refusal | None:
-        """Recruitment platforms resend links: a participant id may start only once, unless it was abandoned."""
+        """Recruitment platforms resend links: an id with a session in progress, or one that ended in a locking
+        outcome (`--lock-ids`, by default only `completed`), may not start again; the refusal never says which."""
         participant = Session.claimed_participant(hello)
         if participant is None or participant not in self.participants:
             return None
-        outcome = self.participants[participant] or "in progress"
-        return Refusal(Code.ALREADY_PARTICIPATED, f"participant {participant} already has a session ({outcome})")
+        outcome = self.participants[participant]
+        if outcome and outcome not in self.config.lock_ids:
+            return None
+        return Refusal(Code.ALREADY_PARTICIPATED, f"participant {participant} cannot start a new session")
 
     def open(self, link: Link) -> Session:
         """A new session for a connection that said `hello`; the caller fires it once the frame is recorded."""
@@ -188,6 +193,7 @@ class Study:
         self.by_digest.pop(session.digest, None)
         self.links.pop(session.session_id, None)
         session.release()
+        self.limits.forget(session.session_id)
         if session.participant_id is not None:
             if session.outcome == "abandoned":
                 self.participants.pop(session.participant_id, None)
@@ -227,6 +233,7 @@ class Study:
                 log.warning("not resuming session %s: %s", saved.get("session_id"), exc)
                 sink.close()
                 continue
+            session.received_n = max(session.received_n, delivery.highest_logged(sink.path))
             self._track(session)
             self.participants[session.participant_id or ""] = ""
         if self.sessions:

@@ -48,6 +48,20 @@ def app(config):
 
 
 @pytest.fixture
+def http_server(request, io_loop, _unused_port, app, config):
+    """pytest-tornado's server, with the HTTPServer options `python -m server` uses (timeouts, body size)."""
+    import tornado.httpserver
+
+    from server.limits import server_options
+
+    server = tornado.httpserver.HTTPServer(app, **server_options(config))
+    server.add_socket(_unused_port[0])
+    yield server
+    server.stop()
+    io_loop.run_sync(server.close_all_connections, timeout=10)
+
+
+@pytest.fixture
 def ws_url(http_server, http_port) -> str:
     return f"ws://127.0.0.1:{http_port}/ws"
 

@@ -423,3 +423,41 @@ def test_a_connection_dropped_during_the_preload_still_lets_the_server_hear_it_e
     kinds = [r["kind"] if r["kind"] != "preload" else r["status"] for r in records]
     assert kinds.index("resumed") < kinds.index("ready")  # the report lost with the connection was said again
     assert exported_steps(server["data"], "pw-preload-drop", tmp_path / "export") == [1, 2, 3, 4, 5, 6, 7, 8]
+
+
+def test_steps_in_flight_when_the_connection_drops_are_resent_and_stored_once(server, context, tmp_path):
+    page = context.new_page()
+    page.goto(server["url"] + "?PROLIFIC_PID=pw-inflight")
+    state_is(page, "ready", timeout=LOAD_TIMEOUT_MS, scene_id="start")
+    enter_the_game(page)
+    page.wait_for_function("window.__preflight.firstFrameAt !== null", timeout=LOAD_TIMEOUT_MS)
+    # The network swallows what the page sends from here on: batches leave but never arrive. (A turn-based game
+    # sends a batch with the first step 250 ms after the last batch, hence the pauses.)
+    page.evaluate("window.__preflight.socket.send = () => {}")
+    for key in ["ArrowRight"] * 4:
+        page.keyboard.press(key)
+        page.wait_for_timeout(300)
+    page.wait_for_function("window.__preflight.steps === 4", timeout=STEP_TIMEOUT_MS)
+    page.wait_for_function("window.__preflight.pending() >= 3", timeout=STEP_TIMEOUT_MS)  # sent, unconfirmed
+    stored = sessionStorage_pending(page)
+    assert stored and all(item["n"] > 0 for item in stored)  # kept across a reload too
+
+    page.evaluate("window.__preflight.socket.close()")
+    page.wait_for_function("window.__preflight.connections === 2", timeout=STEP_TIMEOUT_MS)
+    page.wait_for_function("window.__preflight.pending() === 0", timeout=STEP_TIMEOUT_MS)
+    state_is(page, "in_game")
+    for key in ["ArrowDown"] * 4:
+        page.keyboard.press(key)
+    state_is(page, "ready", scene_id="gridworld")
+
+    assert exported_steps(server["data"], "pw-inflight", tmp_path / "export") == [1, 2, 3, 4, 5, 6, 7, 8]
+    over = [r for r in records_of(server["data"], "pw-inflight") if r["kind"] == "game_over"]
+    assert [r["check"]["complete"] for r in over] == [True]
+    assert not [r for r in records_of(server["data"], "pw-inflight") if r["kind"] == "gap"]
+
+
+def sessionStorage_pending(page) -> list[dict]:
+    return page.evaluate(
+        "Object.keys(sessionStorage).filter((k) => k.startsWith('preflight.pending:'))"
+        ".flatMap((k) => JSON.parse(sessionStorage.getItem(k)).items)"
+    )

@@ -115,7 +115,7 @@ async def test_a_participant_id_cannot_start_twice(connect, ws_url):
     again = await connect()
     await again.send({"type": "hello", "params": {"PROLIFIC_PID": "done-1"}})
     refused = await again.recv()
-    assert refused["code"] == "already_participated" and "completed" in refused["message"]
+    assert refused["code"] == "already_participated" and "completed" not in refused["message"]  # no outcome told
 
     _busy, _ = await to_ready(connect, participant_id="busy-1")
     other = await connect()
@@ -123,17 +123,37 @@ async def test_a_participant_id_cannot_start_twice(connect, ws_url):
     assert (await other.recv())["code"] == "already_participated"
 
 
-@pytest.mark.gen_test
-async def test_excluded_participants_cannot_try_again(connect):
+async def excluded_then_back(connect, participant_id: str) -> dict:
     client = await connect(user_agent="Mozilla/5.0 (iPhone; CPU iPhone OS 17_0) Mobile/15E148 Safari/604.1")
-    await client.send({"type": "hello", "participant_id": "phone-1"})
+    await client.send({"type": "hello", "participant_id": participant_id})
     await client.send({"type": "screening", "facts": {**DESKTOP_CHROMIUM, "touch": True, "max_touch_points": 5}})
     await client.send(READY)
     assert (await client.until_state("excluded"))["reason"]
     await closed(client)
     again = await connect()
-    await again.send({"type": "hello", "participant_id": "phone-1"})
-    assert (await again.recv())["code"] == "already_participated"
+    await again.send({"type": "hello", "participant_id": participant_id})
+    return await again.recv()
+
+
+@pytest.mark.gen_test
+async def test_excluded_participants_may_try_again_by_default(connect):
+    assert (await excluded_then_back(connect, "phone-1"))["type"] == "experiment_config"
+
+
+@pytest.mark.gen_test
+@pytest.mark.config(lock_ids=("completed", "excluded"))
+async def test_excluded_participants_are_locked_out_when_the_study_says_so(connect):
+    refused = await excluded_then_back(connect, "phone-2")
+    assert refused["code"] == "already_participated" and "excluded" not in refused["message"]
+
+
+@pytest.mark.gen_test
+@pytest.mark.config(lock_ids=())
+async def test_with_no_locking_outcome_a_completed_participant_may_start_again(connect, ws_url):
+    assert (await walk(ws_url, participant_id="again-1"))["outcome"] == "completed"
+    again = await connect()
+    await again.send({"type": "hello", "participant_id": "again-1"})
+    assert (await again.recv())["type"] == "experiment_config"
 
 
 @pytest.mark.gen_test

@@ -20,13 +20,33 @@ const played = new Set();  // scene instances whose game this page started: each
 // `?runtime=main` keeps Python on the page's own thread (the baseline the worker is measured against).
 const newRuntime = () => new Runtime(preflight.config.pyodide_config, reportPreload,
                                      { thread: params.runtime === "main" ? "main" : "worker" });
-// Research data the page produced while the connection was down waits for the next one (sent after its hello).
-const RESEARCH = new Set([TYPE.steps, TYPE.game_event, TYPE.game_over]);
-const waitingData = [];
-const send = (message) => {
-  if (socket?.readyState === WebSocket.OPEN) return socket.send(encode(message));
-  if (RESEARCH.has(message.type) && waitingData.length < 10_000) waitingData.push(message);
+// Research data is numbered (`n`) and kept, in this tab's sessionStorage so a reload keeps it too, until the
+// server's `received` says it is stored; what is not confirmed is sent again after every hello. The server drops
+// what it already has, and records as a gap any number it never gets (the oldest are dropped past the bound).
+const PENDING_KEY = `preflight.pending:${location.pathname}${location.search}`;
+const RESEARCH = new Set([TYPE.steps, TYPE.game_event, TYPE.game_over, TYPE.preload]);
+const MAX_PENDING = 10_000;
+const freshPending = () => ({ n: 0, items: [] });
+let pending = (() => {
+  try { return JSON.parse(sessionStorage.getItem(PENDING_KEY)) || freshPending(); } catch { return freshPending(); }
+})();
+const keepPending = () => {
+  try { sessionStorage.setItem(PENDING_KEY, JSON.stringify(pending)); } catch { /* full: kept in memory only */ }
 };
+const send = (message) => {
+  if (RESEARCH.has(message.type)) {
+    message = { ...message, n: ++pending.n };
+    pending.items.push(message);
+    if (pending.items.length > MAX_PENDING) pending.items.shift();
+    keepPending();
+  }
+  if (socket?.readyState === WebSocket.OPEN) socket.send(encode(message));
+};
+function onReceived(message) {
+  pending.items = pending.items.filter((item) => item.n > message.n);
+  keepPending();
+}
+preflight.pending = () => pending.items.length;
 preflight.send = send;
 Object.defineProperty(preflight, "socket", { get: () => socket });
 
@@ -42,7 +62,7 @@ function connect() {
     const token = sessionStorage.getItem(TOKEN_KEY);
     send(token ? { type: TYPE.hello, resume_token: token, last_seq: lastSeq } : { type: TYPE.hello, params });
     if (token) notice("");
-    for (const message of waitingData.splice(0)) send(message);
+    if (token) for (const message of pending.items) socket.send(encode(message));
   };
   socket.onclose = onClose;
   socket.onmessage = (event) => {
@@ -51,7 +71,8 @@ function connect() {
       lastSeq = Math.max(lastSeq, message.seq);
       ackTimer ??= setTimeout(() => { ackTimer = null; send({ type: TYPE.ack, seq: lastSeq }); }, 200);
     }
-    ({ experiment_config: onConfig, activate_scene: onScene, state: onState, error: onError })[message.type]?.(message);
+    ({ experiment_config: onConfig, activate_scene: onScene, state: onState, error: onError, received: onReceived })[
+      message.type]?.(message);
   };
 }
 
@@ -69,6 +90,10 @@ connect();
 
 function onConfig(config) {
   preflight.config = config;
+  if (sessionStorage.getItem(TOKEN_KEY) !== config.session_token) {  // a new session numbers its data afresh
+    pending = freshPending();
+    keepPending();
+  }
   sessionStorage.setItem(TOKEN_KEY, config.session_token);
   if (config.pyodide_config.needs_pyodide && !runtime) {
     runtime = preflight.runtime = newRuntime();

@@ -1,0 +1,46 @@
+"""Research data from the page arrives once: numbered by the page, deduplicated here, gaps recorded, receipt told back.
+
+The page numbers each research message (`n`: 1, 2, ...) and keeps it until the server's `received` covers it,
+resending what is uncovered after every reconnect. The session keeps the highest `n` stored (in its snapshot);
+at a restart the session's own log is read for a higher one, because a frame is logged before the snapshot is.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from .protocol import RESEARCH_TYPES
+from .session import Session
+from .store import read_records
+
+
+def numbered(message: dict[str, Any]) -> bool:
+    """Whether this message takes part in numbered delivery (older pages and tools send none)."""
+    return "n" in message and message["type"] in RESEARCH_TYPES
+
+
+def is_new(session: Session, message: dict[str, Any]) -> bool:
+    """True for the next message (or one after a gap, which is recorded); False for a resent duplicate."""
+    n: int = message["n"]
+    if n <= session.received_n:
+        return False
+    if n > session.received_n + 1:
+        session.record("gap", first=session.received_n + 1, last=n - 1, type=message["type"])
+    session.received_n = n
+    return True
+
+
+def highest_logged(path: os.PathLike[str] | str) -> int:
+    """The highest research `n` among the frames a session's log holds: what it had received before a kill."""
+    highest = 0
+    try:
+        for record in read_records(path):
+            message = record.get("message") if isinstance(record, dict) and record.get("dir") == "in" else None
+            if isinstance(message, dict) and message.get("type") in RESEARCH_TYPES:
+                n = message.get("n")
+                if isinstance(n, int) and not isinstance(n, bool) and n > highest:
+                    highest = n
+    except OSError:
+        return highest
+    return highest
