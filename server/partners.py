@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +41,7 @@ class Model:
     input_name: str
     input_size: int | None  # None when the model leaves a non-batch dimension dynamic
     outputs: int | None  # action scores per observation, when the model says
+    data: bytes = field(default=b"", repr=False)  # what was hashed is what is served, even if the file changes
 
     @property
     def url(self) -> str:
@@ -111,7 +112,7 @@ def load_model(policy: OnnxPolicy, folder: Path, where: str) -> Model:
         d.dim_value if d.HasField("dim_value") else None for d in proto.graph.output[0].type.tensor_type.shape.dim
     ]
     outputs = out_dims[-1] if out_dims and out_dims[-1] else None
-    return Model(policy.path, file, hashlib.sha256(data).hexdigest(), name, size, outputs)
+    return Model(policy.path, file, hashlib.sha256(data).hexdigest(), name, size, outputs, data)
 
 
 def check_onnxruntime(models: dict[str, Model]) -> None:
@@ -133,4 +134,4 @@ class ModelFiles(tornado.web.RequestHandler):
             raise tornado.web.HTTPError(404)
         self.set_header("Content-Type", "application/octet-stream")
         self.set_header("Cache-Control", "public, max-age=31536000, immutable")
-        self.finish(model.file.read_bytes())
+        self.finish(model.data)

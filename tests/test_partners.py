@@ -8,6 +8,7 @@ the Python and random bots' actions. Start-up refuses missing models, wrong inpu
 from __future__ import annotations
 
 import hashlib
+import json
 import math
 import random
 import shutil
@@ -24,7 +25,10 @@ from client.harness import ROOT, free_port, records_of, served
 from server.agents import Bot, Human, OnnxPolicy, PythonPolicy, RandomPolicy
 from server.examples.partners.make_model import build
 from server.experiment import GymScene
+from server.export import export
 from server.game_contract import ContractError, Team, replay_team, sample
+from server.loader import load_study
+from server.partners import resolve_models
 
 EXAMPLE = ROOT / "server" / "examples" / "partners"
 LOAD_TIMEOUT_MS = 90_000
@@ -178,7 +182,7 @@ def test_each_partner_problem_stops_the_server_in_one_line(tmp_path, case, expec
 # -- in the browser ------------------------------------------------------------------------------------------------
 
 
-def test_a_human_plays_with_onnx_python_and_random_partners_in_the_worker(tmp_path, browser):
+def test_a_human_plays_with_onnx_python_and_random_partners_in_the_worker(tmp_path, browser, monkeypatch):
     study = write_study(tmp_path / "study", ONNX_SCENE, BOTS_SCENE, BROKEN_SCENE)
     model = tmp_path / "study" / "models" / "partner.onnx"
     data = tmp_path / "data"
@@ -222,16 +226,13 @@ def test_a_human_plays_with_onnx_python_and_random_partners_in_the_worker(tmp_pa
     played = steps["with_model"]
     assert all(s["by"] == {"chef_0": "default", "chef_1": "bot"} for s in played)
     agents = {"chef_0": Human().payload(), "chef_1": Human().payload()}
-    sys.path.insert(0, str(study.parent))
-    try:
-        [replayed] = replay_team(
-            "coop_env:make",
-            {"stars": 3, "max_steps": 40},
-            agents,
-            [(seeds["with_model"][0], [s["actions"] for s in played])],
-        )
-    finally:
-        sys.path.remove(str(study.parent))
+    monkeypatch.syspath_prepend(str(study.parent))
+    [replayed] = replay_team(
+        "coop_env:make",
+        {"stars": 3, "max_steps": 40},
+        agents,
+        [(seeds["with_model"][0], [s["actions"] for s in played])],
+    )
     assert len(replayed) == len(played) > 2
     for index, (step, seen) in enumerate(zip(played, replayed, strict=True)):
         if index % 2 == 0:
@@ -248,11 +249,7 @@ def test_a_human_plays_with_onnx_python_and_random_partners_in_the_worker(tmp_pa
     two = steps["two_bots"]
     bots = {"chef_0": Bot(RandomPolicy()).payload(), "chef_1": Bot(PythonPolicy("policies:greedy")).payload()}
     episodes = [(seed, [s["actions"] for s in two if s["episode"] == e]) for e, seed in enumerate(seeds["two_bots"])]
-    sys.path.insert(0, str(study.parent))
-    try:
-        runs = replay_team("coop_env:make", {"stars": 2, "max_steps": 30}, bots, episodes)
-    finally:
-        sys.path.remove(str(study.parent))
+    runs = replay_team("coop_env:make", {"stars": 2, "max_steps": 30}, bots, episodes)
     assert [s["bot_actions"] for run in runs for s in run] == [s["actions"] for s in two]
     assert all(s["by"] == {"chef_0": "bot", "chef_1": "bot"} for s in two)
 
@@ -263,3 +260,19 @@ def test_a_human_plays_with_onnx_python_and_random_partners_in_the_worker(tmp_pa
     assert reason in notice
     [over] = [r for r in records if r["kind"] == "game_over" and r.get("scene_id") == "broken"]
     assert over["data"]["failed"] is True and over["data"]["error"] == reason
+
+    # The export keeps one row per step, the agents in JSON map columns.
+    export(data, "jsonl", tmp_path / "export")
+    rows = [json.loads(line) for line in (tmp_path / "export" / "steps.jsonl").read_text().splitlines()]
+    first = next(r for r in rows if r["scene_id"] == "with_model")
+    assert first["actions"] == played[0]["actions"] and first["by"] == {"chef_0": "default", "chef_1": "bot"}
+    assert set(first["probs"]) == {"chef_1"} and set(first["rewards"]) == {"chef_0", "chef_1"}
+
+
+def test_the_example_study_starts_and_its_model_is_what_make_model_writes():
+    source = load_study(str(EXAMPLE / "study.py"))
+    models = resolve_models(source.experiment, source.file)
+    assert [(m.path, m.input_name, m.input_size, m.outputs) for m in models.values()] == [
+        ("models/partner.onnx", "observation", 6, 5)
+    ]
+    assert onnx.load(EXAMPLE / "models" / "partner.onnx").SerializeToString() == build().SerializeToString()
