@@ -20,7 +20,7 @@ from statemachine import SessionMachine, triggers
 from . import __version__
 from .config import Config
 from .packages import resolve_packages
-from .partners import ONNX_URL, check_onnxruntime, resolve_models
+from .partners import ONNX_URL, check_onnxruntime, check_policy_functions, resolve_models
 from .protocol import Close, Code, Refusal, Writer
 from .runtime import load_runtime
 from .session import Session, token_digest
@@ -86,6 +86,7 @@ class Study:
         self.runtime = runtime.with_wheels(self.packages.local)
         self.models = resolve_models(config.experiment, config.experiment_file)
         check_onnxruntime(self.models)
+        check_policy_functions(config.experiment, config.experiment_file)
         self.pyodide_config = {
             **config.experiment.pyodide_config,
             **self.packages.page_config(),

@@ -162,11 +162,16 @@ def test_a_multi_agent_step_must_answer_for_every_agent(monkeypatch):
         ),
         ("not a model", "models/partner.onnx is not a usable ONNX model"),
         ("unresolved policy", "scene 'broken': policy module 'policies' not found: put policies.py beside study.py"),
+        (
+            "missing function",
+            "scene 'broken', agent 'chef_1': policy policies:broken not found: policies.py defines no broken",
+        ),
     ],
 )
 def test_each_partner_problem_stops_the_server_in_one_line(tmp_path, case, expected):
-    scene = BROKEN_SCENE if case == "unresolved policy" else ONNX_SCENE
-    study = write_study(tmp_path, scene, input_size=7 if case == "wrong input size" else 6)
+    scene = BROKEN_SCENE if case in ("unresolved policy", "missing function") else ONNX_SCENE
+    policies = "" if case == "missing function" else BROKEN_POLICY
+    study = write_study(tmp_path, scene, input_size=7 if case == "wrong input size" else 6, policies=policies)
     if case == "missing model":
         (tmp_path / "models" / "partner.onnx").unlink()
     elif case == "not a model":
