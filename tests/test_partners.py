@@ -249,6 +249,9 @@ def test_a_human_plays_with_onnx_python_and_random_partners_in_the_worker(tmp_pa
         else:
             assert step["actions"]["chef_1"] == played[index - 1]["actions"]["chef_1"]  # frame_skip=2 repeats it
     assert all(isinstance(s["bot_ms"], (int, float)) for s in played)
+    [summary] = [r["data"] for r in records if r["kind"] == "game_over" and r.get("scene_id") == "with_model"]
+    assert summary["steps"] == len(played) and summary["bot_ms_max"] == pytest.approx(max(s["bot_ms"] for s in played))
+    assert isinstance(summary["slow_bot_ticks"], int)
 
     # The Python and the seeded random bot: the recorded seed gives their actions again in CPython.
     two = steps["two_bots"]
