@@ -54,6 +54,9 @@ experiment = Experiment(
 ONNX_SCENE = """GymScene("with_model", "coop_env:make", env_kwargs={"stars": 3, "max_steps": 40}, fps=30,
             max_steps=40, agents={"chef_0": Human(keys=KEYS, default_action=4),
             "chef_1": Bot(OnnxPolicy("models/partner.onnx", input_size=%s), frame_skip=2, record_policy=True)}),"""
+SOFTMAX_SCENE = """GymScene("sampled", "coop_env:make", env_kwargs={"stars": 3, "max_steps": 30}, fps=30,
+            max_steps=30, agents={"chef_0": Human(keys=KEYS, default_action=4),
+            "chef_1": Bot(OnnxPolicy("models/partner.onnx", sample="softmax", temperature=0.05))}),"""
 BOTS_SCENE = """GymScene("two_bots", "coop_env:make", env_kwargs={"stars": 2, "max_steps": 30}, fps=30, episodes=2,
             max_steps=30, agents={"chef_0": Bot(RandomPolicy()), "chef_1": Bot(PythonPolicy("policies:greedy"))}),"""
 BROKEN_SCENE = """GymScene("broken", "coop_env:make", fps=30, max_steps=30,
@@ -188,7 +191,7 @@ def test_each_partner_problem_stops_the_server_in_one_line(tmp_path, case, expec
 
 
 def test_a_human_plays_with_onnx_python_and_random_partners_in_the_worker(tmp_path, browser, monkeypatch):
-    study = write_study(tmp_path / "study", ONNX_SCENE, BOTS_SCENE, BROKEN_SCENE)
+    study = write_study(tmp_path / "study", ONNX_SCENE, SOFTMAX_SCENE, BOTS_SCENE, BROKEN_SCENE)
     model = tmp_path / "study" / "models" / "partner.onnx"
     data = tmp_path / "data"
     with served(data, "--experiment", str(study)) as url:
@@ -203,7 +206,11 @@ def test_a_human_plays_with_onnx_python_and_random_partners_in_the_worker(tmp_pa
             page = context.new_page()
             page.goto(url + "?PROLIFIC_PID=partners")
             page.wait_for_function("window.__preflight.state?.may_advance === true", timeout=LOAD_TIMEOUT_MS)
-            for scene in ("with_model", "two_bots"):  # no key is pressed: the human's default action, the bots play
+            for scene in (
+                "with_model",
+                "sampled",
+                "two_bots",
+            ):  # no key is pressed: the human's default action, the bots play
                 page.click("#advance")
                 page.wait_for_function(
                     f"window.__preflight.state?.scene_id === '{scene}' && window.__preflight.state?.state === 'ready'",
@@ -249,6 +256,20 @@ def test_a_human_plays_with_onnx_python_and_random_partners_in_the_worker(tmp_pa
         else:
             assert step["actions"]["chef_1"] == played[index - 1]["actions"]["chef_1"]  # frame_skip=2 repeats it
     assert all(isinstance(s["bot_ms"], (int, float)) for s in played)
+
+    # Sampled from softmax(scores / 0.05) with the agent's rng, seeded from the episode's seed: the same draws here.
+    drawn = steps["sampled"]
+    seed = seeds["sampled"][0]
+    [replayed] = replay_team(
+        "coop_env:make", {"stars": 3, "max_steps": 30}, agents, [(seed, [s["actions"] for s in drawn])]
+    )
+    rng = random.Random(f"{seed}:chef_1")
+    expected = [
+        sample(scores_in_cpython(model, seen["observations"]["chef_1"]), "softmax", 0.05, rng)["action"]
+        for seen in replayed
+    ]
+    assert [s["actions"]["chef_1"] for s in drawn] == expected
+    assert "probs" not in drawn[0]  # recorded only with record_policy=True
     [summary] = [r["data"] for r in records if r["kind"] == "game_over" and r.get("scene_id") == "with_model"]
     assert summary["steps"] == len(played) and summary["bot_ms_max"] == pytest.approx(max(s["bot_ms"] for s in played))
     assert isinstance(summary["slow_bot_ticks"], int)
