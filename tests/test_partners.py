@@ -108,8 +108,10 @@ def test_a_scene_with_agents_takes_its_keys_from_the_human_and_checks_its_agents
     assert GymScene("solo", "catch_env:make").payload()["agents"] is None
     with pytest.raises(ValueError, match="at most one Human agent"):
         GymScene("x", "e:m", agents={"a": Human(), "b": Human()})
-    with pytest.raises(ValueError, match="give the keys to the Human agent"):
+    with pytest.raises(ValueError, match="give the keys and default_action to the Human agent"):
         GymScene("x", "e:m", keys={"a": 1}, agents={"a": Human()})
+    with pytest.raises(ValueError, match="give the keys and default_action to the Human agent"):
+        GymScene("x", "e:m", default_action=2, agents={"a": Human()})
     with pytest.raises(ValueError, match="input_size must be a positive integer"):
         OnnxPolicy("m.onnx", input_size=0)
 
