@@ -10,8 +10,9 @@ every tick, and plays it in headless Chromium against `python -m server`. From t
 * bot ms per tick: the step's `bot_ms`, the time the worker spent choosing the bot's action (flattening the
   observation in Python, `session.run`, sampling in Python) before the step, p50/p99;
 * tick rate: steps per second from the steps' `t` stamps (first to last), against the scene's fps;
-* preload: from the preload reports, the `models` stage (download and session creation of both models) and
-  `ready`, in ms since the page asked to load Python (shortly after it handled `experiment_config`).
+* preload: experiment_config (sent, server time) to the `ready` report (received); and from the preload
+  reports, the `models` stage (onnxruntime-web and both models loaded, their sessions created) and `ready`,
+  in ms since the page asked to load Python (shortly after it handled `experiment_config`).
 """
 
 from __future__ import annotations
@@ -137,7 +138,17 @@ def measure(records: list[dict[str, Any]]) -> dict[str, Any]:
         if r["kind"] == "preload":
             preload.setdefault(r.get("stage", r["status"]), r.get("elapsed_ms"))
     out["preload_ms"] = {k: preload.get(k) for k in ("runtime", "packages", "models", "preparing", "ready")}
+    config_t = next((r["t"] for r in records if _type(r) == "experiment_config"), None)
+    ready_t = next((r["t"] for r in records if r["kind"] == "preload" and r.get("status") == "ready"), None)
+    if config_t is not None and ready_t is not None:
+        out["experiment_config_to_ready_ms"] = round(1000 * (ready_t - config_t))
     return out
+
+
+def _type(record: dict[str, Any]) -> str | None:
+    """A recorded frame's message type, wherever the record keeps it."""
+    message = record.get("message")
+    return message.get("type") if isinstance(message, dict) else record.get("type")
 
 
 def main() -> None:

@@ -127,8 +127,10 @@ class GymScene:
         humans = [a for a, agent in agents.items() if isinstance(agent, Human)]
         if len(humans) > 1:
             raise ValueError(f"{where}: one participant plays at most one Human agent, got {', '.join(humans)}")
-        if self.keys:
-            raise ValueError(f"{where}: with agents, give the keys to the Human agent, not to the scene")
+        if self.keys or self.default_action != 0:
+            raise ValueError(
+                f"{where}: with agents, give the keys and default_action to the Human agent, not to the scene"
+            )
 
     @property
     def human(self) -> str | None:

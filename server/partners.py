@@ -8,15 +8,16 @@ server before anyone joins, like a missing package.
 
 from __future__ import annotations
 
+import ast
 import hashlib
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import tornado.web
 
-from .agents import Bot, OnnxPolicy
+from .agents import Bot, OnnxPolicy, PythonPolicy
 from .experiment import Experiment, GymScene
 from .runtime import RuntimeSetupError
 
@@ -41,6 +42,7 @@ class Model:
     input_name: str
     input_size: int | None  # None when the model leaves a non-batch dimension dynamic
     outputs: int | None  # action scores per observation, when the model says
+    data: bytes = field(default=b"", repr=False)  # what was hashed is what is served, even if the file changes
 
     @property
     def url(self) -> str:
@@ -111,7 +113,52 @@ def load_model(policy: OnnxPolicy, folder: Path, where: str) -> Model:
         d.dim_value if d.HasField("dim_value") else None for d in proto.graph.output[0].type.tensor_type.shape.dim
     ]
     outputs = out_dims[-1] if out_dims and out_dims[-1] else None
-    return Model(policy.path, file, hashlib.sha256(data).hexdigest(), name, size, outputs)
+    return Model(policy.path, file, hashlib.sha256(data).hexdigest(), name, size, outputs, data)
+
+
+def check_policy_functions(experiment: Experiment, experiment_file: Path | None) -> None:
+    """A Python policy in a module beside the study must define its function at the top level; read, not run,
+    since the module may import packages only the page has."""
+    if experiment_file is None:
+        return
+    for scene in experiment.leaves():
+        for agent_id, agent in (scene.agents or {}).items() if isinstance(scene, GymScene) else ():
+            if not (isinstance(agent, Bot) and isinstance(agent.policy, PythonPolicy)):
+                continue
+            module, name = agent.policy.spec.split(":")
+            path = experiment_file.parent / (module.replace(".", "/") + ".py")
+            if not path.is_file():
+                path = experiment_file.parent / module.replace(".", "/") / "__init__.py"
+            if not path.is_file():
+                continue  # from a package: the page's import finds it, or the game fails with a plain message
+            names = _top_level_names(path)
+            if names is not None and name not in names:
+                raise ModelError(
+                    f"scene {scene.scene_id!r}, agent {agent_id!r}: policy {agent.policy.spec} not found: "
+                    f"{path.name} defines no {name}"
+                )
+
+
+def _top_level_names(path: Path) -> set[str] | None:
+    """What a module defines at its top level, or None when that cannot be told without running it."""
+    try:
+        tree = ast.parse(path.read_text(), str(path))
+    except (OSError, SyntaxError, UnicodeDecodeError, ValueError):
+        return None
+    names: set[str] = set()
+    for node in tree.body:
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            names.add(node.name)
+        elif isinstance(node, (ast.Import, ast.ImportFrom)):
+            if any(alias.name == "*" for alias in node.names):
+                return None
+            names.update((alias.asname or alias.name).split(".")[0] for alias in node.names)
+        elif isinstance(node, (ast.Assign, ast.AnnAssign, ast.AugAssign)):
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+            names.update(n.id for t in targets for n in ast.walk(t) if isinstance(n, ast.Name))
+        elif isinstance(node, (ast.If, ast.Try, ast.With, ast.For, ast.While)):
+            return None  # conditional definitions: leave them to the page
+    return None if "__getattr__" in names else names
 
 
 def check_onnxruntime(models: dict[str, Model]) -> None:
@@ -133,4 +180,4 @@ class ModelFiles(tornado.web.RequestHandler):
             raise tornado.web.HTTPError(404)
         self.set_header("Content-Type", "application/octet-stream")
         self.set_header("Cache-Control", "public, max-age=31536000, immutable")
-        self.finish(model.file.read_bytes())
+        self.finish(model.data)

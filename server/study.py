@@ -22,7 +22,7 @@ from .config import Config
 from .limits import Limits
 from .locations import study_wheelhouse
 from .packages import resolve_packages
-from .partners import ONNX_URL, check_onnxruntime, resolve_models
+from .partners import ONNX_URL, check_onnxruntime, check_policy_functions, resolve_models
 from .protocol import Close, Code, Refusal, Writer
 from .runtime import RuntimeSetupError, load_runtime
 from .session import Session, token_digest
@@ -101,6 +101,7 @@ class Study:
         self.runtime = runtime.with_wheels(self.packages.local)
         self.models = resolve_models(config.experiment, config.experiment_file)
         check_onnxruntime(self.models)
+        check_policy_functions(config.experiment, config.experiment_file)
         self.pyodide_config = {
             **config.experiment.pyodide_config,
             **self.packages.page_config(),

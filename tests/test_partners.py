@@ -8,6 +8,7 @@ the Python and random bots' actions. Start-up refuses missing models, wrong inpu
 from __future__ import annotations
 
 import hashlib
+import json
 import math
 import random
 import shutil
@@ -24,7 +25,10 @@ from client.harness import ROOT, free_port, records_of, served
 from server.agents import Bot, Human, OnnxPolicy, PythonPolicy, RandomPolicy
 from server.examples.partners.make_model import build
 from server.experiment import GymScene
+from server.export import export
 from server.game_contract import ContractError, Team, replay_team, sample
+from server.loader import load_study
+from server.partners import resolve_models
 
 EXAMPLE = ROOT / "server" / "examples" / "partners"
 LOAD_TIMEOUT_MS = 90_000
@@ -50,6 +54,9 @@ experiment = Experiment(
 ONNX_SCENE = """GymScene("with_model", "coop_env:make", env_kwargs={"stars": 3, "max_steps": 40}, fps=30,
             max_steps=40, agents={"chef_0": Human(keys=KEYS, default_action=4),
             "chef_1": Bot(OnnxPolicy("models/partner.onnx", input_size=%s), frame_skip=2, record_policy=True)}),"""
+SOFTMAX_SCENE = """GymScene("sampled", "coop_env:make", env_kwargs={"stars": 3, "max_steps": 30}, fps=30,
+            max_steps=30, agents={"chef_0": Human(keys=KEYS, default_action=4),
+            "chef_1": Bot(OnnxPolicy("models/partner.onnx", sample="softmax", temperature=0.05))}),"""
 BOTS_SCENE = """GymScene("two_bots", "coop_env:make", env_kwargs={"stars": 2, "max_steps": 30}, fps=30, episodes=2,
             max_steps=30, agents={"chef_0": Bot(RandomPolicy()), "chef_1": Bot(PythonPolicy("policies:greedy"))}),"""
 BROKEN_SCENE = """GymScene("broken", "coop_env:make", fps=30, max_steps=30,
@@ -101,8 +108,10 @@ def test_a_scene_with_agents_takes_its_keys_from_the_human_and_checks_its_agents
     assert GymScene("solo", "catch_env:make").payload()["agents"] is None
     with pytest.raises(ValueError, match="at most one Human agent"):
         GymScene("x", "e:m", agents={"a": Human(), "b": Human()})
-    with pytest.raises(ValueError, match="give the keys to the Human agent"):
+    with pytest.raises(ValueError, match="give the keys and default_action to the Human agent"):
         GymScene("x", "e:m", keys={"a": 1}, agents={"a": Human()})
+    with pytest.raises(ValueError, match="give the keys and default_action to the Human agent"):
+        GymScene("x", "e:m", default_action=2, agents={"a": Human()})
     with pytest.raises(ValueError, match="input_size must be a positive integer"):
         OnnxPolicy("m.onnx", input_size=0)
 
@@ -158,11 +167,16 @@ def test_a_multi_agent_step_must_answer_for_every_agent(monkeypatch):
         ),
         ("not a model", "models/partner.onnx is not a usable ONNX model"),
         ("unresolved policy", "scene 'broken': policy module 'policies' not found: put policies.py beside study.py"),
+        (
+            "missing function",
+            "scene 'broken', agent 'chef_1': policy policies:broken not found: policies.py defines no broken",
+        ),
     ],
 )
 def test_each_partner_problem_stops_the_server_in_one_line(tmp_path, case, expected):
-    scene = BROKEN_SCENE if case == "unresolved policy" else ONNX_SCENE
-    study = write_study(tmp_path, scene, input_size=7 if case == "wrong input size" else 6)
+    scene = BROKEN_SCENE if case in ("unresolved policy", "missing function") else ONNX_SCENE
+    policies = "" if case == "missing function" else BROKEN_POLICY
+    study = write_study(tmp_path, scene, input_size=7 if case == "wrong input size" else 6, policies=policies)
     if case == "missing model":
         (tmp_path / "models" / "partner.onnx").unlink()
     elif case == "not a model":
@@ -178,8 +192,8 @@ def test_each_partner_problem_stops_the_server_in_one_line(tmp_path, case, expec
 # -- in the browser ------------------------------------------------------------------------------------------------
 
 
-def test_a_human_plays_with_onnx_python_and_random_partners_in_the_worker(tmp_path, browser):
-    study = write_study(tmp_path / "study", ONNX_SCENE, BOTS_SCENE, BROKEN_SCENE)
+def test_a_human_plays_with_onnx_python_and_random_partners_in_the_worker(tmp_path, browser, monkeypatch):
+    study = write_study(tmp_path / "study", ONNX_SCENE, SOFTMAX_SCENE, BOTS_SCENE, BROKEN_SCENE)
     model = tmp_path / "study" / "models" / "partner.onnx"
     data = tmp_path / "data"
     with served(data, "--experiment", str(study)) as url:
@@ -194,7 +208,11 @@ def test_a_human_plays_with_onnx_python_and_random_partners_in_the_worker(tmp_pa
             page = context.new_page()
             page.goto(url + "?PROLIFIC_PID=partners")
             page.wait_for_function("window.__preflight.state?.may_advance === true", timeout=LOAD_TIMEOUT_MS)
-            for scene in ("with_model", "two_bots"):  # no key is pressed: the human's default action, the bots play
+            for scene in (
+                "with_model",
+                "sampled",
+                "two_bots",
+            ):  # no key is pressed: the human's default action, the bots play
                 page.click("#advance")
                 page.wait_for_function(
                     f"window.__preflight.state?.scene_id === '{scene}' && window.__preflight.state?.state === 'ready'",
@@ -222,14 +240,13 @@ def test_a_human_plays_with_onnx_python_and_random_partners_in_the_worker(tmp_pa
     played = steps["with_model"]
     assert all(s["by"] == {"chef_0": "default", "chef_1": "bot"} for s in played)
     agents = {"chef_0": Human().payload(), "chef_1": Human().payload()}
-    with pytest.MonkeyPatch.context() as patch:
-        patch.syspath_prepend(str(study.parent))
-        [replayed] = replay_team(
-            "coop_env:make",
-            {"stars": 3, "max_steps": 40},
-            agents,
-            [(seeds["with_model"][0], [s["actions"] for s in played])],
-        )
+    monkeypatch.syspath_prepend(str(study.parent))
+    [replayed] = replay_team(
+        "coop_env:make",
+        {"stars": 3, "max_steps": 40},
+        agents,
+        [(seeds["with_model"][0], [s["actions"] for s in played])],
+    )
     assert len(replayed) == len(played) > 2
     for index, (step, seen) in enumerate(zip(played, replayed, strict=True)):
         if index % 2 == 0:
@@ -242,13 +259,28 @@ def test_a_human_plays_with_onnx_python_and_random_partners_in_the_worker(tmp_pa
             assert step["actions"]["chef_1"] == played[index - 1]["actions"]["chef_1"]  # frame_skip=2 repeats it
     assert all(isinstance(s["bot_ms"], (int, float)) for s in played)
 
+    # Sampled from softmax(scores / 0.05) with the agent's rng, seeded from the episode's seed: the same draws here.
+    drawn = steps["sampled"]
+    seed = seeds["sampled"][0]
+    [replayed] = replay_team(
+        "coop_env:make", {"stars": 3, "max_steps": 30}, agents, [(seed, [s["actions"] for s in drawn])]
+    )
+    rng = random.Random(f"{seed}:chef_1")
+    expected = [
+        sample(scores_in_cpython(model, seen["observations"]["chef_1"]), "softmax", 0.05, rng)["action"]
+        for seen in replayed
+    ]
+    assert [s["actions"]["chef_1"] for s in drawn] == expected
+    assert "probs" not in drawn[0]  # recorded only with record_policy=True
+    [summary] = [r["data"] for r in records if r["kind"] == "game_over" and r.get("scene_id") == "with_model"]
+    assert summary["steps"] == len(played) and summary["bot_ms_max"] == pytest.approx(max(s["bot_ms"] for s in played))
+    assert isinstance(summary["slow_bot_ticks"], int)
+
     # The Python and the seeded random bot: the recorded seed gives their actions again in CPython.
     two = steps["two_bots"]
     bots = {"chef_0": Bot(RandomPolicy()).payload(), "chef_1": Bot(PythonPolicy("policies:greedy")).payload()}
     episodes = [(seed, [s["actions"] for s in two if s["episode"] == e]) for e, seed in enumerate(seeds["two_bots"])]
-    with pytest.MonkeyPatch.context() as patch:
-        patch.syspath_prepend(str(study.parent))
-        runs = replay_team("coop_env:make", {"stars": 2, "max_steps": 30}, bots, episodes)
+    runs = replay_team("coop_env:make", {"stars": 2, "max_steps": 30}, bots, episodes)
     assert [s["bot_actions"] for run in runs for s in run] == [s["actions"] for s in two]
     assert all(s["by"] == {"chef_0": "bot", "chef_1": "bot"} for s in two)
 
@@ -259,3 +291,19 @@ def test_a_human_plays_with_onnx_python_and_random_partners_in_the_worker(tmp_pa
     assert reason in notice
     [over] = [r for r in records if r["kind"] == "game_over" and r.get("scene_id") == "broken"]
     assert over["data"]["failed"] is True and over["data"]["error"] == reason
+
+    # The export keeps one row per step, the agents in JSON map columns.
+    export(data, "jsonl", tmp_path / "export")
+    rows = [json.loads(line) for line in (tmp_path / "export" / "steps.jsonl").read_text().splitlines()]
+    first = next(r for r in rows if r["scene_id"] == "with_model")
+    assert first["actions"] == played[0]["actions"] and first["by"] == {"chef_0": "default", "chef_1": "bot"}
+    assert set(first["probs"]) == {"chef_1"} and set(first["rewards"]) == {"chef_0", "chef_1"}
+
+
+def test_the_example_study_starts_and_its_model_is_what_make_model_writes():
+    source = load_study(str(EXAMPLE / "study.py"))
+    models = resolve_models(source.experiment, source.file)
+    assert [(m.path, m.input_name, m.input_size, m.outputs) for m in models.values()] == [
+        ("models/partner.onnx", "observation", 6, 5)
+    ]
+    assert onnx.load(EXAMPLE / "models" / "partner.onnx").SerializeToString() == build().SerializeToString()

@@ -56,7 +56,7 @@ export async function playTeam(host, scene, { period, deadline, controls, flush,
   const agents = Object.entries(scene.agents);
   const human = agents.find(([, agent]) => agent.kind === "human")?.[0] ?? null;
   const bots = agents.filter(([, agent]) => agent.kind === "bot");
-  let team = null, total = 0, steps = 0, episodes = 0, reason = "done";
+  let team = null, total = 0, steps = 0, episodes = 0, reason = "done", botMax = 0, slow = 0;
   try {
     const toPy = (value) => host.pyodide.toPy(value);
     team = host.python(() => host.contract.load_team(scene.environment, toPy(scene.env_kwargs), toPy(scene.agents)));
@@ -96,6 +96,8 @@ export async function playTeam(host, scene, { period, deadline, controls, flush,
           if (agent.record_policy && chosen[agentId].probs) probs[agentId] = chosen[agentId].probs;
         }
         const botMs = now() - started;
+        botMax = Math.max(botMax, botMs);
+        if (botMs > period) slow += 1;  // the bots alone took longer than a tick: the game ran slower than its fps
         const result = host.python(() => team.step(toPy(actions)));
         step += 1;
         steps += 1;
@@ -118,5 +120,6 @@ export async function playTeam(host, scene, { period, deadline, controls, flush,
     flush();
     team?.destroy();
   }
-  return { episodes, steps, total_reward: Math.round(total * 1e6) / 1e6, reason };
+  return { episodes, steps, total_reward: Math.round(total * 1e6) / 1e6, reason,
+           bot_ms_max: Math.round(botMax * 1000) / 1000, slow_bot_ticks: slow };
 }
