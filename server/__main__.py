@@ -141,6 +141,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
             flag, type=kind, default=getattr(Config, field), dest=field, help=f"{what} (default: %(default)s)"
         )
     parser.add_argument(
+        "--public-origin",
+        default="",
+        help="the origin participants reach the server at (https://study.example.org), for absolute URLs in the "
+        "package index; default: relative URLs, never built from the request's Host header",
+    )
+    parser.add_argument(
         "--lock-ids",
         type=_outcomes,
         default=Config.lock_ids,
@@ -159,6 +165,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     for origin in args.allow_origin:
         if not origin.startswith(("http://", "https://")) or origin.count("/") != 2:
             parser.error(f"--allow-origin takes an origin such as https://study.example.org, got {origin!r}")
+    if args.public_origin and (
+        not args.public_origin.startswith(("http://", "https://")) or args.public_origin.count("/") != 2
+    ):
+        parser.error(f"--public-origin takes an origin such as https://study.example.org, got {args.public_origin!r}")
     if args.admin_token is not None and len(args.admin_token) < 16:
         parser.error("--admin-token must be at least 16 characters")
     if args.ping_timeout > args.ping_interval:
@@ -198,6 +208,7 @@ def main(argv: list[str] | None = None) -> int:
         pyodide_url=args.pyodide_url,
         wheelhouse=args.wheelhouse,
         lock_ids=args.lock_ids,
+        public_origin=args.public_origin,
         hello_timeout=args.hello_timeout,
         idle_timeout=args.idle_timeout,
         max_body_bytes=args.max_body_bytes,

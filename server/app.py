@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import contextlib
-import re
 import struct
 import time
+import urllib.parse
 from pathlib import Path
 from typing import Any
 
@@ -221,6 +221,14 @@ class ParticipantSocket(tornado.websocket.WebSocketHandler):
             self.session = None
 
 
+class StaticFiles(tornado.web.StaticFileHandler):
+    """Tornado's static files, answering a NUL in the path (`%00`) with 400 rather than an exception's 500."""
+
+    def prepare(self) -> None:
+        if any("\x00" in str(arg) for arg in self.path_args):
+            raise tornado.web.HTTPError(400, reason="Bad Request: a NUL byte in the path")
+
+
 class PageModule(tornado.web.RequestHandler):
     """`/client/lifecycle.js`: the lifecycle and protocol names the page imports, generated once at start-up."""
 
@@ -248,12 +256,12 @@ def make_app(config: Config) -> tornado.web.Application:
         (r"/", ParticipantPage),
         (r"/ws", ParticipantSocket, {"study": study}),
         (r"/client/lifecycle\.js", PageModule, {"source": page_module()}),
-        (r"/client/(game_contract\.py)", tornado.web.StaticFileHandler, {"path": str(SERVER_DIR)}),
-        (r"/client/(.*)", tornado.web.StaticFileHandler, {"path": str(CLIENT_DIR)}),
-        (r"/vendor/msgpack/(.*)", tornado.web.StaticFileHandler, {"path": str(MSGPACK_DIR)}),
+        (r"/client/(game_contract\.py)", StaticFiles, {"path": str(SERVER_DIR)}),
+        (r"/client/(.*)", StaticFiles, {"path": str(CLIENT_DIR)}),
+        (r"/vendor/msgpack/(.*)", StaticFiles, {"path": str(MSGPACK_DIR)}),
         (r"/simple/?", SimpleIndex, {"wheels": study.runtime.wheels}),
         (r"/simple/([^/]+)/?", SimpleIndex, {"wheels": study.runtime.wheels}),
-        (r"/wheels/(.*)", tornado.web.StaticFileHandler, {"path": str(config.wheelhouse)}),
+        (r"/wheels/(.*)", StaticFiles, {"path": str(config.wheelhouse)}),
         *admin_routes(study, config.admin_token),
     ]
     if study.packages.cache is not None:  # the study's own modules, named after their content's hash
@@ -270,19 +278,28 @@ def make_app(config: Config) -> tornado.web.Application:
         websocket_ping_timeout=config.ping_timeout,
         websocket_max_message_size=4 * config.max_message_bytes,
         study=study,
+        public_origin=config.public_origin,
     )
 
 
 def log_request(handler: tornado.web.RequestHandler) -> None:
-    """Tornado's access log line, with any `token=` in the URL blanked out."""
+    """Tornado's access log line, with the value of any parameter that decodes to `token` blanked out."""
     status = handler.get_status()
     log = access_log.info if status < 400 else access_log.warning if status < 500 else access_log.error
-    uri = re.sub(r"([?&]token=)[^&]*", r"\1…", handler.request.uri or "")
     log(
         "%d %s %s (%s) %.2fms",
         status,
         handler.request.method,
-        uri,
+        loggable_uri(handler.request.path, handler.request.query),
         handler.request.remote_ip,
         1000.0 * handler.request.request_time(),
     )
+
+
+def loggable_uri(path: str, query: str) -> str:
+    """The request's path and query, decoded as the server reads them, so `?%74oken=` is blanked like `?token=`."""
+    if not query:
+        return path
+    pairs = urllib.parse.parse_qsl(query, keep_blank_values=True)
+    shown = [(k, "…" if k.strip().lower() == "token" else v) for k, v in pairs]
+    return path + "?" + urllib.parse.urlencode(shown)

@@ -235,7 +235,7 @@ class SimpleIndex(tornado.web.RequestHandler):
         if files is None:
             raise tornado.web.HTTPError(404, reason=f"no project {normalize(project)} in the index")
         if "application/vnd.pypi.simple.v1+json" in self.request.headers.get("Accept", ""):
-            origin = f"{self.request.protocol}://{self.request.host}"
+            origin = self.settings.get("public_origin", "")  # never the Host header; "" gives relative URLs
             self.set_header("Content-Type", "application/vnd.pypi.simple.v1+json")
             self.finish(
                 json.dumps(
