@@ -143,8 +143,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--public-origin",
         default="",
-        help="the origin participants reach the server at (https://study.example.org), for absolute URLs in the "
-        "package index; default: relative URLs, never built from the request's Host header",
+        help="the origin participants reach the server at (https://study.example.org): the package index builds "
+        "its URLs from it instead of the request's Host header (default: the Host header)",
     )
     parser.add_argument(
         "--lock-ids",
