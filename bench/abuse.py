@@ -64,14 +64,14 @@ async def flood_one(port: int, gate: asyncio.Semaphore, seen: Counter) -> None:
             else:
                 writer.write(frame(protocol.encode({"type": "hello"})))
                 await writer.drain()
-                answer = await asyncio.wait_for(reader.read(4096), 10)
-                seen[
-                    "session"
-                    if b"experiment_config" in answer
-                    else "rate_limited"
-                    if b"rate_limited" in answer
-                    else "other"
-                ] += 1
+                kinds = (b"experiment_config", b"rate_limited", b"server_full")
+                answer = b""
+                while not any(k in answer for k in kinds):
+                    chunk = await asyncio.wait_for(reader.read(4096), 10)
+                    if not chunk:
+                        break
+                    answer += chunk  # the server's first frame is its ping; the answer to hello follows
+                seen[next((k.decode() for k in kinds if k in answer), "closed")] += 1
             writer.close()
         except (TimeoutError, OSError, asyncio.IncompleteReadError):
             seen["error"] += 1
@@ -96,9 +96,11 @@ async def closed_by_server(writers: list[asyncio.StreamWriter]) -> int:
     """How many held sockets the server has closed (reads until EOF, bounded)."""
 
     async def gone(writer: asyncio.StreamWriter) -> bool:
+        """EOF, or a WebSocket close frame (the server then waits a moment for the client's own close)."""
         try:
-            while await asyncio.wait_for(writer.reader.read(65536), 0.5):  # type: ignore[attr-defined]
-                pass
+            while chunk := await asyncio.wait_for(writer.reader.read(65536), 0.5):  # type: ignore[attr-defined]
+                if b"\x88" in chunk:
+                    return True
             return True
         except (TimeoutError, OSError):
             return False
