@@ -28,10 +28,13 @@ from client.participant import walk
 STEPS = 3
 GRACE = 10  # seconds; a 1,000-participant crowd on 2 shared cores takes seconds to reconnect
 TOKEN = secrets.token_urlsafe(24)
+ONE_ADDRESS_IS_MANY = ("--sessions-per-ip", "1000000", "--max-connections-per-ip", "1000000")
+"""A load test's crowd comes from one address; a real one comes from many, so the per-address limits are lifted."""
 
 
 def live_sessions(url: str) -> int:
-    with urllib.request.urlopen(f"{url}admin/api/counts?token={TOKEN}", timeout=10) as response:
+    request = urllib.request.Request(f"{url}admin/api/counts", headers={"Authorization": f"Bearer {TOKEN}"})
+    with urllib.request.urlopen(request, timeout=10) as response:
         return json.load(response)["live"]
 
 
@@ -116,6 +119,7 @@ def main() -> int:
             data,
             "--rate-limit",
             "1000",
+            *ONE_ADDRESS_IS_MANY,
             "--grace",
             str(GRACE),
             "--admin-token",

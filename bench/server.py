@@ -28,6 +28,7 @@ from typing import Any
 from tornado.httpclient import HTTPRequest
 from tornado.websocket import websocket_connect
 
+from bench.faults import ONE_ADDRESS_IS_MANY
 from client.harness import ROOT, free_port
 from client.participant import DESKTOP_CHROMIUM, walk
 from client.runner import replay
@@ -206,6 +207,7 @@ def main() -> None:
                         str(ROOT / "bench" / "experiment.py"),
                         "--rate-limit",
                         "100000",
+                        *ONE_ADDRESS_IS_MANY,
                         "--grace",
                         str(GRACE),
                     ]

@@ -89,8 +89,8 @@ class ReplaySession:
 
     def received(self, message: dict[str, Any] | None, now: float) -> None:
         """A server message (None: the server closed the connection)."""
-        if self.status != "unfinished":
-            return
+        if self.status != "unfinished" or (message is not None and message.get("type") == "received"):
+            return  # `received` confirms research data; it is derived, so recordings do not hold it
         if message is None:
             if self._next >= len(self.trace.steps) and self.received_count >= len(self.trace.expected):
                 self.status = "ok"

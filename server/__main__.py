@@ -159,6 +159,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
             flag, type=kind, default=getattr(Config, field), dest=field, help=f"{what} (default: %(default)s)"
         )
     parser.add_argument(
+        "--public-origin",
+        default="",
+        help="the origin participants reach the server at (https://study.example.org): the package index builds "
+        "its URLs from it instead of the request's Host header (default: the Host header)",
+    )
+    parser.add_argument(
         "--lock-ids",
         type=_outcomes,
         default=Config.lock_ids,
@@ -177,6 +183,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     for origin in args.allow_origin:
         if not origin.startswith(("http://", "https://")) or origin.count("/") != 2:
             parser.error(f"--allow-origin takes an origin such as https://study.example.org, got {origin!r}")
+    if args.public_origin and (
+        not args.public_origin.startswith(("http://", "https://")) or args.public_origin.count("/") != 2
+    ):
+        parser.error(f"--public-origin takes an origin such as https://study.example.org, got {args.public_origin!r}")
     if args.admin_token is not None and len(args.admin_token) < 16:
         parser.error("--admin-token must be at least 16 characters")
     if args.ping_timeout > args.ping_interval:
@@ -220,6 +230,7 @@ def main(argv: list[str] | None = None) -> int:
         pyodide_url=args.pyodide_url,
         wheelhouse=args.wheelhouse,
         lock_ids=args.lock_ids,
+        public_origin=args.public_origin,
         hello_timeout=args.hello_timeout,
         idle_timeout=args.idle_timeout,
         max_body_bytes=args.max_body_bytes,

@@ -7,11 +7,13 @@ to the table appear here without a change; ended sessions are read back from dis
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import hmac
 import json
 import re
 import sys
 import time
+import urllib.parse
 from collections import Counter
 from collections.abc import Iterable
 from pathlib import Path
@@ -192,6 +194,15 @@ class LifecycleSvg:
         return svg[svg.index("<svg") :], ""
 
 
+def cookie_value(token: str) -> str:
+    """What the admin cookie holds: an HMAC of the token, so a leaked cookie jar does not leak the token itself."""
+    return hmac.new(token.encode(), b"preflight admin cookie", hashlib.sha256).hexdigest()
+
+
+def _same(given: str, expected: str) -> bool:
+    return hmac.compare_digest(given.encode(), expected.encode())
+
+
 class AdminHandler(tornado.web.RequestHandler):
     """Every `/admin` URL: refused with 403 before anything else unless the admin token comes with it."""
 
@@ -202,26 +213,34 @@ class AdminHandler(tornado.web.RequestHandler):
 
     def prepare(self) -> None:
         self.set_header("Cache-Control", "no-store")
-        given = self._given_token()
-        if given is None or not hmac.compare_digest(given.encode(), self.token.encode()):
-            raise tornado.web.HTTPError(403, reason="Forbidden: a valid admin token is required")
-
-    def _given_token(self) -> str | None:
         header = self.request.headers.get("Authorization", "")
         if header.startswith("Bearer "):
-            return header[len("Bearer ") :]
-        return self.get_query_argument("token", None) or self.get_cookie(COOKIE)
+            ok = _same(header[len("Bearer ") :], self.token)
+        elif self.get_query_argument("token", None) is not None:  # decoded: `?%74oken=` is `?token=` too
+            ok = _same(self.get_query_argument("token"), self.token)
+        else:
+            ok = _same(self.get_cookie(COOKIE) or "", cookie_value(self.token))
+        if not ok:
+            raise tornado.web.HTTPError(403, reason="Forbidden: a valid admin token is required")
+        self.remember_token()  # every route: a token in the URL is swapped for the cookie and a clean URL
 
     def write_error(self, status_code: int, **kwargs: Any) -> None:
         self.set_header("Content-Type", "text/plain; charset=utf-8")
         self.finish(f"{status_code}: {self._reason}\n")
 
     def remember_token(self) -> bool:
-        """A token given in the URL becomes a cookie and leaves the address bar; True if the page was redirected."""
+        """A token given in the URL becomes a cookie (a value derived from it, never the token itself) and leaves
+        the address bar; True if the page was redirected."""
         if self.get_query_argument("token", None) is None:
             return False
-        self.set_cookie(COOKIE, self.token, path="/admin", httponly=True, samesite="Strict")
-        self.redirect(self.request.path, status=303)
+        forwarded = self.request.headers.get("X-Forwarded-Proto", "").split(",")[0].strip().lower()
+        secure = self.request.protocol == "https" or forwarded == "https"
+        self.set_cookie(
+            COOKIE, cookie_value(self.token), path="/admin", httponly=True, samesite="Strict", secure=secure
+        )
+        rest = [(k, v) for k, vs in self.request.query_arguments.items() if k != "token" for v in vs]
+        query = urllib.parse.urlencode([(k, v.decode("utf-8", "replace")) for k, v in rest])
+        self.redirect(self.request.path + ("?" + query if query else ""), status=303)
         return True
 
     def write_json(self, data: Any) -> None:
@@ -233,8 +252,6 @@ class AdminPage(AdminHandler):
     """`/admin`: the lifecycle diagram with live counts."""
 
     async def get(self) -> None:
-        if self.remember_token():
-            return
         svg, problem = await self.diagram.get()
         self.render(
             str(ADMIN_DIR / "admin.html"),
@@ -249,8 +266,6 @@ class SessionPage(AdminHandler):
     """`/admin/sessions/<id>`: one participant's path through the machine."""
 
     def get(self, session_id: str) -> None:
-        if self.remember_token():
-            return
         found = details(self.study, session_id)
         if found is None:
             raise tornado.web.HTTPError(404, reason=f"no session {session_id}")

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import contextlib
-import re
 import struct
 import time
+import urllib.parse
 from pathlib import Path
 from typing import Any
 
@@ -224,6 +224,14 @@ class ParticipantSocket(tornado.websocket.WebSocketHandler):
             self.session = None
 
 
+class StaticFiles(tornado.web.StaticFileHandler):
+    """Tornado's static files, answering a NUL in the path (`%00`) with 400 rather than an exception's 500."""
+
+    def prepare(self) -> None:
+        if any("\x00" in str(arg) for arg in self.path_args):
+            raise tornado.web.HTTPError(400, reason="Bad Request: a NUL byte in the path")
+
+
 class PageModule(tornado.web.RequestHandler):
     """`/client/lifecycle.js`: the lifecycle and protocol names the page imports, generated once at start-up."""
 
@@ -254,10 +262,10 @@ def make_app(config: Config) -> tornado.web.Application:
         (r"/assets/([^/]+)/([^/]+)", AssetFiles, {"assets": assets}),
         (r"/ws", ParticipantSocket, {"study": study}),
         (r"/client/lifecycle\.js", PageModule, {"source": page_module()}),
-        (r"/client/(game_contract\.py)", tornado.web.StaticFileHandler, {"path": str(SERVER_DIR)}),
-        (r"/client/(.*)", tornado.web.StaticFileHandler, {"path": str(CLIENT_DIR)}),
-        (r"/vendor/msgpack/(.*)", tornado.web.StaticFileHandler, {"path": str(MSGPACK_DIR)}),
-        (r"/vendor/onnxruntime/(.*)", tornado.web.StaticFileHandler, {"path": str(ONNX_DIR)}),
+        (r"/client/(game_contract\.py)", StaticFiles, {"path": str(SERVER_DIR)}),
+        (r"/client/(.*)", StaticFiles, {"path": str(CLIENT_DIR)}),
+        (r"/vendor/msgpack/(.*)", StaticFiles, {"path": str(MSGPACK_DIR)}),
+        (r"/vendor/onnxruntime/(.*)", StaticFiles, {"path": str(ONNX_DIR)}),
         (r"/models/([0-9a-f]{16})/([^/]+)", ModelFiles, {"models": study.models}),
         (r"/simple/?", SimpleIndex, {"wheels": study.runtime.wheels}),
         (r"/simple/([^/]+)/?", SimpleIndex, {"wheels": study.runtime.wheels}),
@@ -282,6 +290,7 @@ def make_app(config: Config) -> tornado.web.Application:
         websocket_ping_timeout=config.ping_timeout,
         websocket_max_message_size=4 * config.max_message_bytes,
         study=study,
+        public_origin=config.public_origin,
     )
 
 
@@ -298,15 +307,23 @@ def precompress(config: Config, study: Study) -> Precompressed | None:
 
 
 def log_request(handler: tornado.web.RequestHandler) -> None:
-    """Tornado's access log line, with any `token=` in the URL blanked out."""
+    """Tornado's access log line, with the value of any parameter that decodes to `token` blanked out."""
     status = handler.get_status()
     log = access_log.info if status < 400 else access_log.warning if status < 500 else access_log.error
-    uri = re.sub(r"([?&]token=)[^&]*", r"\1…", handler.request.uri or "")
     log(
         "%d %s %s (%s) %.2fms",
         status,
         handler.request.method,
-        uri,
+        loggable_uri(handler.request.path, handler.request.query),
         handler.request.remote_ip,
         1000.0 * handler.request.request_time(),
     )
+
+
+def loggable_uri(path: str, query: str) -> str:
+    """The request's path and query, decoded as the server reads them, so `?%74oken=` is blanked like `?token=`."""
+    if not query:
+        return path
+    pairs = urllib.parse.parse_qsl(query, keep_blank_values=True)
+    shown = [(k, "…" if k.strip().lower() == "token" else v) for k, v in pairs]
+    return path + "?" + urllib.parse.urlencode(shown)

@@ -43,5 +43,6 @@ class Config:
     sessions_per_ip_per_minute: int = 1000  # new sessions one address may open a minute (load tests stay below)
     max_sessions: int = 20_000  # live and parked sessions; beyond, a new hello is refused as server_full
     max_session_bytes: int = 256 * 1024 * 1024  # research data one session may send; beyond, quota_exceeded
+    public_origin: str = ""  # e.g. "https://study.example.org": /simple's URLs use it, not the Host header
     lock_ids: tuple[str, ...] = ("completed",)  # outcomes after which a participant id may not start again
     admin_token: str = field(default_factory=new_admin_token, repr=False)  # never a default password

@@ -225,7 +225,9 @@ class SimpleIndex(tornado.web.RequestHandler):
         if files is None:
             raise tornado.web.HTTPError(404, reason=f"no project {normalize(project)} in the index")
         if "application/vnd.pypi.simple.v1+json" in self.request.headers.get("Accept", ""):
-            origin = f"{self.request.protocol}://{self.request.host}"
+            # micropip 0.11 takes a scheme-less file URL for a local path, so URLs are absolute: from --public-origin
+            # when it is set (then the Host header plays no part), else from the request as before
+            origin = self.settings.get("public_origin") or f"{self.request.protocol}://{self.request.host}"
             self.set_header("Content-Type", "application/vnd.pypi.simple.v1+json")
             self.finish(
                 json.dumps(

@@ -91,6 +91,7 @@ async def test_every_admin_url_is_refused_without_the_right_token(http_server, h
 async def test_a_token_in_the_url_becomes_a_cookie_and_leaves_the_address_bar(http_server, http_port, config):
     first = await fetch(http_port, "/admin?token=" + config.admin_token, follow_redirects=False)
     assert first.code == 303 and first.headers["Location"] == "/admin"
+    assert config.admin_token not in first.headers["Set-Cookie"]  # the cookie holds a value derived from it
     cookie = first.headers["Set-Cookie"]
     assert "HttpOnly" in cookie and "SameSite=Strict" in cookie and "Path=/admin" in cookie
     page = await fetch(http_port, "/admin", headers={"Cookie": cookie.split(";")[0]})

@@ -66,8 +66,10 @@ def test_the_client_walks_a_served_experiment_to_completion(tmp_path):
 
 
 def status(url: str) -> int:
+    """The status a browser ends at: it follows the redirect that swaps a URL token for the admin cookie."""
+    browser = urllib.request.build_opener(urllib.request.HTTPCookieProcessor())
     try:
-        with urllib.request.urlopen(url, timeout=10) as response:
+        with browser.open(url, timeout=10) as response:
             return response.status
     except urllib.error.HTTPError as exc:
         return exc.code
