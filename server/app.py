@@ -118,7 +118,10 @@ class ParticipantSocket(tornado.websocket.WebSocketHandler):
         else:
             refusal = self.study.admit(message)
             if refusal is not None:
-                return self.refuse(refusal)
+                self.refuse(refusal)
+                if refusal.code is Code.STORAGE_UNAVAILABLE:
+                    self.close(Close.UNAVAILABLE, "participant data cannot be written now")
+                return
             self.session = self.study.open(self)
             self.record_in(frame, message)
             self.session.fire("hello", message)

@@ -26,6 +26,7 @@ class Code(enum.StrEnum):
     TOO_LARGE = "too_large"  # a frame above the configured maximum (far above it, the connection is closed)
     RATE_LIMITED = "rate_limited"  # more messages per second than the configured limit
     ALREADY_PARTICIPATED = "already_participated"  # this participant id has a session in progress or finished
+    STORAGE_UNAVAILABLE = "storage_unavailable"  # the server cannot write participant data now; try again later
 
 
 class Close(enum.IntEnum):
@@ -34,6 +35,7 @@ class Close(enum.IntEnum):
     POLICY = 1008  # too many refused messages in a row
     TOO_LARGE = 1009  # a frame far above the configured maximum (Tornado closes with this itself)
     TAKEN_OVER = 4001  # the same session was resumed from another connection (a second tab); the newest wins
+    UNAVAILABLE = 1013  # "try again later": a new participant refused while participant data cannot be written
 
 
 @dataclass(frozen=True)
