@@ -1,0 +1,1 @@
+../server/examples/gridworld/gridworld_env.py
