@@ -220,6 +220,14 @@ def server_environment() -> dict[str, Any]:
     return {"python": platform.python_version(), "packages": versions}
 
 
+def _close_descriptors(pooled: dict[str, int], kept: dict[str, int | None]) -> None:
+    for fd in [*pooled.values(), *kept.values()]:
+        if fd is not None:
+            os.close(fd)
+    pooled.clear()
+    kept.clear()
+
+
 class DataStore:
     """The data directory: `study.msgpack` describes the study, `sessions/` holds one file per session."""
 
@@ -233,7 +241,8 @@ class DataStore:
         self.journal = root / "snapshots.msgpack"
         self._journal_path = str(self.journal)
         self.pool.keep_open(self._journal_path)
-        weakref.finalize(self, self.pool.close_all)
+        # Only the descriptor tables: a finalizer holding the pool would keep its `on_failure` owner alive forever.
+        weakref.finalize(self, _close_descriptors, self.pool._open, self.pool._kept)
 
     def describe_study(self, description: dict[str, Any]) -> None:
         """Append what was served, so every session in this directory can be traced to a definition."""
