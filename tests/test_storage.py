@@ -193,6 +193,10 @@ def test_a_really_full_disk_refuses_newcomers_until_space_returns(tmp_path):
         finally:
             for client in opened:
                 client.close()
+            await asyncio.sleep(0.3)  # let the close handshakes finish before the loop ends
+            for client in opened:
+                if client.conn.stream is not None and not client.conn.stream.closed():
+                    client.conn.stream.close()
 
     async def steps(ws: str, disk: Path, opened: list[ProtocolClient]) -> None:
         early = await ProtocolClient.connect(ws)
