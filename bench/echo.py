@@ -19,11 +19,22 @@ class Echo(tornado.websocket.WebSocketHandler):
         self.write_message(msgpack.packb(message, use_bin_type=True), binary=True)
 
 
+class Twice(Echo):
+    """`/ws2`: each message answered with two frames, as a server answering `hello` with config and first scene."""
+
+    def on_message(self, frame: bytes | str) -> None:
+        message = msgpack.unpackb(frame, raw=False)
+        self.write_message(msgpack.packb(message, use_bin_type=True), binary=True)
+        self.write_message(msgpack.packb(message, use_bin_type=True), binary=True)
+
+
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--port", type=int, required=True)
     args = parser.parse_args()
-    tornado.web.Application([(r"/ws", Echo)], websocket_ping_interval=15.0).listen(args.port, "127.0.0.1")
+    tornado.web.Application([(r"/ws", Echo), (r"/ws2", Twice)], websocket_ping_interval=15.0).listen(
+        args.port, "127.0.0.1"
+    )
     print(f"echo on 127.0.0.1:{args.port}", flush=True)
     await asyncio.Event().wait()
 

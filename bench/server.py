@@ -92,6 +92,25 @@ async def handshakes(url: str, n: int, concurrency: int) -> float:
     return n / (time.perf_counter() - t0)
 
 
+async def handshake_cpu(url: str, n: int, concurrency: int, pid: int, replies: int) -> float:
+    """Server CPU ms per participant that connects, says `hello`, reads `replies` frames and closes."""
+    hello = protocol.encode({"type": "hello"})
+    slots = asyncio.Semaphore(concurrency)
+
+    async def one() -> None:
+        async with slots:
+            conn = await websocket_connect(HTTPRequest(url, headers={"User-Agent": DESKTOP_CHROMIUM["user_agent"]}))
+            await conn.write_message(hello, binary=True)
+            for _ in range(replies):
+                assert await conn.read_message() is not None
+            conn.close()
+
+    cpu0 = cpu_seconds(pid)
+    await asyncio.gather(*(one() for _ in range(n)))
+    await asyncio.sleep(0.5)  # the server's side of the closes
+    return (cpu_seconds(pid) - cpu0) / n * 1000
+
+
 async def idle(url: str, n: int, pid: int) -> tuple[list[Any], int]:
     """Open n sessions that each said `hello` and got their reply, then leave them idle; returns them and the RSS."""
     hello = protocol.encode({"type": "hello"})
@@ -222,6 +241,14 @@ def main() -> None:
                         traces = load([tmp / "data-0"])
                     played = traces if server == "preflight" else [t.as_echo() for t in traces]
                     add(server, "handshakes_per_s", asyncio.run(handshakes(url, args.handshakes, 50)))
+                    # connect, `hello`, until `experiment_config` and `activate_scene` (two frames), close
+                    add(
+                        server,
+                        "cpu_ms_per_handshake",
+                        asyncio.run(
+                            handshake_cpu(url if server == "preflight" else url + "2", args.handshakes, 50, proc.pid, 2)
+                        ),
+                    )
                     for concurrency in (100, 1000):
                         figures = measure_replay(played, url, proc.pid, args.sessions, concurrency)
                         for name, value in figures.items():

@@ -57,6 +57,7 @@ def counts(study: StudyView) -> dict[str, Any]:
         },
         "excluded_reasons": _prefixed(outcomes, "excluded:"),
         "timeouts": _prefixed(outcomes, "timeout:"),
+        "storage": study.storage(),
     }
 
 

@@ -159,7 +159,10 @@ class ParticipantSocket(tornado.websocket.WebSocketHandler):
             refusal = self.study.limits.new_session(self.request.remote_ip or "", len(self.study.sessions))
             refusal = refusal or self.study.admit(message)
             if refusal is not None:
-                return self.refuse(refusal)
+                self.refuse(refusal)
+                if refusal.code is Code.STORAGE_UNAVAILABLE:
+                    self.close(Close.UNAVAILABLE, "participant data cannot be written now")
+                return
             self.session = self.study.open(self)
             self.record_in(frame, message)
             self.session.fire("hello", message)

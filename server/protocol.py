@@ -29,6 +29,7 @@ class Code(enum.StrEnum):
     SERVER_FULL = "server_full"  # the server holds as many sessions as it is configured to; try again later
     QUOTA_EXCEEDED = "quota_exceeded"  # this session sent more research data than its configured quota
     ALREADY_PARTICIPATED = "already_participated"  # this id is in progress, or ended in a locking outcome
+    STORAGE_UNAVAILABLE = "storage_unavailable"  # the server cannot write participant data now; try again later
 
 
 class Close(enum.IntEnum):
@@ -39,6 +40,7 @@ class Close(enum.IntEnum):
     TAKEN_OVER = 4001  # the same session was resumed from another connection (a second tab); the newest wins
     NO_HELLO = 4002  # no `hello` within the configured time after connecting
     TOO_MANY = 4003  # this address already holds as many connections as one address may
+    UNAVAILABLE = 1013  # "try again later": a new participant refused while participant data cannot be written
 
 
 @dataclass(frozen=True)

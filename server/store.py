@@ -1,41 +1,76 @@
-"""Participant data on disk: one append-only msgpack stream per session.
+"""Participant data on disk: one append-only stream of framed msgpack records per session.
 
 Each record is written straight to the OS as it happens, so a killed server
-loses at most the record it was writing; `read_records` skips such a torn tail.
+loses at most the record it was writing. Every record is framed (a marker byte
+msgpack never uses, the length, a CRC-32), so `read_records` skips a torn or
+damaged record wherever it is and still reads everything after it.
 Frames in both directions are recorded next to the session's own records, so a
 session can be analysed, and replayed, from its file alone.
+
+When a write fails (a full disk, a permission taken away), the pool keeps the
+records in memory, in order, and `retry` writes them once the cause is gone;
+the study refuses new participants meanwhile.
 """
 
 from __future__ import annotations
 
+import errno
+import logging
 import os
 import platform
 import secrets
 import struct
 import time
 import weakref
+import zlib
 from collections import OrderedDict
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 import msgpack
 
+log = logging.getLogger("preflight")
+
 MAX_OPEN_FILES = 1024
 """Session files kept open at once: 10,000 sessions must not need 10,000 more descriptors."""
 
 
 class FilePool:
-    """Append-only descriptors for session files, least recently written closed first."""
+    """Append-only descriptors for session files, least recently written closed first.
 
-    def __init__(self, capacity: int = MAX_OPEN_FILES) -> None:
+    A write that fails leaves the pool `failing`: from then on every record waits in memory, in
+    order per file, until `retry` has written all of them.
+    """
+
+    def __init__(self, capacity: int = MAX_OPEN_FILES, on_failure: Callable[[], None] | None = None) -> None:
         self.capacity = capacity
+        self.on_failure = on_failure  # told when writes start failing, so someone schedules `retry`
         self._open: OrderedDict[str, int] = OrderedDict()
+        self._released: set[str] = set()  # files closed while records for them still waited
+        self._kept: dict[str, int | None] = {}  # files kept open outside the LRU (the snapshot journal)
+        self.pending: dict[str, list[bytes]] = {}  # path -> records not written yet, oldest first
+        self.failure: OSError | None = None  # the last write error, until every pending record is written
+        self.failed_at: float | None = None  # wall-clock time the current failure began
 
     def append(self, path: str, data: bytes) -> None:
-        fd = self._open.get(path)
-        if fd is None:
+        if self.failure is not None:
+            self.pending.setdefault(path, []).append(data)
+            return
+        try:
+            self._write(path, data)
+        except OSError as exc:
+            self.pending.setdefault(path, []).append(data)
+            self._failed(exc)
+
+    def _write(self, path: str, data: bytes) -> None:
+        """The whole record, or an OSError; a record cut short by one is skipped by readers and written again."""
+        if path in self._kept:
+            fd = self._kept[path]
+            if fd is None:
+                fd = self._kept[path] = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        elif (fd := self._open.get(path)) is None:
             fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
             self._open[path] = fd
             if len(self._open) > self.capacity:
@@ -46,14 +81,81 @@ class FilePool:
         while view:
             view = view[os.write(fd, view) :]
 
+    def _failed(self, exc: OSError) -> None:
+        """Log a failure once per cause (errno), not once per record."""
+        if self.failure is None or self.failure.errno != exc.errno:
+            log.error(
+                "cannot write participant data (%s: %s); new participants are refused until writes succeed again",
+                errno.errorcode.get(exc.errno or 0, exc.errno),
+                exc.strerror,
+            )
+        first = self.failure is None
+        if first:
+            self.failed_at = time.time()
+        self.failure = exc
+        if first and self.on_failure is not None:
+            self.on_failure()
+
+    def retry(self) -> bool:
+        """Write what waits, oldest first per file; True once nothing waits and writes succeed again."""
+        if self.failure is None:
+            return True
+        for path in list(self.pending):
+            queue = self.pending[path]
+            while queue:
+                try:
+                    self._write(path, queue[0])
+                except OSError as exc:
+                    self._failed(exc)
+                    return False
+                queue.pop(0)
+            del self.pending[path]
+            if path in self._released:
+                self._released.discard(path)
+                self.release(path)
+        log.warning(
+            "participant data is written again; %.0f s of records caught up", time.time() - (self.failed_at or 0)
+        )
+        self.failure = None
+        self.failed_at = None
+        return True
+
+    @property
+    def pending_records(self) -> int:
+        return sum(len(q) for q in self.pending.values())
+
+    def keep_open(self, path: str) -> None:
+        """Write `path` through the pool, failures included, on a descriptor of its own that is never evicted."""
+        self._kept.setdefault(path, None)
+
     def release(self, path: str) -> None:
+        if path in self.pending:
+            self._released.add(path)  # closed once `retry` has written what waits for it
         fd = self._open.pop(path, None)
         if fd is not None:
             os.close(fd)
 
+    def close_all(self) -> None:
+        while self._open:
+            os.close(self._open.popitem()[1])
+        for path, fd in self._kept.items():
+            if fd is not None:
+                os.close(fd)
+                self._kept[path] = None
+
     @property
     def open_files(self) -> int:
         return len(self._open)
+
+
+MARK = 0xC1
+"""The first byte of every record's frame: a byte msgpack never uses, so a reader can find the next record."""
+_HEAD = struct.Struct(">BII")  # mark, payload length, CRC-32 of the payload
+
+
+def framed(payload: bytes) -> bytes:
+    """One msgpack record as it is stored: mark, length and checksum, then the record itself."""
+    return _HEAD.pack(MARK, len(payload), zlib.crc32(payload)) + payload
 
 
 _PACK = msgpack.Packer(use_bin_type=True).pack
@@ -81,7 +183,7 @@ class SessionLog:
 
     def __call__(self, record: dict[str, Any]) -> None:
         if not self._closed:
-            self._pool.append(self.path, _PACK(record))
+            self._pool.append(self.path, framed(_PACK(record)))
 
     def frame(self, direction: str, frame: bytes | str, valid: bool) -> None:
         """Record one WebSocket frame; a valid msgpack frame is spliced in as it is, never encoded twice."""
@@ -89,9 +191,9 @@ class SessionLog:
             return
         head = _FRAME_HEAD[direction] + _T + _float(time.monotonic()) + _WALL + _float(time.time())
         if valid and isinstance(frame, bytes):
-            self._pool.append(self.path, head + _MESSAGE + frame)
+            self._pool.append(self.path, framed(head + _MESSAGE + frame))
         else:
-            self._pool.append(self.path, head + _RAW + _PACK(frame))
+            self._pool.append(self.path, framed(head + _RAW + _PACK(frame)))
 
     def close(self) -> None:
         if not self._closed:
@@ -118,16 +220,29 @@ def server_environment() -> dict[str, Any]:
     return {"python": platform.python_version(), "packages": versions}
 
 
+def _close_descriptors(pooled: dict[str, int], kept: dict[str, int | None]) -> None:
+    for fd in [*pooled.values(), *kept.values()]:
+        if fd is not None:
+            os.close(fd)
+    pooled.clear()
+    kept.clear()
+
+
 class DataStore:
     """The data directory: `study.msgpack` describes the study, `sessions/` holds one file per session."""
 
-    def __init__(self, root: Path, max_open_files: int = MAX_OPEN_FILES) -> None:
+    def __init__(
+        self, root: Path, max_open_files: int = MAX_OPEN_FILES, on_failure: Callable[[], None] | None = None
+    ) -> None:
         self.root = root
         self.sessions = root / "sessions"
         self.sessions.mkdir(parents=True, exist_ok=True)
-        self.pool = FilePool(max_open_files)
+        self.pool = FilePool(max_open_files, on_failure)
         self.journal = root / "snapshots.msgpack"
-        self._journal: int | None = None
+        self._journal_path = str(self.journal)
+        self.pool.keep_open(self._journal_path)
+        # Only the descriptor tables: a finalizer holding the pool would keep its `on_failure` owner alive forever.
+        weakref.finalize(self, _close_descriptors, self.pool._open, self.pool._kept)
 
     def describe_study(self, description: dict[str, Any]) -> None:
         """Append what was served, so every session in this directory can be traced to a definition."""
@@ -144,54 +259,124 @@ class DataStore:
 
     def save_snapshot(self, saved: dict[str, Any]) -> None:
         """Append a session's latest snapshot to the journal: one `os.write`, cheap enough for every state change."""
-        if self._journal is None:
-            self._journal = os.open(self.journal, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-            weakref.finalize(self, os.close, self._journal)
-        view = memoryview(_PACK(saved))
-        while view:
-            view = view[os.write(self._journal, view) :]
+        self.pool.append(self._journal_path, framed(_PACK(saved)))
+
+    @property
+    def failing(self) -> OSError | None:
+        """The write error that keeps records in memory, or None while everything reaches the disk."""
+        return self.pool.failure
+
+    def retry(self) -> bool:
+        """Write the records that wait in memory; True once none wait."""
+        return self.pool.retry()
+
+    def health(self) -> dict[str, Any]:
+        """What `/admin` shows of the disk: whether writes succeed, and if not why, since when, and what waits."""
+        failure = self.pool.failure
+        return {
+            "writing": failure is None,
+            "error": None
+            if failure is None
+            else f"{errno.errorcode.get(failure.errno or 0, failure.errno)}: {failure.strerror}",
+            "since": self.pool.failed_at,
+            "pending_records": self.pool.pending_records,
+        }
 
     def snapshots(self) -> list[dict[str, Any]]:
         """Each session's last snapshot, read at start-up; the journal is then rewritten with only those.
 
-        A torn last snapshot (a kill mid-write) is skipped: that session resumes from the one before it.
+        A torn snapshot (a kill mid-write) is skipped: that session resumes from the one before it.
+        Nothing unreadable is thrown away: if any bytes could not be read, the journal as it was is
+        moved aside (`snapshots.msgpack.unreadable-<time>`) before the compacted one replaces it.
         """
         if not self.journal.exists():
             return []
         latest: dict[str, dict[str, Any]] = {}
-        for saved in read_records(self.journal):
+        reader = Reader(self.journal)
+        for saved in reader:
             if isinstance(saved, dict) and isinstance(saved.get("session_id"), str):
                 latest[saved["session_id"]] = saved
         compacted = self.journal.with_suffix(".tmp")
-        with open(compacted, "wb") as f:
-            for saved in latest.values():
-                f.write(_PACK(saved))
-        os.replace(compacted, self.journal)
+        try:
+            with open(compacted, "wb") as f:
+                for saved in latest.values():
+                    f.write(framed(_PACK(saved)))
+            if reader.skipped:
+                aside = self.journal.with_name(f"{self.journal.name}.unreadable-{int(time.time())}")
+                os.link(self.journal, aside)
+                log.warning(
+                    "snapshot journal: %d unreadable bytes skipped; the journal as it was is kept as %s",
+                    reader.skipped,
+                    aside,
+                )
+            os.replace(compacted, self.journal)
+        finally:
+            compacted.unlink(missing_ok=True)
         return list(latest.values())
 
 
+class Reader:
+    """Every whole record of a stream, in order; `skipped` counts bytes that belong to none, once read through.
+
+    A framed record whose length or checksum does not hold is skipped up to the next mark. Streams
+    written before records were framed (plain msgpack back to back) are read up to their first
+    damaged record, and any framed records appended after them are still read.
+    """
+
+    def __init__(self, path: os.PathLike[str] | str) -> None:
+        self.path = path
+        self.skipped = 0
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        with open(self.path, "rb") as f:
+            data = f.read()
+        pos = 0
+        if data and data[0] != MARK:
+            pos = yield from self._plain(data)
+        end = len(data)
+        size = _HEAD.size
+        while pos < end:
+            if data[pos] == MARK and pos + size <= end:
+                _, length, crc = _HEAD.unpack_from(data, pos)
+                stop = pos + size + length
+                if stop <= end:
+                    payload = data[pos + size : stop]
+                    if zlib.crc32(payload) == crc:
+                        try:
+                            record = msgpack.unpackb(payload, raw=False, strict_map_key=False)
+                        except (msgpack.ExtraData, msgpack.FormatError, msgpack.StackError, ValueError):
+                            pass
+                        else:
+                            yield record
+                            pos = stop
+                            continue
+            following = data.find(MARK, pos + 1)
+            following = end if following < 0 else following
+            self.skipped += following - pos
+            pos = following
+
+    def _plain(self, data: bytes) -> Generator[dict[str, Any], None, int]:
+        """Unframed records from the start; returns where they stop."""
+        unpacker = msgpack.Unpacker(raw=False, strict_map_key=False)
+        unpacker.feed(data)
+        complete = 0
+        try:
+            for record in unpacker:
+                complete = unpacker.tell()
+                yield record
+        except (msgpack.ExtraData, msgpack.FormatError, msgpack.StackError, ValueError):
+            pass
+        return complete
+
+
 def read_records(path: os.PathLike[str] | str) -> Iterator[dict[str, Any]]:
-    """Every complete record in a stream, in order; a torn last record is skipped."""
-    unpacker = msgpack.Unpacker(raw=False, strict_map_key=False)
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 16):
-            unpacker.feed(chunk)
-            try:
-                yield from unpacker
-            except (msgpack.ExtraData, msgpack.FormatError, msgpack.StackError, ValueError):
-                return
+    """Every whole record in a stream, in order; torn or damaged records are skipped, wherever they are."""
+    yield from Reader(path)
 
 
 def torn_bytes(path: os.PathLike[str] | str) -> int:
-    """How many bytes at the end of a stream belong to no complete record (a write the process died in)."""
-    unpacker = msgpack.Unpacker(raw=False, strict_map_key=False)
-    complete = 0
-    with open(path, "rb") as f:
-        data = f.read()
-    unpacker.feed(data)
-    try:
-        for _ in unpacker:
-            complete = unpacker.tell()
-    except (msgpack.ExtraData, msgpack.FormatError, msgpack.StackError, ValueError):
+    """How many bytes of a stream belong to no whole record (a write the process died in, or damage)."""
+    reader = Reader(path)
+    for _ in reader:
         pass
-    return len(data) - complete
+    return reader.skipped

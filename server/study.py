@@ -31,6 +31,7 @@ from .store import DataStore, SessionLog
 
 log = logging.getLogger("preflight")
 
+RETRY_S = 1.0  # how often records kept in memory are offered to the disk again
 TIMEOUT_TRIGGERS = tuple(t for t in triggers() if t.endswith("_timeout"))
 
 
@@ -77,6 +78,8 @@ class StudyView(Protocol):
 
     def session_file(self, session_id: str) -> Path: ...
 
+    def storage(self) -> dict[str, Any]: ...
+
 
 def wheelhouse_for(config: Config) -> Path:
     """The wheelhouse given, else the study's own in its cache, so an installed Preflight never writes into itself."""
@@ -110,7 +113,8 @@ class Study:
             "onnxruntime_url": ONNX_URL,
         }
         self.machine = SessionMachine()
-        self.store = DataStore(config.data_dir)
+        self.store = DataStore(config.data_dir, on_failure=self._writes_failing)
+        self._retrying = False
         self.limits = Limits(config)
         self.outcomes: Counter[str] = Counter()  # what retired sessions added up to
         self.sessions: dict[str, Session] = {}  # by session id: live and parked sessions
@@ -134,9 +138,29 @@ class Study:
     def session_file(self, session_id: str) -> Path:
         return self.store.sessions / f"{session_id}.msgpack"
 
+    def storage(self) -> dict[str, Any]:
+        return self.store.health()
+
+    def _writes_failing(self) -> None:
+        """Writes started failing: try again every second until what waits in memory is on disk."""
+        if not self._retrying:
+            self._retrying = True
+            IOLoop.current().call_later(RETRY_S, self._retry_writes)
+
+    def _retry_writes(self) -> None:
+        if self.store.retry():
+            self._retrying = False
+        else:
+            IOLoop.current().call_later(RETRY_S, self._retry_writes)
+
     def admit(self, hello: dict[str, Any]) -> Refusal | None:
         """Recruitment platforms resend links: an id with a session in progress, or one that ended in a locking
-        outcome (`--lock-ids`, by default only `completed`), may not start again; the refusal never says which."""
+        outcome (`--lock-ids`, by default only `completed`), may not start again; the refusal never says which.
+
+        While participant data cannot be written nobody new starts: those in progress go on from memory.
+        """
+        if self.store.failing is not None:
+            return Refusal(Code.STORAGE_UNAVAILABLE, "the server cannot record data right now; please try again later")
         participant = Session.claimed_participant(hello)
         if participant is None or participant not in self.participants:
             return None

@@ -11,7 +11,7 @@ import pytest
 
 from client.participant import walk
 from server.session import Session, Timeouts
-from server.store import FilePool, SessionLog, read_records, torn_bytes
+from server.store import FilePool, SessionLog, framed, read_records, torn_bytes
 
 
 async def until_closed(path) -> list[dict]:
@@ -80,7 +80,7 @@ def test_a_torn_last_record_is_skipped_and_nothing_before_it_is_lost(tmp_path):
     path.write_bytes(whole[:-3])  # the process died three bytes short of the last record
     records = list(read_records(path))
     assert [r["i"] for r in records] == list(range(50))
-    complete = sum(len(msgpack.packb({"kind": "game_event", "i": i, "data": "x" * i})) for i in range(50))
+    complete = sum(len(framed(msgpack.packb({"kind": "game_event", "i": i, "data": "x" * i}))) for i in range(50))
     assert torn_bytes(path) == len(whole) - 3 - complete > 0
 
 
