@@ -28,6 +28,7 @@ from .precompress import EncodedFiles, Precompressed
 from .protocol import Close, Code, Refusal
 from .runtime import MSGPACK_DIR, SimpleIndex, VersionedFiles
 from .session import Session
+from .static import StaticFiles
 from .store import record_frame
 from .study import Study
 
@@ -225,14 +226,6 @@ class ParticipantSocket(tornado.websocket.WebSocketHandler):
         if self.session is not None:
             self.study.connection_lost(self.session, self)
             self.session = None
-
-
-class StaticFiles(tornado.web.StaticFileHandler):
-    """Tornado's static files, answering a NUL in the path (`%00`) with 400 rather than an exception's 500."""
-
-    def prepare(self) -> None:
-        if any("\x00" in str(arg) for arg in self.path_args):
-            raise tornado.web.HTTPError(400, reason="Bad Request: a NUL byte in the path")
 
 
 class PageModule(tornado.web.RequestHandler):

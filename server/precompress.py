@@ -25,9 +25,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import brotli
-import tornado.web
 
 from .locations import PYODIDE_DIR, WHEELHOUSE
+from .static import StaticFiles
 
 log = logging.getLogger("preflight")
 
@@ -199,7 +199,7 @@ def content_type(path: str) -> str:
     return "application/octet-stream" if coding is not None or mime is None else mime
 
 
-class EncodedFiles(tornado.web.StaticFileHandler):
+class EncodedFiles(StaticFiles):
     """Static files sent as their pre-compressed copy when the request accepts one, and as they are otherwise.
 
     The copy keeps the file's type, so `pyodide.asm.wasm` stays `application/wasm` for streaming compilation; a

@@ -12,6 +12,7 @@ import pytest
 from client.participant import DESKTOP_CHROMIUM
 from server import protocol
 from server.export import export, safe_cell
+from server.store import framed
 
 NON_FINITE = [math.nan, math.inf, -math.inf]
 
@@ -89,14 +90,16 @@ async def test_exports_of_hostile_and_old_non_finite_data_open_safely(connect, c
     scene = "gridworld"
     with open(log, "ab") as f:  # data stored by an older server, before non-finite numbers were refused
         f.write(
-            msgpack.packb(
-                {
-                    "kind": "steps",
-                    "t": 0.0,
-                    "wall": 0.0,
-                    "scene_id": scene,
-                    "steps": [{"episode": 0, "step": 3, "reward": math.nan, "info": {"v": math.inf}}],
-                }
+            framed(
+                msgpack.packb(
+                    {
+                        "kind": "steps",
+                        "t": 0.0,
+                        "wall": 0.0,
+                        "scene_id": scene,
+                        "steps": [{"episode": 0, "step": 3, "reward": math.nan, "info": {"v": math.inf}}],
+                    }
+                )
             )
         )
 
