@@ -18,6 +18,7 @@ from statemachine import INITIAL, Fired, top_state
 from . import protocol
 from .admin import admin_routes
 from .config import Config
+from .early_start import AFTER_CONFIG, PageRuntime, page_runtime
 from .page_module import page_module
 from .precompress import EncodedFiles, Precompressed
 from .protocol import Close, Code, Refusal
@@ -166,11 +167,15 @@ class PageModule(tornado.web.RequestHandler):
 
 
 class ParticipantPage(tornado.web.RequestHandler):
-    """`/`: the participant's page; URL parameters (PROLIFIC_PID, ...) are read by the page itself."""
+    """`/`: the participant's page, carrying the runtime so that Python starts loading before the socket opens."""
+
+    def initialize(self, runtime: PageRuntime | None) -> None:
+        self.runtime = runtime
 
     def get(self) -> None:
         self.set_header("Cache-Control", "no-cache")
-        self.render(str(CLIENT_DIR / "index.html"))
+        early = self.get_query_argument("preload", "") != AFTER_CONFIG
+        self.render(str(CLIENT_DIR / "index.html"), runtime=self.runtime if early else None)
 
 
 def make_app(config: Config) -> tornado.web.Application:
@@ -178,7 +183,7 @@ def make_app(config: Config) -> tornado.web.Application:
     study = Study(config)
     precompressed = precompress(config, study)
     routes: list[Any] = [
-        (r"/", ParticipantPage),
+        (r"/", ParticipantPage, {"runtime": page_runtime(study.pyodide_config)}),
         (r"/ws", ParticipantSocket, {"study": study}),
         (r"/client/lifecycle\.js", PageModule, {"source": page_module()}),
         (r"/client/(game_contract\.py)", tornado.web.StaticFileHandler, {"path": str(SERVER_DIR)}),
