@@ -24,8 +24,9 @@ Runs alternate between two modes:
 * with preload: the page loads Pyodide while the participant reads the start scene;
   the harness waits for "ready" before clicking Start, as a participant must.
 * without preload (the predecessor's behaviour, Python loaded at game time): the
-  first request for pyodide.mjs is aborted, so the preload reports an error, the gate
-  opens anyway, and the game scene loads Pyodide itself when it starts.
+  runtime's first import of pyodide.mjs is aborted (the page's preload link for it is
+  let through), so the preload reports an error, the gate opens anyway, and the game
+  scene loads Pyodide itself when it starts.
 
 All timestamps are taken inside the page with performance.now(), not by polling from
 Python: an init script turns `__preflight.config` and `__preflight.state` into setters
@@ -148,7 +149,7 @@ def measure(browser: Browser, url: str, preload: bool) -> Run:
         if not preload:
 
             def abort_first(route: Route) -> None:
-                if aborted:
+                if aborted or route.request.resource_type != "script":  # not the page's preload link
                     route.continue_()
                 else:
                     aborted.append(route.request.url)

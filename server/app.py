@@ -20,6 +20,7 @@ from . import delivery, protocol
 from .admin import admin_routes
 from .assets import AssetFiles, collect_assets
 from .config import Config
+from .early_start import AFTER_CONFIG, PageRuntime, page_runtime
 from .limits import MAX_USER_AGENT
 from .packages import LOCAL_URL
 from .page_module import page_module
@@ -241,11 +242,15 @@ class PageModule(tornado.web.RequestHandler):
 
 
 class ParticipantPage(tornado.web.RequestHandler):
-    """`/`: the participant's page; URL parameters (PROLIFIC_PID, ...) are read by the page itself."""
+    """`/`: the participant's page, carrying the runtime so that Python starts loading before the socket opens."""
+
+    def initialize(self, runtime: PageRuntime | None) -> None:
+        self.runtime = runtime
 
     def get(self) -> None:
         self.set_header("Cache-Control", "no-cache")
-        self.render(str(CLIENT_DIR / "index.html"))
+        early = self.get_query_argument("preload", "") != AFTER_CONFIG
+        self.render(str(CLIENT_DIR / "index.html"), runtime=self.runtime if early else None)
 
 
 def make_app(config: Config) -> tornado.web.Application:
@@ -254,7 +259,7 @@ def make_app(config: Config) -> tornado.web.Application:
     assets = collect_assets(config.experiment, config.experiment_file)
     precompressed = precompress(config, study)
     routes: list[Any] = [
-        (r"/", ParticipantPage),
+        (r"/", ParticipantPage, {"runtime": page_runtime(study.pyodide_config)}),
         (r"/assets/([^/]+)/([^/]+)", AssetFiles, {"assets": assets}),
         (r"/ws", ParticipantSocket, {"study": study}),
         (r"/client/lifecycle\.js", PageModule, {"source": page_module()}),

@@ -18,8 +18,11 @@ let socket = null, lastSeq = 0, ackTimer = null, retries = 0, screeningSent = fa
 let runtime = null, scene = null, progressTimer = null;
 const played = new Set();  // scene instances whose game this page started: each plays once, however often told
 // `?runtime=main` keeps Python on the page's own thread (the baseline the worker is measured against).
-const newRuntime = () => new Runtime(preflight.config.pyodide_config, reportPreload,
+const newRuntime = (config = preflight.config.pyodide_config) => new Runtime(config, reportPreload,
                                      { thread: params.runtime === "main" ? "main" : "worker" });
+// Preload reports made before there is a session wait for it; a settled one is said once per connection.
+const earlyReports = [];
+let settledSentOn = null;
 // Research data is numbered (`n`) and kept, in this tab's sessionStorage so a reload keeps it too, until the
 // server's `received` says it is stored; what is not confirmed is sent again after every hello. The server drops
 // what it already has, and records as a gap any number it never gets (the oldest are dropped past the bound).
@@ -86,6 +89,14 @@ function onClose(event) {
   setTimeout(connect, Math.min(500 * 2 ** retries++, 15_000));
 }
 
+// The server rendered the runtime into the page (its preload links are already downloading): Python starts
+// loading now, while the socket opens. Without it (`?preload=after-config`) it starts on experiment_config.
+const rendered = document.getElementById("runtime-config");
+if (rendered) {
+  runtime = preflight.runtime = newRuntime(JSON.parse(rendered.textContent));
+  runtime.load().catch(() => {});
+}
+
 connect();
 
 function onConfig(config) {
@@ -95,6 +106,7 @@ function onConfig(config) {
     keepPending();
   }
   sessionStorage.setItem(TOKEN_KEY, config.session_token);
+  for (const report of earlyReports.splice(0)) sendPreload(report);
   if (config.pyodide_config.needs_pyodide && !runtime) {
     runtime = preflight.runtime = newRuntime();
     runtime.load().catch(() => {});  // an error is reported and shown; the game retries the load itself
@@ -112,8 +124,14 @@ function screeningFacts() {
 }
 
 function reportPreload(report) {
-  send({ type: TYPE.preload, ...report });
+  if (preflight.config) sendPreload(report);
+  else if (earlyReports.length < 100) earlyReports.push(report);
   showProgress(report);
+}
+
+function sendPreload(report) {
+  send({ type: TYPE.preload, ...report });
+  if (report.status !== STATUS.loading) settledSentOn = preflight.connections;
 }
 
 function showProgress(report) {
@@ -176,7 +194,9 @@ function onState(message) {
     send({ type: TYPE.screening, facts: screeningFacts() });
   }
   // The server missed how the preload ended (a report lost in a dropped connection): say it again.
-  if (awaiting.includes(TYPE.preload) && runtime?.settled) send({ type: TYPE.preload, ...runtime.settled });
+  if (awaiting.includes(TYPE.preload) && runtime?.settled && settledSentOn !== preflight.connections) {
+    sendPreload(runtime.settled);
+  }
   $("advance").disabled = !message.may_advance;
   $("waiting").textContent = message.may_advance ? "" : waitingText(message);
   const instance = `${scene?.scene_id}@${scene?.index}`;
