@@ -52,10 +52,9 @@ from typing import Any
 
 from playwright.sync_api import BrowserContext, Playwright, sync_playwright
 
+from client.harness import CHROMIUM, CHROMIUM_ARGS, served
 from server.precompress import DEFAULT_CACHE_DIR, Precompressed
 from server.runtime import DEFAULT_PYODIDE_DIR, DEFAULT_WHEELHOUSE
-from tests.conftest import CHROMIUM, CHROMIUM_ARGS
-from tests.support import served
 
 LOAD_TIMEOUT_MS = 180_000  # the slow profile's cold visit of today's path moves 12 MB at 5 Mbit/s
 CORE = ("pyodide.mjs", "pyodide.asm.mjs", "pyodide.asm.wasm", "python_stdlib.zip")

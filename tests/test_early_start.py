@@ -16,12 +16,12 @@ import pytest
 from playwright.sync_api import Route
 from tornado.httpclient import AsyncHTTPClient
 
+from client.harness import served
 from server.early_start import CORE_FILES
 from server.experiment import EndScene, Experiment, StartScene
 from server.precompress import DEFAULT_CACHE_DIR, SUFFIXES, Precompressed
 from server.runtime import DEFAULT_PYODIDE_DIR
 from server.store import read_records
-from tests.support import served
 
 LOAD_TIMEOUT_MS = 90_000
 STEP_TIMEOUT_MS = 10_000
