@@ -243,3 +243,48 @@ def test_pause_when_hidden_stops_the_ticks_until_the_tab_is_back(context, tmp_pa
         state_is(page, "ready", scene_id="walk")
     rows = exported_steps(data, tmp_path / "export", "pauser")
     assert len(rows) == 30 and all(r["visible"] for r in rows)
+
+
+def test_the_partners_example_plays_with_a_python_and_an_onnx_partner_and_replays(context, tmp_path, monkeypatch):
+    from server.agents import Bot, Human, PythonPolicy
+    from server.game_contract import replay_team
+
+    data = tmp_path / "data"
+    with served(data, "--experiment", str(EXAMPLES / "partners" / "study.py")) as url:
+        page = context.new_page()
+        page.goto(f"{url}?PROLIFIC_PID=partnered")
+        state_is(page, "ready", timeout=LOAD_MS, scene_id="start")
+        page.click("#advance")
+        state_is(page, "ready", scene_id="instructions")
+        for scene in ("coop_python", "coop_onnx"):
+            page.click("#advance")
+            state_is(page, "in_game", scene_id=scene)
+            page.keyboard.down("ArrowRight")
+            page.wait_for_timeout(500)
+            page.keyboard.up("ArrowRight")
+            state_is(page, "ready", timeout=60_000, scene_id=scene)
+        page.click("#advance")
+        state_is(page, "completed")
+    records = records_of(data, "partnered")
+    seeds = {r["scene_id"]: r["seeds"] for r in records if r["kind"] == "scene" and r.get("seeds")}
+    steps = {
+        scene: [s for r in records if r["kind"] == "steps" and r["scene_id"] == scene for s in r["steps"]]
+        for scene in seeds
+    }
+    overs = [r for r in records if r["kind"] == "game_over"]
+    assert len(overs) == 2 and all(o["check"]["complete"] and not o["data"].get("failed") for o in overs)
+    assert all(steps[scene] for scene in ("coop_python", "coop_onnx"))
+    assert any(s["by"]["chef_0"] == "human" for s in steps["coop_python"])
+    monkeypatch.syspath_prepend(str(EXAMPLES / "partners"))
+    agents = {"chef_0": Human().payload(), "chef_1": Bot(PythonPolicy("policies:greedy"), frame_skip=2).payload()}
+    played = steps["coop_python"]
+    [again] = replay_team(
+        "coop_env:make",
+        {"stars": 5, "max_steps": 200},
+        agents,
+        [(seeds["coop_python"][0], [s["actions"] for s in played])],
+    )
+    assert len(again) == len(played)
+    for index, (step, seen) in enumerate(zip(played, again, strict=True)):
+        if index % 2 == 0:  # the Python partner chose on this tick, from what it saw: the same choice in CPython
+            assert seen["bot_actions"]["chef_1"] == step["actions"]["chef_1"]
