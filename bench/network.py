@@ -25,10 +25,10 @@ profile for the warm visit (nothing left in memory, the HTTP and code caches kep
   `state` with state `ready` at the start scene (Start enabled);
 * bytes: the wire (`transferSize`) of every resource the page and the worker fetched, the page itself included, the
   WebSocket's frames not; runtime bytes: those under `/pyodide/` and `/wheels/`;
-* the split, from the runtime's own marks (`python-load:*` in python.js): download, from the first core file's request
-  to the last one's end (pyodide.mjs, pyodide.asm.mjs, pyodide.asm.wasm, python_stdlib.zip); compile + bootstrap, from
-  then (or from the runtime's start, if later) to `loadPyodide` resolved; packages, from there to the runtime done
-  (micropip, the game's wheel, the game contract).
+* the split, from the runtime's own marks (`python-load:*` in python.js): download, from the first request of a core
+  file that crossed the wire to the last one's end (pyodide.mjs, pyodide.asm.mjs, pyodide.asm.wasm, python_stdlib.zip;
+  none when all came from the cache); compile + bootstrap, from then (or from the runtime's start, if later) to
+  `loadPyodide` resolved; packages, from there to the runtime done (micropip, the game's wheel, the game contract).
 
 The physical limit for a profile is its cold bytes on the wire (the new path's, compressed) ÷ bandwidth + 2 round
 trips (the page, then the files it names) + this machine's CPU floor: the `local` profile's ready minus its download
@@ -50,7 +50,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from playwright.sync_api import BrowserContext, Playwright, sync_playwright
+from playwright.sync_api import BrowserContext, Page, Playwright, sync_playwright
+from playwright.sync_api import Error as PlaywrightError
 
 from server.precompress import DEFAULT_CACHE_DIR, Precompressed
 from server.runtime import DEFAULT_PYODIDE_DIR, DEFAULT_WHEELHOUSE
@@ -164,8 +165,11 @@ def visit(
             cdp = context.new_cdp_session(page)
             cdp.send("Network.enable")
             cdp.send("Network.emulateNetworkConditions", profile.conditions())
-        page.goto(f"{url}?PROLIFIC_PID={who}{QUERY[path]}", timeout=LOAD_TIMEOUT_MS)
-        page.wait_for_function("window.__bench.readyAt !== null", timeout=LOAD_TIMEOUT_MS)
+        page.goto(f"{url}?PROLIFIC_PID={who}{QUERY[path]}", wait_until="commit")  # "load" waits for the preloads
+        try:
+            page.wait_for_function("window.__bench.readyAt !== null", timeout=LOAD_TIMEOUT_MS)
+        except PlaywrightError as exc:
+            raise RuntimeError(f"{profile.name} {path} {cache}: no ready; {pending(page)}") from exc
         runtime = page.evaluate("(({status, where, loads}) => ({status, where, loads}))(window.__preflight.runtime)")
         if runtime != {"status": "ready", "where": "worker", "loads": 1}:
             raise RuntimeError(f"{profile.name} {path} {cache}: the runtime is {runtime}")
@@ -181,14 +185,13 @@ def visit(
     marks = in_worker["marks"]
     runtime_entries = [r for r in resources if any(p in r["url"] for p in RUNTIME_PATHS)]
     core = [r for r in resources if "/pyodide/" in r["url"] and r["url"].rsplit("/", 1)[-1] in CORE]
-    download_start = min(r["start"] for r in core)
-    download_end = max(r["end"] for r in core)
+    fetched = [r for r in core if r["bytes"] > 0]  # over the wire; the rest came from the cache (or joined a preload)
+    download_start = min((r["start"] for r in fetched), default=marks["python-load:runtime"])
+    download_end = max((r["end"] for r in fetched), default=marks["python-load:runtime"])
     loaded = marks["python-load:micropip"]
-    fetched = [r for r in core if r["bytes"] > 0]
     throughput = None
     if fetched and profile.mbit is not None:
-        span = max(r["end"] for r in fetched) - min(r["start"] for r in fetched)
-        throughput = sum(r["bytes"] for r in fetched) * 8 / 1e3 / max(span, 1.0)
+        throughput = sum(r["bytes"] for r in fetched) * 8 / 1e3 / max(download_end - download_start, 1.0)
     return Visit(
         profile=profile.name,
         path=path,
@@ -204,6 +207,18 @@ def visit(
         download_end_ms=download_end,
         throughput_mbit=throughput,
     )
+
+
+def pending(page: Page) -> str:
+    """What the page and its workers had not finished fetching, for a run that never became ready."""
+    try:
+        origin = page.evaluate("performance.timeOrigin")
+        timelines = [page.evaluate(TIMELINE, origin), *(w.evaluate(TIMELINE, origin) for w in page.workers)]
+    except PlaywrightError as exc:
+        return f"the page cannot say ({exc})"
+    ends = [f"{r['url'].rsplit('/', 1)[-1]} ended {r['end'] / 1000:.1f} s" for t in timelines for r in t["resources"]]
+    marks = [f"{name} at {at / 1000:.1f} s" for t in timelines for name, at in t["marks"].items()]
+    return "; ".join([*ends, *marks]) or "nothing fetched"
 
 
 def compile_ms(playwright: Playwright, url: str) -> float:

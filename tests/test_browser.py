@@ -14,6 +14,7 @@ from urllib.parse import urlparse
 import pytest
 from playwright.sync_api import Route
 
+from server.early_start import PRELOADS
 from server.export import export
 from server.store import read_records
 from tests.support import served
@@ -165,10 +166,11 @@ def test_python_lives_in_one_worker_and_the_game_steps_through_it(server, contex
     [worker] = page.workers
     assert worker.url.endswith("/client/runtime-worker.js")
     assert page.evaluate("[window.__preflight.runtime.where, window.__preflight.runtime.workers]") == ["worker", 1]
-    # Pyodide was fetched (and so compiled and run) by the worker; the page itself never touched it.
+    # Pyodide was fetched (and so compiled and run) by the worker; the page only preloaded the core's files for it.
     assert any(u.endswith("/pyodide/314.0.7/pyodide.asm.wasm") for u in resources(worker))
     assert any(u.endswith("/wheels/preflight_gridworld-1.0.0-py3-none-any.whl") for u in resources(worker))
-    assert not [u for u in resources(page) if "/pyodide/" in u or "/wheels/" in u]
+    assert {u.rsplit("/", 1)[-1] for u in resources(page) if "/pyodide/" in u} == set(PRELOADS)
+    assert not [u for u in resources(page) if "/wheels/" in u]
 
     page.click("#advance")
     state_is(page, "ready", scene_id="instructions")
