@@ -27,7 +27,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m server",
         description="Serve a Preflight experiment.",
-        epilog="`python -m server export --help`: the data directory as tidy tables.",
+        epilog="`python -m server export --help`: the data directory as tidy tables. "
+        "`python -m server snapshot [flags]`: make the memory snapshot --memory-snapshot offers for those flags.",
     )
     parser.add_argument("--host", default="127.0.0.1", help="interface to listen on (default: %(default)s)")
     parser.add_argument("--port", type=int, default=8888, help="port to listen on (default: %(default)s)")
@@ -121,6 +122,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="send the runtime's files as they are (e.g. behind a proxy or CDN that compresses them)",
     )
     parser.add_argument(
+        "--memory-snapshot",
+        action="store_true",
+        help="offer pages a Pyodide memory snapshot of the runtime (experimental; made by `python -m server snapshot` "
+        "with the same flags): Python's start-up and the installs become one more download",
+    )
+    parser.add_argument(
+        "--snapshot-dir",
+        type=Path,
+        default=Config.snapshot_dir,
+        help="where memory snapshots are kept (default: %(default)s)",
+    )
+    parser.add_argument(
         "--admin-token",
         default=None,
         help="token that opens /admin (at least 16 characters; default: a random one, printed at start-up)",
@@ -144,7 +157,8 @@ def main(argv: list[str] | None = None) -> int:
         from .export import main as export
 
         return export(argv[1:])
-    args = parse_args(argv)
+    snapshot = argv[:1] == ["snapshot"]
+    args = parse_args(argv[1:] if snapshot else argv)
     try:
         experiment = load_experiment(args.experiment)
     except ExperimentError as exc:
@@ -165,8 +179,14 @@ def main(argv: list[str] | None = None) -> int:
         pyodide_url=args.pyodide_url,
         wheelhouse=args.wheelhouse,
         precompressed_dir=None if args.no_precompressed else args.precompressed_dir,
+        memory_snapshot=args.memory_snapshot,
+        snapshot_dir=args.snapshot_dir,
         admin_token=args.admin_token or new_admin_token(),
     )
+    if snapshot:
+        from .memory_snapshot import make_command
+
+        return make_command(config)
     generated_token = args.admin_token is None
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     logging.getLogger("transitions").setLevel(logging.WARNING)

@@ -19,6 +19,7 @@ from . import protocol
 from .admin import admin_routes
 from .config import Config
 from .early_start import AFTER_CONFIG, PageRuntime, page_runtime
+from .memory_snapshot import SNAPSHOT_URL, offered, wheel_digests
 from .page_module import page_module
 from .precompress import EncodedFiles, Precompressed
 from .protocol import Close, Code, Refusal
@@ -181,9 +182,11 @@ class ParticipantPage(tornado.web.RequestHandler):
 def make_app(config: Config) -> tornado.web.Application:
     """The whole server for one study; tests and `python -m server` both start it this way."""
     study = Study(config)
-    precompressed = precompress(config, study)
+    snapshot = offered(config, study.pyodide_config, wheel_digests(study))
+    precompressed = precompress(config, study, snapshot)
+    snapshot_url = f"{SNAPSHOT_URL}{snapshot.name}" if snapshot else None
     routes: list[Any] = [
-        (r"/", ParticipantPage, {"runtime": page_runtime(study.pyodide_config)}),
+        (r"/", ParticipantPage, {"runtime": page_runtime(study.pyodide_config, snapshot_url)}),
         (r"/ws", ParticipantSocket, {"study": study}),
         (r"/client/lifecycle\.js", PageModule, {"source": page_module()}),
         (r"/client/(game_contract\.py)", tornado.web.StaticFileHandler, {"path": str(SERVER_DIR)}),
@@ -194,6 +197,10 @@ def make_app(config: Config) -> tornado.web.Application:
         (r"/wheels/(.*)", EncodedFiles, {"path": str(config.wheelhouse), "precompressed": precompressed}),
         *admin_routes(study, config.admin_token),
     ]
+    if snapshot is not None:
+        routes.append(
+            (rf"{SNAPSHOT_URL}(.*)", VersionedFiles, {"path": str(snapshot.parent), "precompressed": precompressed})
+        )
     if study.runtime.pyodide_dir is not None:
         routes.append(
             (
@@ -213,7 +220,7 @@ def make_app(config: Config) -> tornado.web.Application:
     )
 
 
-def precompress(config: Config, study: Study) -> Precompressed | None:
+def precompress(config: Config, study: Study, snapshot: Path | None) -> Precompressed | None:
     """The compressed copies of the runtime's files and wheels; the missing ones are made while the server runs."""
     if config.precompressed_dir is None:
         return None
@@ -221,6 +228,8 @@ def precompress(config: Config, study: Study) -> Precompressed | None:
     precompressed.add(config.wheelhouse)
     if study.runtime.pyodide_dir is not None:
         precompressed.add(study.runtime.pyodide_dir)
+    if snapshot is not None:
+        precompressed.add(snapshot)
     precompressed.start()
     return precompressed
 

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .experiment import Experiment
-from .runtime import DEFAULT_PYODIDE_DIR, DEFAULT_WHEELHOUSE
+from .runtime import DEFAULT_PYODIDE_DIR, DEFAULT_WHEELHOUSE, ROOT
 from .session import Timeouts
 
 
@@ -35,4 +35,6 @@ class Config:
     pyodide_url: str | None = None  # a Pyodide distribution hosted elsewhere (e.g. the full release)
     wheelhouse: Path = DEFAULT_WHEELHOUSE
     precompressed_dir: Path | None = None  # compressed copies of the runtime's files; None sends them as they are
+    memory_snapshot: bool = False  # offer the runtime's memory snapshot from snapshot_dir, when one was made for it
+    snapshot_dir: Path = ROOT / "build" / "memory-snapshots"
     admin_token: str = field(default_factory=new_admin_token, repr=False)  # never a default password

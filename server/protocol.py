@@ -216,6 +216,7 @@ SCHEMAS: dict[str, Schema] = {
             "package": _text(128),
             "done": _count,
             "total": _count,
+            "snapshot": _text(256),  # with --memory-snapshot: "restored", or why it was "not used: ..."
         },
         required=("status",),
     ),
