@@ -137,8 +137,9 @@ class _Served:
         self.sock.close()
 
 
-def make(config: Config, chromium: str = CHROMIUM) -> Path:
-    """Load the study's runtime in headless Chromium as a participant's page would, snapshot it, and write the file."""
+def make(config: Config, chromium: str = CHROMIUM) -> tuple[Path, bool]:
+    """Load the study's runtime in headless Chromium as a participant's page would, snapshot it, and write the file;
+    a file already made for this runtime is kept (its name says it was made from the same things). True if made."""
     from playwright.sync_api import sync_playwright  # a build-time tool: installed with the [test] extra
 
     with tempfile.TemporaryDirectory(prefix="preflight-snapshot-") as tmp:
@@ -148,6 +149,8 @@ def make(config: Config, chromium: str = CHROMIUM) -> Path:
             name = snapshot_name(config, study.pyodide_config, wheel_digests(study))
             if name is None:
                 raise RuntimeError("a memory snapshot needs the runtime served from --pyodide-dir")
+            if (config.snapshot_dir / name).is_file():
+                return config.snapshot_dir / name, False
             browser = playwright.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS)
             try:
                 page = browser.new_page()
@@ -163,7 +166,7 @@ def make(config: Config, chromium: str = CHROMIUM) -> Path:
     partial = target.with_name(f"{name}.{os.getpid()}.partial")
     partial.write_bytes(base64.b64decode(made["snapshot"]))
     os.replace(partial, target)
-    return target
+    return target, True
 
 
 def wheel_digests(study: Any) -> dict[str, str]:
@@ -174,8 +177,9 @@ def wheel_digests(study: Any) -> dict[str, str]:
 def make_command(config: Config) -> int:
     """`python -m server snapshot [flags]`: make the snapshot for the runtime those flags serve, and its copies."""
     started = time.monotonic()
-    path = make(config)
-    print(f"{path} ({path.stat().st_size / 1e6:.1f} MB) in {time.monotonic() - started:.0f} s", flush=True)
+    path, made = make(config)
+    said = f"made in {time.monotonic() - started:.0f} s" if made else "already made for this runtime (delete to remake)"
+    print(f"{path} ({path.stat().st_size / 1e6:.1f} MB): {said}", flush=True)
     if config.precompressed_dir is not None:
         from .precompress import Precompressed
 
