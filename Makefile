@@ -31,6 +31,8 @@ bench: $(VENV)/.installed $(RUNTIME) browser graphviz
 	$(PY) bench/diagrams.py
 	$(PY) bench/worker.py
 	$(PY) bench/faults.py
+	$(PY) -m bench.network
+	$(PY) -m bench.snapshot
 
 wheelhouse: $(WHEELHOUSE)/.done
 
