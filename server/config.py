@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .experiment import Experiment
-from .runtime import DEFAULT_PYODIDE_DIR, DEFAULT_WHEELHOUSE, ROOT
+from .runtime import DEFAULT_PYODIDE_DIR, DEFAULT_WHEELHOUSE
 from .session import Timeouts
 
 
@@ -36,5 +36,5 @@ class Config:
     wheelhouse: Path = DEFAULT_WHEELHOUSE
     precompressed_dir: Path | None = None  # compressed copies of the runtime's files; None sends them as they are
     memory_snapshot: bool = False  # offer the runtime's memory snapshot from snapshot_dir, when one was made for it
-    snapshot_dir: Path = ROOT / "build" / "memory-snapshots"
+    snapshot_dir: Path = Path(__file__).resolve().parent.parent / "build" / "memory-snapshots"
     admin_token: str = field(default_factory=new_admin_token, repr=False)  # never a default password

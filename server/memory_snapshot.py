@@ -28,13 +28,13 @@ from typing import Any
 from tornado.httpserver import HTTPServer
 
 from .config import Config
-from .runtime import ROOT
 
 log = logging.getLogger("preflight")
 
 SNAPSHOT_URL = "/memory-snapshot/"
-CLIENT_DIR = ROOT / "client" / "web"
-CONTRACT = ROOT / "server" / "game_contract.py"
+SERVER_DIR = Path(__file__).resolve().parent
+CLIENT_DIR = SERVER_DIR.parent / "client" / "web"
+CONTRACT = SERVER_DIR / "game_contract.py"
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking"]
 MAKE_TIMEOUT_MS = 300_000
