@@ -7,6 +7,7 @@ import json
 import re
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from tornado.httpclient import AsyncHTTPClient
@@ -14,10 +15,10 @@ from tornado.httpclient import AsyncHTTPClient
 from server.app import Config, make_app
 from server.experiment import EndScene, Experiment, StartScene
 from server.memory_snapshot import snapshot_name, wheel_digests
-from server.runtime import ROOT
 from server.store import read_records
 from tests.support import served
 
+ROOT = Path(__file__).resolve().parent.parent
 LOAD_TIMEOUT_MS = 90_000
 pytestmark = pytest.mark.config(memory_snapshot=True)
 
