@@ -2,12 +2,14 @@
 
 Run: python -m bench.network [--runs 3] [--profiles local,fast,typical,slow]
 
-Two `python -m server` processes (the built-in example) serve the two paths side by side:
+Three `python -m server` processes (the built-in example) serve the paths side by side:
 
 * today: `--no-precompressed` and the page at `?preload=after-config`: the runtime's files as they are on disk
   (Tornado gzips text on the fly, as before) and the download starting once `experiment_config` has arrived;
 * new: pre-compressed copies (brotli for Chromium) and the page's preload links plus its runtime started at page
-  load, so the downloads overlap the WebSocket handshake.
+  load, so the downloads overlap the WebSocket handshake;
+* snapshot: new with `--memory-snapshot` (experimental, off by default): the runtime restored from the memory snapshot
+  `python -m server snapshot` made (made here first if this runtime has none; about 2 min of brotli, once).
 
 Networks are Chromium's own emulation (`Network.emulateNetworkConditions` over the DevTools protocol, set on the
 page before it navigates): fast 100 Mbit/s and 10 ms, typical 20 Mbit/s and 40 ms, slow 5 Mbit/s and 100 ms
@@ -25,10 +27,10 @@ profile for the warm visit (nothing left in memory, the HTTP and code caches kep
   `state` with state `ready` at the start scene (Start enabled);
 * bytes: the wire (`transferSize`) of every resource the page and the worker fetched, the page itself included, the
   WebSocket's frames not; runtime bytes: those under `/pyodide/` and `/wheels/`;
-* the split, from the runtime's own marks (`python-load:*` in python.js): download, from the first core file's request
-  to the last one's end (pyodide.mjs, pyodide.asm.mjs, pyodide.asm.wasm, python_stdlib.zip); compile + bootstrap, from
-  then (or from the runtime's start, if later) to `loadPyodide` resolved; packages, from there to the runtime done
-  (micropip, the game's wheel, the game contract).
+* the split, from the runtime's own marks (`python-load:*` in python.js): download, from the first request of a core
+  file that crossed the wire to the last one's end (pyodide.mjs, pyodide.asm.mjs, pyodide.asm.wasm, python_stdlib.zip;
+  none when all came from the cache); compile + bootstrap, from then (or from the runtime's start, if later) to
+  `loadPyodide` resolved; packages, from there to the runtime done (micropip, the game's wheel, the game contract).
 
 The physical limit for a profile is its cold bytes on the wire (the new path's, compressed) ÷ bandwidth + 2 round
 trips (the page, then the files it names) + this machine's CPU floor: the `local` profile's ready minus its download
@@ -46,19 +48,21 @@ import subprocess
 import sys
 import tempfile
 from collections.abc import Iterator
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from playwright.sync_api import BrowserContext, Playwright, sync_playwright
+from playwright.sync_api import BrowserContext, Page, Playwright, sync_playwright
+from playwright.sync_api import Error as PlaywrightError
 
-from client.harness import CHROMIUM, CHROMIUM_ARGS, served
+from client.harness import CHROMIUM, CHROMIUM_ARGS, ROOT, served
 from server.precompress import DEFAULT_CACHE_DIR, Precompressed
 from server.runtime import DEFAULT_PYODIDE_DIR, DEFAULT_WHEELHOUSE
 
 LOAD_TIMEOUT_MS = 180_000  # the slow profile's cold visit of today's path moves 12 MB at 5 Mbit/s
 CORE = ("pyodide.mjs", "pyodide.asm.mjs", "pyodide.asm.wasm", "python_stdlib.zip")
-RUNTIME_PATHS = ("/pyodide/", "/wheels/")
+RUNTIME_PATHS = ("/pyodide/", "/wheels/", "/memory-snapshot/")
 
 
 @dataclass(frozen=True)
@@ -85,8 +89,9 @@ PROFILES = {
         Profile("slow", 5, 100),
     )
 }
-PATHS = ("today", "new")
-QUERY = {"today": "&preload=after-config", "new": ""}
+PATHS = ("today", "new", "snapshot")
+QUERY = {"today": "&preload=after-config", "new": "", "snapshot": ""}
+FLAGS = {"today": ("--no-precompressed",), "new": (), "snapshot": ("--memory-snapshot",)}
 
 # Runs before app.js: when the page handles experiment_config and the first `ready` at the start scene.
 INIT_SCRIPT = """
@@ -163,10 +168,15 @@ def visit(
             cdp = context.new_cdp_session(page)
             cdp.send("Network.enable")
             cdp.send("Network.emulateNetworkConditions", profile.conditions())
-        page.goto(f"{url}?PROLIFIC_PID={who}{QUERY[path]}", timeout=LOAD_TIMEOUT_MS)
-        page.wait_for_function("window.__bench.readyAt !== null", timeout=LOAD_TIMEOUT_MS)
-        runtime = page.evaluate("(({status, where, loads}) => ({status, where, loads}))(window.__preflight.runtime)")
-        if runtime != {"status": "ready", "where": "worker", "loads": 1}:
+        page.goto(f"{url}?PROLIFIC_PID={who}{QUERY[path]}", wait_until="commit")  # "load" waits for the preloads
+        try:
+            page.wait_for_function("window.__bench.readyAt !== null", timeout=LOAD_TIMEOUT_MS)
+        except PlaywrightError as exc:
+            raise RuntimeError(f"{profile.name} {path} {cache}: no ready; {pending(page)}") from exc
+        runtime = page.evaluate("""(({status, where, loads, settled}) =>
+            ({status, where, loads, snapshot: settled.snapshot ?? null}))(window.__preflight.runtime)""")
+        restored = "restored" if path == "snapshot" else None
+        if runtime != {"status": "ready", "where": "worker", "loads": 1, "snapshot": restored}:
             raise RuntimeError(f"{profile.name} {path} {cache}: the runtime is {runtime}")
         origin = page.evaluate("performance.timeOrigin")
         bench = page.evaluate("window.__bench")
@@ -179,15 +189,18 @@ def visit(
     resources = on_page["resources"] + in_worker["resources"]
     marks = in_worker["marks"]
     runtime_entries = [r for r in resources if any(p in r["url"] for p in RUNTIME_PATHS)]
-    core = [r for r in resources if "/pyodide/" in r["url"] and r["url"].rsplit("/", 1)[-1] in CORE]
-    download_start = min(r["start"] for r in core)
-    download_end = max(r["end"] for r in core)
-    loaded = marks["python-load:micropip"]
-    fetched = [r for r in core if r["bytes"] > 0]
+    core = [
+        r
+        for r in resources
+        if ("/pyodide/" in r["url"] and r["url"].rsplit("/", 1)[-1] in CORE) or "/memory-snapshot/" in r["url"]
+    ]
+    fetched = [r for r in core if r["bytes"] > 0]  # over the wire; the rest came from the cache (or joined a preload)
+    download_start = min((r["start"] for r in fetched), default=marks["python-load:runtime"])
+    download_end = max((r["end"] for r in fetched), default=marks["python-load:runtime"])
+    loaded = marks.get("python-load:micropip", marks["python-load:preparing"])  # a restore skips micropip
     throughput = None
     if fetched and profile.mbit is not None:
-        span = max(r["end"] for r in fetched) - min(r["start"] for r in fetched)
-        throughput = sum(r["bytes"] for r in fetched) * 8 / 1e3 / max(span, 1.0)
+        throughput = sum(r["bytes"] for r in fetched) * 8 / 1e3 / max(download_end - download_start, 1.0)
     return Visit(
         profile=profile.name,
         path=path,
@@ -203,6 +216,18 @@ def visit(
         download_end_ms=download_end,
         throughput_mbit=throughput,
     )
+
+
+def pending(page: Page) -> str:
+    """What the page and its workers had not finished fetching, for a run that never became ready."""
+    try:
+        origin = page.evaluate("performance.timeOrigin")
+        timelines = [page.evaluate(TIMELINE, origin), *(w.evaluate(TIMELINE, origin) for w in page.workers)]
+    except PlaywrightError as exc:
+        return f"the page cannot say ({exc})"
+    ends = [f"{r['url'].rsplit('/', 1)[-1]} ended {r['end'] / 1000:.1f} s" for t in timelines for r in t["resources"]]
+    marks = [f"{name} at {at / 1000:.1f} s" for t in timelines for name, at in t["marks"].items()]
+    return "; ".join([*ends, *marks]) or "nothing fetched"
 
 
 def compile_ms(playwright: Playwright, url: str) -> float:
@@ -262,8 +287,11 @@ def table(visits: list[Visit], profiles: list[Profile]) -> Iterator[str]:
                     f"| {med(vs, 'bootstrap_ms') / 1000:.2f} | {med(vs, 'packages_ms') / 1000:.2f} |"
                 )
     yield ""
-    yield "| profile | physical limit, s | today ÷ new, cold | today ÷ new, warm | new ÷ limit, cold |"
-    yield "| --- | ---: | ---: | ---: | ---: |"
+    yield (
+        "| profile | physical limit, s | today ÷ new, cold | today ÷ new, warm | new ÷ limit, cold "
+        "| today ÷ snapshot, cold | today ÷ snapshot, warm |"
+    )
+    yield "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"
     for profile in profiles:
         limit = limit_ms(visits, profile)
 
@@ -272,7 +300,9 @@ def table(visits: list[Visit], profiles: list[Profile]) -> Iterator[str]:
 
         yield (
             f"| {profile.name} | {limit / 1000:.2f} | **{ready('today', 'cold') / ready('new', 'cold'):.2f}** "
-            f"| {ready('today', 'warm') / ready('new', 'warm'):.2f} | **{ready('new', 'cold') / limit:.2f}** |"
+            f"| {ready('today', 'warm') / ready('new', 'warm'):.2f} | **{ready('new', 'cold') / limit:.2f}** "
+            f"| {ready('today', 'cold') / ready('snapshot', 'cold'):.2f} "
+            f"| {ready('today', 'warm') / ready('snapshot', 'warm'):.2f} |"
         )
 
 
@@ -320,13 +350,11 @@ def main() -> int:
     copies.index()
     copies.build()
     load_before = os.getloadavg()[0]
-    with (
-        tempfile.TemporaryDirectory(prefix="preflight-network-") as tmp,
-        served(Path(tmp) / "today", "--no-precompressed") as today,
-        served(Path(tmp) / "new") as new,
-        sync_playwright() as playwright,
-    ):
-        urls = {"today": today, "new": new}
+    with tempfile.TemporaryDirectory(prefix="preflight-network-") as tmp, ExitStack() as servers:
+        making = [sys.executable, "-m", "server", "snapshot", "--data-dir", str(Path(tmp) / "making")]
+        subprocess.run(making, cwd=ROOT, capture_output=True, check=True)  # made once per runtime, kept after
+        urls = {path: servers.enter_context(served(Path(tmp) / path, *FLAGS[path])) for path in PATHS}
+        playwright = servers.enter_context(sync_playwright())
         for path in PATHS:  # the servers' and Chromium's first-use costs, unmeasured
             pair(playwright, urls, PROFILES["local"], path, f"warmup-{path}")
         visits: list[Visit] = []
@@ -342,7 +370,7 @@ def main() -> int:
                         file=sys.stderr,
                         flush=True,
                     )
-        compile_time = compile_ms(playwright, new)
+        compile_time = compile_ms(playwright, urls["new"])
     print("\n".join([*machine_lines(compile_time, (load_before, os.getloadavg()[0])), ""]))
     print("\n".join(table(visits, profiles)))
     print("\n".join(["", *emulation_lines(visits, profiles)]))

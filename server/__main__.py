@@ -48,7 +48,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         description="Serve a Preflight experiment.",
         epilog="`python -m server export --help`: the data directory as tidy tables.\n"
         "`python -m server scenes --help`: an experiment's scene flow as a diagram.\n"
-        "`python -m server init FOLDER`: a new study folder to start from.",
+        "`python -m server init FOLDER`: a new study folder to start from.\n"
+        "`python -m server snapshot [flags]`: make the memory snapshot --memory-snapshot offers for those flags.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"Preflight {__version__}")
@@ -173,6 +174,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "in progress never may (default: completed; e.g. completed,excluded; 'none' for no lock)",
     )
     parser.add_argument(
+        "--memory-snapshot",
+        action="store_true",
+        help="offer pages a Pyodide memory snapshot of the runtime (experimental; made by `python -m server snapshot` "
+        "with the same flags): Python's start-up and the installs become one more download",
+    )
+    parser.add_argument(
+        "--snapshot-dir",
+        type=Path,
+        default=Config.snapshot_dir,
+        help="where memory snapshots are kept (default: %(default)s)",
+    )
+    parser.add_argument(
         "--admin-token",
         default=None,
         help="token that opens /admin (at least 16 characters; default: a random one, printed at start-up)",
@@ -208,7 +221,8 @@ def main(argv: list[str] | None = None) -> int:
         from .scene_flow import main as scenes
 
         return scenes(argv[1:])
-    args = parse_args(argv)
+    snapshot = argv[:1] == ["snapshot"]
+    args = parse_args(argv[1:] if snapshot else argv)
     try:
         source = load_study(args.experiment)
     except ExperimentError as exc:
@@ -240,7 +254,13 @@ def main(argv: list[str] | None = None) -> int:
         max_session_bytes=args.max_session_bytes,
         **({} if args.admin_token is None else {"admin_token": args.admin_token}),
         precompressed_dir=None if args.no_precompressed else args.precompressed_dir,
+        memory_snapshot=args.memory_snapshot,
+        snapshot_dir=args.snapshot_dir,
     )
+    if snapshot:
+        from .snapshot_maker import make_command
+
+        return make_command(config)
     generated_token = args.admin_token is None
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     logging.getLogger("transitions").setLevel(logging.WARNING)

@@ -22,6 +22,7 @@ from .assets import AssetFiles, collect_assets
 from .config import Config
 from .early_start import AFTER_CONFIG, PageRuntime, page_runtime
 from .limits import MAX_USER_AGENT
+from .memory_snapshot import SNAPSHOT_URL, offered, wheel_digests
 from .packages import LOCAL_URL
 from .page_module import page_module
 from .partners import ONNX_DIR, ModelFiles
@@ -257,9 +258,11 @@ def make_app(config: Config) -> tornado.web.Application:
     """The whole server for one study; tests and `python -m server` both start it this way."""
     study = Study(config)
     assets = collect_assets(config.experiment, config.experiment_file)
-    precompressed = precompress(config, study)
+    snapshot = offered(config, study.pyodide_config, wheel_digests(study))
+    precompressed = precompress(config, study, snapshot)
+    snapshot_url = f"{SNAPSHOT_URL}{snapshot.name}" if snapshot else None
     routes: list[Any] = [
-        (r"/", ParticipantPage, {"runtime": page_runtime(study.pyodide_config)}),
+        (r"/", ParticipantPage, {"runtime": page_runtime(study.pyodide_config, snapshot_url)}),
         (r"/assets/([^/]+)/([^/]+)", AssetFiles, {"assets": assets}),
         (r"/ws", ParticipantSocket, {"study": study}),
         (r"/client/lifecycle\.js", PageModule, {"source": page_module()}),
@@ -275,6 +278,10 @@ def make_app(config: Config) -> tornado.web.Application:
     ]
     if study.packages.cache is not None:  # the study's own modules, named after their content's hash
         routes.append((rf"{LOCAL_URL}(.*)", VersionedFiles, {"path": str(study.packages.cache)}))
+    if snapshot is not None:
+        routes.append(
+            (rf"{SNAPSHOT_URL}(.*)", VersionedFiles, {"path": str(snapshot.parent), "precompressed": precompressed})
+        )
     if study.runtime.pyodide_dir is not None:
         routes.append(
             (
@@ -295,7 +302,7 @@ def make_app(config: Config) -> tornado.web.Application:
     )
 
 
-def precompress(config: Config, study: Study) -> Precompressed | None:
+def precompress(config: Config, study: Study, snapshot: Path | None) -> Precompressed | None:
     """The compressed copies of the runtime's files and wheels; the missing ones are made while the server runs."""
     if config.precompressed_dir is None:
         return None
@@ -303,6 +310,8 @@ def precompress(config: Config, study: Study) -> Precompressed | None:
     precompressed.add(study.runtime.wheelhouse)
     if study.runtime.pyodide_dir is not None:
         precompressed.add(study.runtime.pyodide_dir)
+    if snapshot is not None:
+        precompressed.add(snapshot)
     precompressed.start()
     return precompressed
 

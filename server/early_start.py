@@ -13,8 +13,11 @@ from typing import Any
 
 from tornado.escape import json_encode
 
-CORE_FILES = ("pyodide.asm.wasm", "python_stdlib.zip", "pyodide.asm.mjs", "pyodide.mjs")
-"""What `loadPyodide` fetches before it can run anything, largest first (links are fetched in order)."""
+PRELOADS = ("pyodide.asm.wasm", "python_stdlib.zip")
+"""The core's two large files, 5.3 of its 5.6 MB. Only these: over HTTP/1.1 a browser opens six connections to a host,
+and each preload holds one for its whole download, so preloading the two small modules too kept the page's own
+scripts (and the worker's) queued and delayed `experiment_config` by 0.4–0.8 s (bench/network.py, fast and typical);
+the runtime fetches those itself once its worker starts."""
 AFTER_CONFIG = "after-config"
 """`?preload=after-config`: a page without the runtime's config, which starts loading on `experiment_config` (the
 path before, kept for comparison in bench/network.py)."""
@@ -28,9 +31,13 @@ class PageRuntime:
     preloads: tuple[str, ...]  # URLs for <link rel="preload">
 
 
-def page_runtime(pyodide_config: dict[str, Any]) -> PageRuntime | None:
-    """The runtime for the page to start with, or None when no scene needs Python."""
+def page_runtime(pyodide_config: dict[str, Any], snapshot_url: str | None = None) -> PageRuntime | None:
+    """The runtime for the page to start with (with its memory snapshot, if one is offered), or None without Python."""
     if not pyodide_config.get("needs_pyodide"):
         return None
     base = pyodide_config["pyodide_url"]
-    return PageRuntime(json_encode(pyodide_config), tuple(base + name for name in CORE_FILES))
+    preloads = [base + name for name in PRELOADS]
+    if snapshot_url:
+        pyodide_config = {**pyodide_config, "snapshot_url": snapshot_url}
+        preloads.insert(1, snapshot_url)
+    return PageRuntime(json_encode(pyodide_config), tuple(preloads))

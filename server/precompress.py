@@ -91,20 +91,19 @@ class Precompressed:
 
     def __init__(self, cache_dir: Path) -> None:
         self.cache_dir = cache_dir
-        self.directories: list[Path] = []
+        self.paths: list[Path] = []  # files and directories
         self.sources: dict[str, Source] = {}  # by the real path of the served file
         self.thread: threading.Thread | None = None
 
-    def add(self, directory: Path) -> None:
-        """Serve copies for every file under `directory`; `index` or `build` reads them."""
-        self.directories.append(directory)
+    def add(self, path: Path) -> None:
+        """Serve copies for this file, or every file under this directory; `index` or `build` reads them."""
+        self.paths.append(path)
 
     def files(self) -> Iterator[Path]:
-        for directory in self.directories:
-            if directory.is_dir():
-                for path in sorted(directory.rglob("*")):
-                    if path.is_file() and not path.name.startswith(".") and path.stat().st_size >= MIN_SIZE:
-                        yield path
+        for top in self.paths:
+            for path in sorted(top.rglob("*")) if top.is_dir() else [top]:
+                if path.is_file() and not path.name.startswith(".") and path.stat().st_size >= MIN_SIZE:
+                    yield path
 
     def index(self) -> None:
         """Hash every file once, so requests find their copies from the first one (about 40 ms for the npm core)."""

@@ -236,6 +236,7 @@ SCHEMAS: dict[str, Schema] = {
             "done": _count,
             "total": _count,
             "n": _serial,
+            "snapshot": _text(256),  # with --memory-snapshot: "restored", or why it was "not used: ..."
         },
         required=("status",),
     ),

@@ -15,7 +15,7 @@ import pytest
 from playwright.sync_api import Route
 
 from client.harness import ROOT, records_of, served
-from server.early_start import CORE_FILES
+from server.early_start import PRELOADS
 from server.export import export
 from server.game_contract import replay
 
@@ -174,7 +174,7 @@ def test_python_lives_in_one_worker_and_the_game_steps_through_it(server, contex
     # Pyodide was fetched (and so compiled and run) by the worker; the page only preloaded the core's files for it.
     assert any(u.endswith("/pyodide/314.0.7/pyodide.asm.wasm") for u in resources(worker))
     assert any("/local-wheels/preflight_local_gridworld_env-" in u for u in resources(worker))
-    assert {u.rsplit("/", 1)[-1] for u in resources(page) if "/pyodide/" in u} == set(CORE_FILES)  # its preload links
+    assert {u.rsplit("/", 1)[-1] for u in resources(page) if "/pyodide/" in u} == set(PRELOADS)  # its preload links
     assert not [u for u in resources(page) if "wheels/" in u]
 
     page.click("#advance")

@@ -17,7 +17,7 @@ from playwright.sync_api import Route
 from tornado.httpclient import AsyncHTTPClient
 
 from client.harness import served
-from server.early_start import CORE_FILES
+from server.early_start import PRELOADS
 from server.experiment import EndScene, Experiment, StartScene
 from server.precompress import DEFAULT_CACHE_DIR, SUFFIXES, Precompressed
 from server.runtime import DEFAULT_PYODIDE_DIR
@@ -55,10 +55,10 @@ async def page_html(port: int, query: str = "") -> str:
 
 
 @pytest.mark.gen_test
-async def test_the_page_carries_the_runtime_and_preloads_its_core_files(http_server, http_port, app):
+async def test_the_page_carries_the_runtime_and_preloads_its_large_files(http_server, http_port, app):
     html = await page_html(http_port, "?PROLIFIC_PID=p1")
     links = re.findall(r'<link rel="preload" href="([^"]+)" as="fetch" crossorigin="anonymous">', html)
-    assert links == [PYODIDE + name for name in CORE_FILES]
+    assert links == [PYODIDE + name for name in PRELOADS]
     assert links.index(PYODIDE + "pyodide.asm.wasm") == 0  # the largest starts first
     rendered = re.search(r'<script type="application/json" id="runtime-config">(.*?)</script>', html, re.S)
     assert rendered and json.loads(rendered.group(1)) == app.settings["study"].pyodide_config
@@ -176,14 +176,14 @@ def test_the_runtime_downloads_with_the_page_and_reports_once_there_is_a_session
         in_worker = [e for e in entries_at(worker, origin) if PYODIDE in e["url"]]
     finally:
         context.close()
-    # The page's preload links asked for the core files before the session existed ...
-    assert set(on_page) == set(CORE_FILES)
+    # The page's preload links asked for the core's large files before the session existed ...
+    assert set(on_page) == set(PRELOADS)
     assert all(e["start"] < config_at for e in on_page.values())
     # ... compressed where it pays (the stdlib is a zip: as it is) ...
     assert on_page["pyodide.asm.wasm"]["encoded"] < on_page["pyodide.asm.wasm"]["decoded"] / 3
     assert on_page["python_stdlib.zip"]["encoded"] == on_page["python_stdlib.zip"]["decoded"]
-    # ... and the runtime in the worker used those downloads: every core file crossed the wire once.
-    assert {e["url"].rsplit("/", 1)[-1] for e in in_worker} == set(CORE_FILES)
+    # ... and the runtime in the worker used those downloads: each crossed the wire once.
+    assert {e["url"].rsplit("/", 1)[-1] for e in in_worker} >= set(PRELOADS)
     for name in on_page:
         again = sum(e["bytes"] for e in in_worker if e["url"].endswith("/" + name))
         assert again < 1024, f"{name} was downloaded again by the worker ({again} bytes)"
@@ -225,6 +225,6 @@ def test_the_page_still_loads_python_when_its_preload_links_fail(browser, server
         assert page.evaluate("window.__preflight.runtime.status") == "ready"
     finally:
         context.close()
-    assert sorted(failed) == sorted(CORE_FILES)
+    assert sorted(failed) == sorted(PRELOADS)
     statuses = [r["status"] for r in preload_records(server["data"], "no-links") if r["kind"] == "preload"]
     assert statuses[-1] == "ready" and "error" not in statuses

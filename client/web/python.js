@@ -12,6 +12,16 @@ const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, Math.max(0, m
 const EPISODE_PAUSE_MS = 1500;  // "Episode k of n" between episodes
 const BATCH_STEPS = 64, BATCH_MS = 250;  // steps leave for the server in batches, at least four times a second
 
+// Where loadPyodide finds the core, and the lock the server wrote for the wheels it serves.
+function coreOptions(config, origin) {
+  const options = { indexURL: new URL(config.pyodide_url, origin).href };
+  if (config.lock) {
+    options.lockFileContents = config.lock;
+    options.packageBaseUrl = new URL(config.wheel_base_url, origin).href;
+  }
+  return options;
+}
+
 export class PythonHost {
   constructor(notify) {
     this.notify = notify;
@@ -20,6 +30,7 @@ export class PythonHost {
     this.contract = null;    // server/game_contract.py, imported once Python is loaded
     this.controls = null;    // the keys, presses and visibility of the game in play
     this.models = new Map(); // AI partners' ONNX sessions by the path the study names, preloaded with Python
+    this.snapshot = null;    // with a memory snapshot offered: "restored", or why it was "not used: ..."
   }
 
   // One operation of the message interface; its result must survive structured cloning.
@@ -30,14 +41,20 @@ export class PythonHost {
   }
 
   // `startedAt` is when the page asked (ms since the epoch), so elapsed times include starting a worker.
+  // Resolves with {snapshot} when the server offered a memory snapshot (see restore).
   async load(config, origin, startedAt) {
-    if (this.pyodide) return;
+    if (this.pyodide) return this.outcome();
     const stage = (name, extra = {}) => {
       performance.mark(`python-load:${name}`);  // the stages on the runtime's own timeline, for DevTools and benches
       this.notify({ kind: "progress", report: {
         status: STATUS.loading, stage: name, elapsed_ms: Math.round(now() - startedAt), ...extra } });
     };
     stage(STAGE.runtime);
+    if (config.snapshot_url && !this.core && await this.restore(config, origin)) {
+      stage(STAGE.preparing);
+      performance.mark("python-load:done");
+      return this.outcome();
+    }
     const pyodide = this.core ??= await this.loadCore(config, origin);
     stage(STAGE.micropip);
     await pyodide.loadPackage("micropip");
@@ -69,17 +86,38 @@ export class PythonHost {
     this.contract = pyodide.pyimport("preflight_game_contract");
     this.pyodide = pyodide;
     performance.mark("python-load:done");
+    return this.outcome();
+  }
+
+  outcome() {
+    return this.snapshot ? { snapshot: this.snapshot } : {};
   }
 
   async loadCore(config, origin) {
     const { loadPyodide } = await import(new URL(config.pyodide_url + "pyodide.mjs", origin).href);
     this.notify({ kind: "core" });
-    const options = { indexURL: new URL(config.pyodide_url, origin).href };
-    if (config.lock) {
-      options.lockFileContents = config.lock;
-      options.packageBaseUrl = new URL(config.wheel_base_url, origin).href;
+    // `make_snapshot` is set only by server/snapshot_maker.py, which snapshots the runtime this load ends with.
+    return loadPyodide({ ...coreOptions(config, origin), ...(config.make_snapshot ? { _makeSnapshot: true } : {}) });
+  }
+
+  // The memory snapshot of what this load ends with (server/snapshot_maker.py made it): the whole load replaced
+  // by one download. Any failure leaves the plain load to run, and says why in the ready report.
+  async restore(config, origin) {
+    const [{ loadPyodide }, { restoreSnapshot }] = await Promise.all([
+      import(new URL(config.pyodide_url + "pyodide.mjs", origin).href), import("/client/snapshot.js")]);
+    this.notify({ kind: "core" });
+    const { pyodide, note } = await restoreSnapshot(loadPyodide, coreOptions(config, origin),
+                                                    new URL(config.snapshot_url, origin).href);
+    this.snapshot = note;
+    if (!pyodide) return false;
+    try {
+      this.contract = pyodide.pyimport("preflight_game_contract");
+    } catch (err) {
+      this.snapshot = `not used: ${String(err?.message || err).trim().split("\n").pop().slice(0, 200)}`;
+      return false;
     }
-    return loadPyodide(options);
+    this.core = this.pyodide = pyodide;
+    return true;
   }
 
   // Play a game scene to its end: every episode, each step at the scene's rate (or on each key for "turn").

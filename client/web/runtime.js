@@ -151,8 +151,8 @@ export class Runtime {
     const startedAt = now(), elapsed = () => Math.round(now() - startedAt);
     this.status = STATUS.loading;
     try {
-      await side.call("load", [this.config, location.origin, startedAt]);
-      this._settle({ status: STATUS.ready, elapsed_ms: elapsed() });
+      const outcome = await side.call("load", [this.config, location.origin, startedAt]);
+      this._settle({ status: STATUS.ready, elapsed_ms: elapsed(), ...outcome });  // {snapshot} when one was offered
     } catch (err) {
       const text = String(err?.message || err).trim().split("\n").pop().slice(0, 500);
       this._settle({ status: STATUS.error, error: text, elapsed_ms: elapsed() });
