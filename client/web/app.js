@@ -17,6 +17,22 @@ const TOKEN_KEY = `preflight.token:${location.pathname}${location.search}`;
 let socket = null, lastSeq = 0, ackTimer = null, retries = 0, screeningSent = false;
 let runtime = null, scene = null, progressTimer = null;
 const played = new Set();  // scene instances whose game this page started: each plays once, however often told
+// Multiplayer (docs/multiplayer.md): the match this page plays, from the server's `match`. Its frames wait here
+// until the worker has the game, then go straight to it. What this tab already reported of a match (the last frame
+// whose steps left, whether game_over did) is kept in sessionStorage, so a reload's replay sends nothing twice.
+const MATCH_KEY = `preflight.match:${location.pathname}${location.search}`;
+let match = null, matchArrived = null, waitingTimer = null, partnerTimer = null;
+const matchMemory = (matchId) => {
+  try {
+    const kept = JSON.parse(sessionStorage.getItem(MATCH_KEY));
+    return kept?.match_id === matchId ? kept : { match_id: matchId, frame: 0, over: false };
+  } catch {
+    return { match_id: matchId, frame: 0, over: false };
+  }
+};
+const keepMatch = (memory) => {
+  try { sessionStorage.setItem(MATCH_KEY, JSON.stringify(memory)); } catch { /* full: a reload may resend */ }
+};
 // `?runtime=main` keeps Python on the page's own thread (the baseline the worker is measured against).
 const newRuntime = (config = preflight.config.pyodide_config) => new Runtime(config, reportPreload,
                                      { thread: params.runtime === "main" ? "main" : "worker" });
@@ -74,7 +90,8 @@ function connect() {
       lastSeq = Math.max(lastSeq, message.seq);
       ackTimer ??= setTimeout(() => { ackTimer = null; send({ type: TYPE.ack, seq: lastSeq }); }, 200);
     }
-    ({ experiment_config: onConfig, activate_scene: onScene, state: onState, error: onError, received: onReceived })[
+    ({ experiment_config: onConfig, activate_scene: onScene, state: onState, error: onError, received: onReceived,
+       [TYPE.match]: onMatch, [TYPE.frame]: onFrame, [TYPE.partner_status]: onPartner, [TYPE.match_end]: onMatchEnd })[
       message.type]?.(message);
   };
 }
@@ -199,11 +216,81 @@ function onState(message) {
   }
   $("advance").disabled = !message.may_advance;
   $("waiting").textContent = message.may_advance ? "" : waitingText(message);
+  showWaitingRoom(message.waiting);
   const instance = `${scene?.scene_id}@${scene?.index}`;
   if (message.state === PLAYING && scene?.scene_type === "game" && !played.has(instance)) {
     played.add(instance);
     startGame(scene);
   }
+}
+
+// The waiting room: who is here and the time left, counted down here from the server's numbers only for show;
+// the server alone decides when the wait ends (a match, or its timeout) and says so with a new state.
+function showWaitingRoom(waiting) {
+  clearInterval(waitingTimer);
+  waitingTimer = null;
+  if (!waiting) return;
+  const since = performance.now(), left0 = Math.max(0, waiting.deadline_s - waiting.waited_s);
+  const tick = () => {
+    const left = Math.max(0, Math.ceil(left0 - (performance.now() - since) / 1000));
+    const clock = `${Math.floor(left / 60)}:${String(left % 60).padStart(2, "0")}`;
+    $("waiting").textContent =
+      `Waiting for a partner… ${waiting.waiting} of ${waiting.needed} players here; ${clock} left.`;
+  };
+  tick();
+  waitingTimer = setInterval(tick, 1000);
+}
+
+// The server matched this page: once per match, however often the message comes (it comes again after a reload,
+// with every frame closed so far, from which the worker rebuilds the game).
+function onMatch(message) {
+  if (match?.message.match_id === message.match_id) {
+    for (const frame of message.frames || []) onFrame(frame);
+    return;
+  }
+  match = { message, frames: [...(message.frames || [])], playing: false, ended: null };
+  showWaitingRoom(null);
+  matchArrived?.();
+}
+
+function onFrame(frame) {
+  if (!match || match.ended) return;
+  if (match.playing) runtime?.feed(frame);
+  else match.frames.push(frame);
+}
+
+function onPartner(message) {
+  clearInterval(partnerTimer);
+  partnerTimer = null;
+  const box = $("partner");
+  box.hidden = false;
+  if (message.deadline_s !== undefined) {  // reconnecting: the server's deadline, counted down for show
+    const since = performance.now();
+    const tick = () => {
+      const left = Math.max(0, Math.ceil(message.deadline_s - (performance.now() - since) / 1000));
+      box.textContent = `Your partner lost their connection; waiting up to ${left} s for them to come back.`;
+    };
+    tick();
+    partnerTimer = setInterval(tick, 1000);
+  } else {
+    box.textContent = PARTNER_TEXT[message.status] ?? "";
+    box.hidden = !box.textContent;
+  }
+}
+
+const PARTNER_TEXT = {
+  connected: "Your partner is back.",
+  bot: "Your partner did not come back; the computer plays for them now.",
+  left: "Your partner has left the game.",
+};
+
+function onMatchEnd(message) {
+  if (!match || match.message.match_id !== message.match_id) return;
+  clearInterval(partnerTimer);
+  match.ended = message;
+  if (match.playing) runtime?.end(message);
+  $("partner").hidden = false;
+  $("partner").textContent = "The game has ended.";
 }
 
 // The text for the state, else for the first preflight region that has one (screening before preloading).
@@ -223,6 +310,7 @@ async function startGame(gameScene) {
     const python = await gameRuntime();
     $("progress").hidden = true;
     status("");
+    if (gameScene.multiplayer) return await playMatch(python, gameScene, status);
     const summary = await playGame(python, gameScene, $("game"), { send, status });
     send({ type: TYPE.game_over, ...summary });
   } catch (err) {
@@ -230,6 +318,38 @@ async function startGame(gameScene) {
     notice(`The game could not run: ${text}`);
     send({ type: TYPE.game_over, failed: true, error: text, steps: preflight.steps - before });
   }
+}
+
+// A multiplayer game: wait for the server's match, then play it with this page's agent's keys. A reload replays the
+// match from its frames; what this tab already sent (steps, game_over) is not sent again.
+async function playMatch(python, gameScene, status) {
+  while (!match || match.used) {  // a match is played by one scene; a later scene waits for its own
+    status("Waiting for the game to start…");
+    await new Promise((resolve) => (matchArrived = resolve));
+    status("");
+  }
+  match.used = true;
+  const { message } = match, memory = matchMemory(message.match_id);
+  if (memory.over) return status("Waiting for the other players to finish…");
+  const me = gameScene.agents[message.agent];
+  const matchScene = { ...gameScene, keys: me.keys, default_action: me.default_action,
+                       match: { ...message, frames: match.frames, recorded: memory.frame } };
+  const sendMatch = (outgoing) => {
+    send(outgoing);
+    if (outgoing.type === TYPE.steps) {
+      memory.frame = Math.max(memory.frame, ...outgoing.steps.map((step) => step.frame ?? 0));
+      keepMatch(memory);
+    }
+  };
+  const started = () => {
+    match.playing = true;
+    match.frames = [];
+    if (match.ended) runtime.end(match.ended);
+  };
+  const summary = await playGame(python, matchScene, $("game"), { send: sendMatch, status, started });
+  send({ type: TYPE.game_over, ...summary });
+  keepMatch({ ...memory, over: true });
+  if (!match.ended) status("Waiting for the other players to finish…");
 }
 
 // The preloaded runtime when there is one; only a failed preload (or one the server stopped waiting for)
