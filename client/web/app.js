@@ -5,12 +5,14 @@
 import { encode, decode } from "/vendor/msgpack/index.mjs";
 import { Runtime } from "/client/runtime.js";
 import { playGame } from "/client/game.js";
-import { CLOSE, CODE, FINAL_STATES, GIVE_UP, PLAYING, STAGE, STAGES, STATUS, TYPE, WAITING } from "/client/lifecycle.js";
+import { CLOSE, CODE, FINAL_STATES, GIVE_UP, PARTNER, PLAYING, STAGE, STAGES, STATUS, TYPE, WAITING,
+} from "/client/lifecycle.js";
 
 const $ = (id) => document.getElementById(id);
 
 const preflight = (window.__preflight = { states: [], errors: [], runtime: null, firstFrameAt: null, firstStepAt: null,
-                                          connections: 0, games: 0, steps: 0, frameTimes: [] });
+                                          connections: 0, games: 0, steps: 0, frameTimes: [],
+                                          match: null, hashes: [], partners: [], matchEnd: null });
 const params = Object.fromEntries(new URLSearchParams(location.search));
 const TOKEN_KEY = `preflight.token:${location.pathname}${location.search}`;
 
@@ -215,7 +217,7 @@ function onState(message) {
     sendPreload(runtime.settled);
   }
   $("advance").disabled = !message.may_advance;
-  $("waiting").textContent = message.may_advance ? "" : waitingText(message);
+  $("hint").textContent = message.may_advance ? "" : waitingText(message);
   showWaitingRoom(message.waiting);
   const instance = `${scene?.scene_id}@${scene?.index}`;
   if (message.state === PLAYING && scene?.scene_type === "game" && !played.has(instance)) {
@@ -234,7 +236,7 @@ function showWaitingRoom(waiting) {
   const tick = () => {
     const left = Math.max(0, Math.ceil(left0 - (performance.now() - since) / 1000));
     const clock = `${Math.floor(left / 60)}:${String(left % 60).padStart(2, "0")}`;
-    $("waiting").textContent =
+    $("hint").textContent =
       `Waiting for a partner… ${waiting.waiting} of ${waiting.needed} players here; ${clock} left.`;
   };
   tick();
@@ -249,6 +251,7 @@ function onMatch(message) {
     return;
   }
   match = { message, frames: [...(message.frames || [])], playing: false, ended: null };
+  preflight.match = { match_id: message.match_id, agent: message.agent, replayed: (message.frames || []).length };
   showWaitingRoom(null);
   matchArrived?.();
 }
@@ -260,14 +263,15 @@ function onFrame(frame) {
 }
 
 function onPartner(message) {
+  preflight.partners.push(message);
   clearInterval(partnerTimer);
   partnerTimer = null;
   const box = $("partner");
   box.hidden = false;
-  if (message.deadline_s !== undefined) {  // reconnecting: the server's deadline, counted down for show
+  if (message.status === PARTNER.reconnecting) {  // the server's deadline, counted down here only for show
     const since = performance.now();
     const tick = () => {
-      const left = Math.max(0, Math.ceil(message.deadline_s - (performance.now() - since) / 1000));
+      const left = Math.max(0, Math.ceil((message.deadline_s ?? 0) - (performance.now() - since) / 1000));
       box.textContent = `Your partner lost their connection; waiting up to ${left} s for them to come back.`;
     };
     tick();
@@ -279,15 +283,15 @@ function onPartner(message) {
 }
 
 const PARTNER_TEXT = {
-  connected: "Your partner is back.",
-  bot: "Your partner did not come back; the computer plays for them now.",
-  left: "Your partner has left the game.",
+  [PARTNER.connected]: "Your partner is back.",
+  [PARTNER.bot]: "Your partner did not come back; the computer plays for them now.",
+  [PARTNER.left]: "Your partner has left the game.",
 };
 
 function onMatchEnd(message) {
   if (!match || match.message.match_id !== message.match_id) return;
   clearInterval(partnerTimer);
-  match.ended = message;
+  match.ended = preflight.matchEnd = message;
   if (match.playing) runtime?.end(message);
   $("partner").hidden = false;
   $("partner").textContent = "The game has ended.";
@@ -304,7 +308,7 @@ async function startGame(gameScene) {
   preflight.games += 1;
   $("advance").disabled = true;
   const before = preflight.steps;
-  const status = (text) => ($("waiting").textContent = text);
+  const status = (text) => ($("hint").textContent = text);
   try {
     status(runtime?.status === STATUS.ready ? "" : "Preparing the game…");
     const python = await gameRuntime();
@@ -330,12 +334,15 @@ async function playMatch(python, gameScene, status) {
   }
   match.used = true;
   const { message } = match, memory = matchMemory(message.match_id);
+  $("partner").hidden = false;
+  $("partner").textContent = `You play ${message.agent}.`;
   if (memory.over) return status("Waiting for the other players to finish…");
   const me = gameScene.agents[message.agent];
   const matchScene = { ...gameScene, keys: me.keys, default_action: me.default_action,
                        match: { ...message, frames: match.frames, recorded: memory.frame } };
   const sendMatch = (outgoing) => {
     send(outgoing);
+    if (outgoing.type === TYPE.state_hash) preflight.hashes.push([outgoing.f, outgoing.hash]);
     if (outgoing.type === TYPE.steps) {
       memory.frame = Math.max(memory.frame, ...outgoing.steps.map((step) => step.frame ?? 0));
       keepMatch(memory);
@@ -369,7 +376,9 @@ function onError(message) {
   if (message.code === CODE.ALREADY_PARTICIPATED) {
     return notice("You have already taken part in this study (or it is open in another window), so it cannot start again here.");
   }
-  if (message.code !== CODE.GATED && message.code !== CODE.NOT_ALLOWED) {
+  // A multiplayer input the server refused as closed or ahead is a race the lockstep already absorbs.
+  const quiet = [CODE.GATED, CODE.NOT_ALLOWED, CODE.FRAME_CLOSED, CODE.FRAME_AHEAD];
+  if (!quiet.includes(message.code)) {
     notice(`The server refused a message (${message.code}): ${message.message}`);
   }
 }

@@ -2,6 +2,7 @@
 // environment only when a `frame` arrives, with the actions it names plus what the bots choose here. Every page
 // does exactly the same with the same seed and frames, so every page shows the same game. It sends this page's
 // human input D frames ahead, a state hash every `hash_every` frames, and its steps, as a single-player game does.
+// A slot the server gives to a bot (`bots` in a frame) is played with the scene's `multiplayer.bot` from then on.
 
 import { TYPE } from "/client/lifecycle.js";
 import { choose } from "/client/partners.js";
@@ -76,7 +77,7 @@ export class Lockstep {
   }
 
   sendInput(f, action) {
-    this.send({ type: TYPE.input, f, action });
+    this.send({ type: TYPE.input, f, action, match_id: this.match.match_id });
   }
 
   async run() {
@@ -113,8 +114,8 @@ export class Lockstep {
         for (const agentId of Object.keys(frame.actions)) by[agentId] = filled.includes(agentId) ? "filled" : "human";
         for (const agentId of frame.bots || []) {
           if (!botPayload[agentId]) {
-            botPayload[agentId] = match.bot;
-            host.python(() => team.assign(agentId, toPy(match.bot)));
+            botPayload[agentId] = scene.multiplayer.bot;
+            host.python(() => team.assign(agentId, toPy(scene.multiplayer.bot)));
           }
         }
         const bots = [...sceneBots, ...(frame.bots || []).map((agentId) => [agentId, botPayload[agentId]])];
@@ -138,7 +139,7 @@ export class Lockstep {
                       rewards: result.rewards, reward: result.reward, terminated: result.terminated, truncated,
                       info: result.info, visible: host.controls.visible, t: Math.round(now()),
                       ...(scene.record_observations ? { observation: result.observations } : {}) });
-          if (hash !== null) this.send({ type: TYPE.state_hash, f, hash });
+          if (hash !== null) this.send({ type: TYPE.state_hash, f, hash, match_id: match.match_id });
         }
         if (f >= this.catchUp) host.frame(team, episode, step, total);
         done = over && episode + 1 >= scene.episodes;
