@@ -13,6 +13,11 @@ const preflight = (window.__preflight = { states: [], errors: [], runtime: null,
                                           connections: 0, games: 0, steps: 0, frameTimes: [],
                                           match: null, hashes: [], partners: [], matchEnd: null });
 const params = Object.fromEntries(new URLSearchParams(location.search));
+// The page is going away (a reload, a closed tab): its worker is ended with it, which fails the game in play. A
+// multiplayer game is not over then (the server keeps the match for the player's return), so nothing is reported.
+// Registered before the runtime's own pagehide listener, so it is set before that failure is seen.
+let leaving = false;
+addEventListener("pagehide", () => (leaving = true));
 const TOKEN_KEY = `preflight.token:${location.pathname}${location.search}`;
 
 let socket = null, lastSeq = 0, ackTimer = null, retries = 0, screeningSent = false;
@@ -310,6 +315,9 @@ async function startGame(gameScene) {
   const status = (text) => ($("hint").textContent = text);
   try {
     status(runtime?.status === STATUS.ready ? "" : "Preparing the game…");
+    // Back in a match after a reload, the game starts while this page's own load still runs: join that load rather
+    // than have the game restart it (which is for a preload the server stopped waiting for).
+    if (gameScene.multiplayer && runtime?.loading && !runtime.loading.fallback) await runtime.load().catch(() => {});
     const python = await gameRuntime();
     $("progress").hidden = true;
     status("");
@@ -317,6 +325,7 @@ async function startGame(gameScene) {
     const summary = await playGame(python, gameScene, $("game"), { send, status });
     send({ type: TYPE.game_over, ...summary });
   } catch (err) {
+    if (leaving && gameScene.multiplayer) return;
     const text = String(err?.message || err).trim().split("\n").pop().slice(0, 500);
     notice(`The game could not run: ${text}`);
     send({ type: TYPE.game_over, failed: true, error: text, steps: preflight.steps - before });
