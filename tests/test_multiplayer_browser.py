@@ -6,6 +6,7 @@ One browser, two contexts: two participants with nothing shared (sessionStorage,
 
 from __future__ import annotations
 
+import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -152,3 +153,69 @@ def test_a_page_reloaded_mid_match_rebuilds_the_game_and_finishes_it(tmp_path, b
         seen = play(browser, url, participants, reload_at=10)
     assert seen[1]["match"]["replayed"] >= 10  # the server sent the frames closed so far; the page replayed them
     check_the_match(data, seen, participants)
+
+
+ALONE = """
+from server.agents import Bot, Human, PythonPolicy
+from server.experiment import EndScene, Experiment, GymScene, StartScene
+from server.multiplayer import FIFO, Multiplayer
+
+KEYS = {"ArrowUp": 0, "ArrowDown": 1, "ArrowLeft": 2, "ArrowRight": 3}
+experiment = Experiment(
+    name="alone-test",
+    scenes=[
+        StartScene(title="Welcome"),
+        GymScene(
+            "kitchen",
+            environment="kitchen_env:make",
+            env_kwargs={"max_steps": 20},
+            agents={"chef_0": Human(keys=KEYS, default_action=4), "chef_1": Human(keys=KEYS, default_action=4)},
+            input="held", fps=10, episodes=1, max_steps=20,
+            multiplayer=Multiplayer(matchmaker=FIFO(), wait_timeout_s=4, on_no_match="bot", hash_every=5,
+                                    bot=Bot(PythonPolicy("kitchen_env:toward_pass"))),
+        ),
+        EndScene(html="<p>Done</p>"),
+    ],
+)
+"""
+
+
+def test_alone_past_the_wait_a_participant_plays_with_the_scene_s_bot(tmp_path, browser, monkeypatch):
+    """The waiting room shows who waits and the time left; at the server's deadline the empty slot goes to the bot,
+    which the page runs itself (Team.assign) exactly as CPython replays it from the log."""
+    monkeypatch.syspath_prepend(str(COOP))
+    study = tmp_path / "study"
+    study.mkdir()
+    shutil.copy(COOP / "kitchen_env.py", study / "kitchen_env.py")
+    (study / "study.py").write_text(ALONE)
+    data = tmp_path / "data"
+    context = browser.new_context()
+    try:
+        with served(data, "--experiment", str(study / "study.py")) as url:
+            page = context.new_page()
+            page.goto(f"{url}?PROLIFIC_PID=alone")
+            page.wait_for_function("window.__preflight.state?.may_advance === true", timeout=LOAD_TIMEOUT_MS)
+            page.click("#advance")
+            page.wait_for_function(
+                "document.getElementById('hint').textContent.includes('Waiting for a partner… 1 of 2 players here')",
+                timeout=MATCH_TIMEOUT_MS,
+            )
+            finished(page)
+            seen = page.evaluate("({match: __preflight.match, hashes: __preflight.hashes})")
+    finally:
+        context.close()
+    log = match_log(data, seen["match"]["match_id"])
+    [start] = [r for r in log if r["kind"] == "match"]
+    assert start["bots"] == ["chef_1"] and seen["match"]["agent"] == "chef_0"
+    played = steps_of(records_of(data, "alone"))
+    assert [s["frame"] for s in played] == list(range(1, 21))
+    assert all(s["by"] == {"chef_0": "human", "chef_1": "bot"} for s in played)
+    frames = [r for r in log if r["kind"] == "frame"]
+    replayed = replay_match(
+        "kitchen_env:make", {"max_steps": 20}, start["agents"], start["seeds"], frames, episodes=1, max_steps=20,
+        bot=start["bot"],
+    )  # fmt: skip
+    assert [r["actions"] for r in replayed] == [s["actions"] for s in played]
+    assert len({s["actions"]["chef_1"] for s in played}) > 1  # the bot walked toward the pass
+    hashes = dict(map(tuple, seen["hashes"]))
+    assert hashes and {r["f"]: r["hash"] for r in replayed if r["f"] in hashes} == hashes
