@@ -12,6 +12,7 @@ from typing import Any
 import tornado.web
 import tornado.websocket
 from tornado.ioloop import IOLoop
+from tornado.iostream import StreamClosedError
 from tornado.log import access_log
 
 from statemachine import INITIAL, Fired, top_state
@@ -60,8 +61,22 @@ class RateLimit:
         return True
 
 
+def binary_frame(payload: bytes) -> bytes:
+    """One unmasked, unfragmented binary WebSocket frame (RFC 6455 5.2), as a server sends it without compression."""
+    size = len(payload)
+    if size < 126:
+        return bytes((0x82, size)) + payload
+    if size <= 0xFFFF:
+        return struct.pack("!BBH", 0x82, 126, size) + payload
+    return struct.pack("!BBQ", 0x82, 127, size) + payload
+
+
 class ParticipantSocket(tornado.websocket.WebSocketHandler):
-    """`/ws`: decode, validate, trigger; everything else is the session's and the machine's."""
+    """`/ws`: decode, validate, trigger; everything else is the session's and the machine's.
+
+    What one incoming message makes the server say leaves in one write to the socket: each message
+    is still its own WebSocket frame, but the frames of one event share a system call.
+    """
 
     def initialize(self, study: Study) -> None:
         self.study = study
@@ -71,6 +86,7 @@ class ParticipantSocket(tornado.websocket.WebSocketHandler):
         self.limit = RateLimit(study.config.messages_per_second)
         self.address: str | None = None  # counted against the per-address limit while open
         self.hello_timer: object | None = None
+        self.corked: list[bytes] | None = None  # frames held while a message is handled, written together after
 
     @property
     def user_agent(self) -> str:
@@ -85,6 +101,7 @@ class ParticipantSocket(tornado.websocket.WebSocketHandler):
             self.close(Close.TOO_MANY, "too many connections from this address")
             return
         self.address = address
+        self.set_nodelay(True)  # each event's frames leave in one write: nothing to gain from waiting for more
         self.hello_timer = IOLoop.current().call_later(self.study.config.hello_timeout, self.no_hello)
         self.ping(struct.pack("!d", time.monotonic()))
 
@@ -108,6 +125,13 @@ class ParticipantSocket(tornado.websocket.WebSocketHandler):
                 self.session.rtt_ms = self.rtt_ms
 
     def on_message(self, frame: bytes | str) -> None:
+        self.corked = []
+        try:
+            self.handle(frame)
+        finally:
+            self.uncork()
+
+    def handle(self, frame: bytes | str) -> None:
         if not self.limit.take():
             return self.refuse(Refusal(Code.RATE_LIMITED, "too many messages; slow down"))
         if len(frame) > self.study.config.max_message_bytes:
@@ -193,8 +217,7 @@ class ParticipantSocket(tornado.websocket.WebSocketHandler):
     def acknowledge(self) -> None:
         """Tell the page up to which `n` its research data is stored, so it may forget it (not logged: derived)."""
         if self.session is not None:
-            with contextlib.suppress(tornado.websocket.WebSocketClosedError):
-                self.write_message(protocol.encode(protocol.received(self.session.received_n)), binary=True)
+            self.write_frame(protocol.encode(protocol.received(self.session.received_n)))
 
     def record_in(self, frame: bytes | str, message: dict[str, Any] | Refusal) -> None:
         assert self.session is not None
@@ -215,8 +238,33 @@ class ParticipantSocket(tornado.websocket.WebSocketHandler):
         if self.session is not None:
             stored = protocol.redacted(message)
             record_frame(self.session.log, "out", frame if stored is message else protocol.encode(stored))
-        with contextlib.suppress(tornado.websocket.WebSocketClosedError):
-            self.write_message(frame, binary=True)
+        self.write_frame(frame)
+
+    def write_frame(self, payload: bytes) -> None:
+        """Send one message, or hold it for `uncork` while the message that caused it is being handled."""
+        if self.corked is not None:
+            self.corked.append(binary_frame(payload))
+        else:
+            self.write_frames([binary_frame(payload)])
+
+    def close(self, code: int | None = None, reason: str | None = None) -> None:
+        """What was said before the close goes out before it."""
+        self.uncork()
+        super().close(code, reason)
+
+    def uncork(self) -> None:
+        frames, self.corked = self.corked, None
+        if frames:
+            self.write_frames(frames)
+
+    def write_frames(self, frames: list[bytes]) -> None:
+        """Frames straight to the stream: no compression is negotiated (`get_compression_options` is None), so
+        these are the bytes `write_message` would send, in one system call and without a task per frame."""
+        connection = self.ws_connection
+        if connection is None or connection.is_closing() or connection.stream is None:
+            return
+        with contextlib.suppress(StreamClosedError):
+            connection.stream.write(frames[0] if len(frames) == 1 else b"".join(frames))
 
     def on_close(self) -> None:
         if self.hello_timer is not None:
