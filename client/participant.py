@@ -45,6 +45,7 @@ class ProtocolClient:
 
         headers = {"User-Agent": user_agent or DESKTOP_CHROMIUM["user_agent"], **(headers or {})}
         conn = await asyncio.wait_for(websocket_connect(HTTPRequest(url, headers=headers)), timeout)
+        conn.protocol.set_nodelay(True)  # as browsers do; Nagle would hold a message behind an unacknowledged one
         return cls(conn, timeout)
 
     async def send(self, message: dict[str, Any]) -> None:
