@@ -8,12 +8,15 @@ import logging
 import sys
 from pathlib import Path
 
+from tornado.httpserver import HTTPServer
+from tornado.netutil import bind_sockets
+
 from statemachine import OUTCOMES
 
 from . import __version__
 from .app import make_app
 from .config import Config
-from .limits import raise_descriptor_limit, server_options
+from .limits import AcceptGuard, guarded, raise_descriptor_limit, server_options
 from .loader import DEFAULT, ExperimentError, load_study
 from .precompress import DEFAULT_CACHE_DIR
 from .runtime import RuntimeSetupError
@@ -276,10 +279,11 @@ async def _serve(config: Config, generated_token: bool) -> int:
     soft, hard = raise_descriptor_limit()
     logging.getLogger("preflight").info("open-file limit: %s (hard %s)", soft, hard)
     try:
-        app.listen(config.port, config.host, **server_options(config))
+        sockets = bind_sockets(config.port, config.host)
     except OSError as exc:
         print(f"python -m server: error: cannot listen on {config.host}:{config.port}: {exc.strerror}", file=sys.stderr)
         return 2
+    HTTPServer(app, **server_options(config)).add_sockets(guarded(sockets, AcceptGuard()))
     print(f"Preflight is serving {config.experiment.name!r}; data goes to {config.data_dir}/", flush=True)
     print(f"Participant URL: http://{config.host}:{config.port}/", flush=True)
     if generated_token:
