@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import os
 from pathlib import Path
@@ -80,5 +81,8 @@ def connect(ws_url, io_loop):
         return client
 
     yield open_one
-    for client in opened:
-        client.close()
+
+    async def close_all() -> None:
+        await asyncio.gather(*(client.aclose() for client in opened))
+
+    io_loop.run_sync(close_all, timeout=10)
