@@ -135,6 +135,9 @@ class ParticipantSocket(tornado.websocket.WebSocketHandler):
         numbered = delivery.numbered(message)
         if numbered and not delivery.is_new(self.session, message):
             return self.acknowledge()  # resent after a reconnect, and already stored: say so again
+        refusal = self.session.check(message)
+        if refusal is not None:
+            return self.refuse(refusal)
         fired = self.session.fire(message["type"], message)
         if numbered:
             self.session.save(self.session)  # the highest `n` survives a restart with the snapshot

@@ -13,6 +13,8 @@ class Clock(Protocol):
 
     def remove_timeout(self, timeout: object) -> None: ...
 
+    def time(self) -> float: ...
+
 
 class Timers:
     """Named one-shot timers on a clock; starting a name again replaces its timer."""

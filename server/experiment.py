@@ -14,6 +14,7 @@ from functools import cached_property
 from typing import Any
 
 from .agents import Agent, Bot, Human, PythonPolicy
+from .multiplayer import Multiplayer
 
 
 @dataclass(frozen=True)
@@ -74,6 +75,7 @@ class GymScene:
     html: str = ""
     run_through_pyodide: bool = True
     agents: Mapping[str, Agent] | None = None  # a multi-agent game (docs/games.md, AI partners); None: one agent
+    multiplayer: Multiplayer | None = None  # one participant per Human agent, matched by the server
     scene_type = "game"
 
     def __post_init__(self) -> None:
@@ -107,6 +109,8 @@ class GymScene:
                 raise ValueError(f"{where}: {name} must be plain data (numbers, strings, lists, maps)")
         if self.agents is not None:
             self._check_agents(where)
+        elif self.multiplayer is not None:
+            raise ValueError(f"{where}: a multiplayer game names its agents (one Human per participant)")
         for name in self.assets:
             if not re.fullmatch(r"[A-Za-z0-9_-]{1,64}", name):
                 raise ValueError(f"{where}: asset names are 1-64 letters, digits, '-' or '_', got {name!r}")
@@ -125,7 +129,12 @@ class GymScene:
             if isinstance(agent, Human) and not (_is_plain(agent.keys) and _is_plain(agent.default_action)):
                 raise ValueError(f"{where}: agent {agent_id!r}: keys and default_action must be plain data")
         humans = [a for a, agent in agents.items() if isinstance(agent, Human)]
-        if len(humans) > 1:
+        if self.multiplayer is not None:
+            if not isinstance(self.multiplayer, Multiplayer):
+                raise TypeError(f"{where}: multiplayer must be a Multiplayer, got {self.multiplayer!r}")
+            if len(humans) < 2:
+                raise ValueError(f"{where}: a multiplayer game needs at least two Human agents, got {len(humans)}")
+        elif len(humans) > 1:
             raise ValueError(f"{where}: one participant plays at most one Human agent, got {', '.join(humans)}")
         if self.keys or self.default_action != 0:
             raise ValueError(
@@ -145,11 +154,10 @@ class GymScene:
     @property
     def modules(self) -> tuple[str, ...]:
         """Every top-level module the page imports for this scene: the environment's, then the Python policies'."""
-        policies = [
-            agent.policy.module
-            for agent in (self.agents or {}).values()
-            if isinstance(agent, Bot) and isinstance(agent.policy, PythonPolicy)
-        ]
+        bots = [agent for agent in (self.agents or {}).values() if isinstance(agent, Bot)]
+        if self.multiplayer is not None:
+            bots.append(self.multiplayer.bot)
+        policies = [bot.policy.module for bot in bots if isinstance(bot.policy, PythonPolicy)]
         return tuple(dict.fromkeys([self.module, *policies]))
 
     def payload(self) -> dict[str, Any]:
@@ -177,7 +185,13 @@ class GymScene:
             "pause_when_hidden": self.pause_when_hidden,
             "assets": sorted(self.assets),
             "agents": agents,
+            **({} if self.multiplayer is None else {"multiplayer": self._multiplayer_payload(self.multiplayer)}),
         }
+
+    def _multiplayer_payload(self, multiplayer: Multiplayer) -> dict[str, Any]:
+        """What the page shows in the waiting room and plays an empty slot with; the server decides the rest."""
+        size = sum(isinstance(agent, Human) for agent in (self.agents or {}).values())
+        return {"group_size": size, "wait_timeout_s": multiplayer.wait_timeout_s, "bot": multiplayer.bot.payload()}
 
 
 def _is_plain(value: Any) -> bool:

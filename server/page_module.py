@@ -8,15 +8,26 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from statemachine import FINAL_STATES, IN_GAME, OUTCOMES
+from statemachine import FINAL_STATES, IN_GAME, OUTCOMES, WAITING
+from statemachine.match import MATCH_OUTCOMES
 
-from .protocol import CLIENT_TYPES, GIVE_UP, PRELOAD_STAGES, PRELOAD_STATUSES, SERVER_TYPES, Close, Code
+from .protocol import (
+    CLIENT_TYPES,
+    GIVE_UP,
+    PARTNER_STATUSES,
+    PRELOAD_STAGES,
+    PRELOAD_STATUSES,
+    SERVER_TYPES,
+    Close,
+    Code,
+)
 
 WAITING_TEXT = {
     "excluded": "Sorry, this study cannot run in your browser or on your device, so you cannot take part this time.",
     "checking": "Checking that your browser can run this study…",
     "idle": "Waiting for Python to start loading…",
     "loading": "Python is still loading; you can continue once it is ready.",
+    WAITING: "Waiting for other participants to join you…",
 }
 """What the page says while the participant may not move on, by state, or by the leaf a preflight region is in."""
 
@@ -26,6 +37,9 @@ def page_constants() -> dict[str, Any]:
         "FINAL_STATES": sorted(FINAL_STATES),
         "OUTCOMES": list(OUTCOMES),
         "PLAYING": IN_GAME,
+        "WAITING_ROOM": WAITING,
+        "PARTNER": {status: status for status in PARTNER_STATUSES},
+        "MATCH_OUTCOMES": list(MATCH_OUTCOMES),
         "TYPE": {name: name for name in (*CLIENT_TYPES, *SERVER_TYPES)},
         "CODE": {code.name: code.value for code in Code},
         "CLOSE": {code.name: code.value for code in Close},

@@ -30,6 +30,9 @@ class Code(enum.StrEnum):
     QUOTA_EXCEEDED = "quota_exceeded"  # this session sent more research data than its configured quota
     ALREADY_PARTICIPATED = "already_participated"  # this id is in progress, or ended in a locking outcome
     STORAGE_UNAVAILABLE = "storage_unavailable"  # the server cannot write participant data now; try again later
+    NOT_YOUR_AGENT = "not_your_agent"  # an `input` for an agent another participant (or a bot) plays
+    FRAME_CLOSED = "frame_closed"  # an `input` for a frame the server has already closed
+    FRAME_AHEAD = "frame_ahead"  # an `input` further ahead than the input delay allows
 
 
 class Close(enum.IntEnum):
@@ -51,8 +54,32 @@ class Refusal:
     message: str
 
 
-CLIENT_TYPES = ("hello", "ack", "screening", "preload", "advance", "game_event", "steps", "game_over")
-SERVER_TYPES = ("experiment_config", "activate_scene", "state", "error", "received")
+CLIENT_TYPES = (
+    "hello",
+    "ack",
+    "screening",
+    "preload",
+    "advance",
+    "game_event",
+    "steps",
+    "game_over",
+    "match_ready",
+    "input",
+    "state_hash",
+)
+SERVER_TYPES = (
+    "experiment_config",
+    "activate_scene",
+    "state",
+    "error",
+    "received",
+    "match",
+    "frame",
+    "partner_status",
+    "match_end",
+)
+PARTNER_STATUSES = ("reconnecting", "connected", "bot", "left")
+"""What `partner_status` says of a partner in a match."""
 RESEARCH_TYPES = ("preload", "game_event", "steps", "game_over")
 """Research data: the page numbers each with `n` (1, 2, ...) and keeps it until a `received` covers it."""
 PRELOAD_STATUSES = ("loading", "ready", "error")
@@ -208,6 +235,21 @@ def _steps(value: Any) -> str | None:
     return _plain(value)
 
 
+MATCH_ID = re.compile(r"[0-9a-f]{16}")
+
+
+def _frame(value: Any) -> str | None:
+    ok = isinstance(value, int) and not isinstance(value, bool) and 0 < value < 2**31
+    return None if ok else "must be a frame number (a positive integer)"
+
+
+def _action(value: Any) -> str | None:
+    """An action is a small plain value: the agent's own key map says which ones it may take."""
+    if isinstance(value, (list, dict)) and len(value) > 64:
+        return "must be a small plain value"
+    return _plain(value)
+
+
 @dataclass(frozen=True)
 class Schema:
     fields: Mapping[str, Validator]
@@ -244,6 +286,14 @@ SCHEMAS: dict[str, Schema] = {
     "game_event": Schema({"n": _serial}, open=True),
     "steps": Schema({"steps": _steps, "n": _serial}, required=("steps",)),
     "game_over": Schema({"n": _serial}, open=True),
+    "match_ready": Schema({"match_id": _pattern(MATCH_ID, "a match id")}, required=("match_id",)),
+    "input": Schema(
+        {"f": _frame, "action": _action, "agent": _text(64), "match_id": _pattern(MATCH_ID, "a match id")},
+        required=("f", "action"),
+    ),
+    "state_hash": Schema(
+        {"f": _frame, "hash": _text(128), "match_id": _pattern(MATCH_ID, "a match id")}, required=("f", "hash")
+    ),
 }
 
 
@@ -334,3 +384,49 @@ def activate_scene(scene_id: str, scene_type: str, index: int, count: int, paylo
         "count": count,
         **payload,
     }
+
+
+def match(
+    *,
+    match_id: str,
+    scene_id: str,
+    agent: str,
+    agents: dict[str, Any],
+    seeds: list[int],
+    input_delay: int,
+    fps: int,
+    hash_every: int,
+    frames: list[dict[str, Any]],
+) -> dict[str, Any]:
+    """The page's part in a match: its agent, everyone's, the seeds, and every frame closed so far."""
+    return {
+        "type": "match",
+        "match_id": match_id,
+        "scene_id": scene_id,
+        "agent": agent,
+        "agents": agents,
+        "seeds": seeds,
+        "input_delay": input_delay,
+        "fps": fps,
+        "hash_every": hash_every,
+        "frames": frames,
+    }
+
+
+def frame(f: int, actions: dict[str, Any], filled: list[str], bots: list[str]) -> dict[str, Any]:
+    """Frame `f` as the server closed it: every human slot's action, which were filled, which slots bots play."""
+    body: dict[str, Any] = {"type": "frame", "f": f, "actions": actions, "filled": filled}
+    if bots:
+        body["bots"] = bots
+    return body
+
+
+def partner_status(agent: str, status: str, deadline_s: float | None = None) -> dict[str, Any]:
+    body: dict[str, Any] = {"type": "partner_status", "agent": agent, "status": status}
+    if deadline_s is not None:
+        body["deadline_s"] = deadline_s
+    return body
+
+
+def match_end(match_id: str, outcome: str, frames: int) -> dict[str, Any]:
+    return {"type": "match_end", "match_id": match_id, "outcome": outcome, "frames": frames}

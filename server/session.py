@@ -20,9 +20,11 @@ from statemachine import SEPARATOR, Fired, RegionGuards, SessionMachine, top_sta
 
 from . import views
 from .clock import Clock, Timers
-from .experiment import Experiment, GymScene, Placed
+from .experiment import EndScene, Experiment, GymScene, Placed
+from .matches import Lobby, Match
+from .multiplayer import Multiplayer
 from .outbox import Outbox
-from .protocol import Writer
+from .protocol import Code, Refusal, Writer
 
 
 @dataclass(frozen=True)
@@ -41,18 +43,26 @@ def _discard(record: dict[str, Any]) -> None:
     pass
 
 
+MATCH_TYPES = ("match_ready", "input", "state_hash")
+"""What a page sends about its match: the match checks each before the lifecycle takes it."""
+
+
 class Session(RegionGuards):
     """A participant's place in the lifecycle and everything they produced on the way."""
 
     __slots__ = (
         "digest",
+        "end_page",
         "experiment",
         "facts",
         "game_steps",
+        "groups",
         "history",
         "index",
+        "lobby",
         "log",
         "machine",
+        "match",
         "on_retire",
         "outbox",
         "outcome",
@@ -73,6 +83,7 @@ class Session(RegionGuards):
         "token",
         "user_agent",
         "verdict",
+        "waiting_since",
     )
 
     def __init__(
@@ -89,6 +100,7 @@ class Session(RegionGuards):
         on_retire: Callable[[Session], None] = lambda s: None,
         user_agent: str = "",
         session_id: str = "",
+        lobby: Lobby | None = None,
     ) -> None:
         self.session_id = session_id or secrets.token_hex(8)
         self.machine = machine
@@ -117,6 +129,11 @@ class Session(RegionGuards):
         self.game_steps = 0  # steps received from the game in progress, checked against its `game_over`
         self.place: Any = None
         self.history: list[tuple[float, str, str, str]] = []
+        self.lobby = lobby  # the study's waiting room and matches; only multiplayer scenes need it
+        self.match: Match | None = None  # the multiplayer match this participant plays in now
+        self.waiting_since: float | None = None  # when they joined the waiting room (kept across a drop)
+        self.groups: dict[str, str] = {}  # scene id -> the match played there, for a matchmaker that reunites
+        self.end_page: EndScene | None = None  # a multiplayer scene's own end page, when it ended the session
         machine.add_model(self)
 
     # -- driving --------------------------------------------------------------------------
@@ -128,10 +145,13 @@ class Session(RegionGuards):
         """A connection came back with the token: send what it missed, or all it needs to redraw, then resume."""
         self.token = token
         self.record("resumed", last_seq=last_seq)
-        if not self.outbox.connect(deliver, last_seq):
+        redraw = not self.outbox.connect(deliver, last_seq)
+        if redraw:
             self.outbox.post(views.config_message(self))
             self.outbox.post(views.scene_message(self))
         self.fire("resume")
+        if self.match is not None:
+            self.match.rejoin(self, redraw)
         self.publish()
 
     def connection_lost(self) -> Fired:
@@ -146,6 +166,14 @@ class Session(RegionGuards):
         self.machine.remove_model(self)
         self.record("closed", outcome=self.outcome, state=top_state(self.state)[0])
         self.save(self)
+
+    def check(self, message: dict[str, Any]) -> Refusal | None:
+        """A message the protocol accepts but this participant may not send now (a forged or late match input)."""
+        if message["type"] not in MATCH_TYPES:
+            return None
+        if self.match is None:
+            return Refusal(Code.NOT_ALLOWED, f"{message['type']} is not accepted now: no match is in progress for you")
+        return self.match.check(self, message)
 
     def record(self, kind: str, **fields: Any) -> None:
         self.log({"kind": kind, "t": time.monotonic(), "wall": time.time(), **fields})
@@ -228,8 +256,16 @@ class Session(RegionGuards):
         nxt = self.index + 1
         return self.plan[nxt].scene_type if nxt < len(self.plan) else None
 
+    def _next_multiplayer(self) -> bool:
+        nxt = self.index + 1
+        scene = self.plan[nxt].scene if nxt < len(self.plan) else None
+        return isinstance(scene, GymScene) and scene.multiplayer is not None
+
     def next_is_game(self, event: EventData) -> bool:
-        return self._next_type() == "game"
+        return self._next_type() == "game" and not self._next_multiplayer()
+
+    def next_is_multiplayer(self, event: EventData) -> bool:
+        return self._next_multiplayer()
 
     def next_is_static(self, event: EventData) -> bool:
         return self._next_type() == "static"
@@ -240,6 +276,82 @@ class Session(RegionGuards):
     def activate_next(self, event: EventData) -> None:
         self.index += 1
         self._activate()
+
+    # -- multiplayer: the waiting room and the match, which the lobby runs --------------------------
+
+    def waiting_room(self) -> dict[str, Any] | None:
+        """The waiting room as the page shows it, while this participant is in it."""
+        if self.lobby is None or self.waiting_since is None:
+            return None
+        return self.lobby.waiting(self)
+
+    def _the_lobby(self) -> Lobby:
+        if self.lobby is None:
+            raise RuntimeError("a multiplayer scene needs the study's lobby (Session(lobby=...))")
+        return self.lobby
+
+    def join_queue(self, event: EventData) -> None:
+        lobby = self._the_lobby()
+        lobby.join(self)
+        waited = lobby.clock.time() - (self.waiting_since or lobby.clock.time())
+        self._start("wait", max(0.0, self._rules().wait_timeout_s - waited), "wait_timeout")
+
+    def leave_queue(self, event: EventData) -> None:
+        self.timers.cancel("wait")
+        self._the_lobby().leave(self)
+
+    def join_match(self, event: EventData) -> None:
+        assert self.match is not None
+        self.waiting_since = None
+        agent = self.match.agent_of(self)
+        self.record("match", match_id=self.match.match_id, agent=agent, scene_id=self.plan[self.index].instance_id)
+
+    def no_match_plays_bots(self, event: EventData) -> bool:
+        return self._rules().on_no_match == "bot"
+
+    def no_match_ends_session(self, event: EventData) -> bool:
+        return self._rules().on_no_match == "end"
+
+    def play_with_bots(self, event: EventData) -> None:
+        self.record("unmatched", scene_id=self.plan[self.index].instance_id, then="bot")
+        self._the_lobby().solo(self)
+        self.join_match(event)
+
+    def note_unmatched(self, event: EventData) -> None:
+        self.waiting_since = None
+        self.record("unmatched", scene_id=self.plan[self.index].instance_id, then=self._rules().on_no_match)
+
+    def forward_to_match(self, event: EventData) -> None:
+        if self.match is not None:
+            self.match.receive(self, _message(event))
+
+    def leave_match(self, event: EventData) -> None:
+        if self.match is not None:
+            self.match.drop(self)
+
+    def match_gone(self, event: EventData) -> bool:
+        scene = self.plan[self.index].scene
+        return isinstance(scene, GymScene) and scene.multiplayer is not None and self.match is None
+
+    def note_match_gone(self, event: EventData) -> None:
+        self.place = None
+        self.record("match_gone", scene_id=self.plan[self.index].instance_id)
+
+    def match_ends_session(self, event: EventData) -> bool:
+        return self.match is not None and self.match.ends_sessions()
+
+    def show_end_page(self, event: EventData) -> None:
+        """A multiplayer scene ended this session: its own end page and completion code, not the study's."""
+        rules = self._rules()
+        self.end_page = EndScene(
+            scene_id=f"{self.plan[self.index].instance_id}:end", html=rules.end_html, completion_code=rules.end_code
+        )
+        self.outbox.post(views.scene_message(self))
+
+    def _rules(self) -> Multiplayer:
+        scene = self.plan[self.index].scene
+        assert isinstance(scene, GymScene) and scene.multiplayer is not None
+        return scene.multiplayer
 
     def remember_place(self, event: EventData) -> None:
         self.place = self.state
@@ -273,6 +385,9 @@ class Session(RegionGuards):
         reported = data.get("steps")
         check = {"reported_steps": reported, "received_steps": self.game_steps, "complete": reported == self.game_steps}
         self.record("game_over", scene_id=self.plan[self.index].instance_id, data=data, check=check)
+        if self.match is not None:
+            self.match.game_over(self, data.get("frames"))
+            self.match = None
 
     def start_screening_timer(self, event: EventData) -> None:
         self._start("screening", self.timeouts.screening, "screening_timeout")

@@ -33,6 +33,7 @@ def capture(session: Session) -> dict[str, Any]:
         "received_n": session.received_n,
         "user_agent": session.user_agent,
         "rtt_ms": session.rtt_ms,
+        "groups": session.groups,
     }
 
 
@@ -77,6 +78,7 @@ def restore(
     session.rtt_ms = saved["rtt_ms"]
     session.outbox.seq = saved["seq"]
     session.received_n = saved.get("received_n", 0)
+    session.groups = dict(saved.get("groups") or {})
     session.place = saved["place"] if saved["place"] is not None else saved["state"]
     machine.park(session)
     session.record("restored", place=session.place)

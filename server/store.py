@@ -237,6 +237,7 @@ class DataStore:
         self.root = root
         self.sessions = root / "sessions"
         self.sessions.mkdir(parents=True, exist_ok=True)
+        self.matches = root / "matches"
         self.pool = FilePool(max_open_files, on_failure)
         self.journal = root / "snapshots.msgpack"
         self._journal_path = str(self.journal)
@@ -256,6 +257,11 @@ class DataStore:
             if not (self.sessions / f"{candidate}.msgpack").exists():
                 session_id = candidate
         return session_id, SessionLog(self.sessions / f"{session_id}.msgpack", self.pool)
+
+    def open_match(self, match_id: str) -> SessionLog:
+        """A match's canonical log: every frame the server closed, written before it is sent."""
+        self.matches.mkdir(exist_ok=True)
+        return SessionLog(self.matches / f"{match_id}.msgpack", self.pool)
 
     def save_snapshot(self, saved: dict[str, Any]) -> None:
         """Append a session's latest snapshot to the journal: one `os.write`, cheap enough for every state change."""

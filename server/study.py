@@ -21,6 +21,7 @@ from . import __version__, delivery
 from .config import Config
 from .limits import Limits
 from .locations import study_wheelhouse
+from .matches import Lobby
 from .packages import resolve_packages
 from .partners import ONNX_URL, check_onnxruntime, check_policy_functions, resolve_models
 from .protocol import Close, Code, Refusal, Writer
@@ -80,6 +81,9 @@ class StudyView(Protocol):
 
     def storage(self) -> dict[str, Any]: ...
 
+    @property
+    def lobby(self) -> Lobby: ...
+
 
 def wheelhouse_for(config: Config) -> Path:
     """The wheelhouse given, else the study's own in its cache, so an installed Preflight never writes into itself."""
@@ -114,6 +118,7 @@ class Study:
         }
         self.machine = SessionMachine()
         self.store = DataStore(config.data_dir, on_failure=self._writes_failing)
+        self.lobby = Lobby(IOLoop.current(), self.store.open_match)
         self._retrying = False
         self.limits = Limits(config)
         self.outcomes: Counter[str] = Counter()  # what retired sessions added up to
@@ -236,6 +241,7 @@ class Study:
             "log": sink,
             "save": SnapshotWriter(self.store.save_snapshot),
             "on_retire": self.retire,
+            "lobby": self.lobby,
         }
 
     def _track(self, session: Session) -> None:

@@ -41,7 +41,12 @@ class Session(Protocol):
     @property
     def machine(self) -> SessionMachine: ...
 
+    @property
+    def end_page(self) -> Any: ...
+
     def awaiting(self) -> list[str]: ...
+
+    def waiting_room(self) -> dict[str, Any] | None: ...
 
     def episode_seeds(self) -> list[int] | None: ...
 
@@ -58,6 +63,9 @@ def config_message(session: Session) -> dict[str, Any]:
 
 def scene_message(session: Session) -> dict[str, Any]:
     placed = session.plan[session.index]
+    if session.end_page is not None:  # a multiplayer scene ended the session: its end page, not the study's
+        end = session.end_page
+        return protocol.activate_scene(end.scene_id, end.scene_type, session.index, len(session.plan), end.payload())
     payload = placed.scene.payload()
     seeds = session.episode_seeds()
     if seeds is not None:
@@ -76,4 +84,7 @@ def state_message(session: Session) -> dict[str, Any]:
         detail["awaiting"] = awaiting
     if session.verdict:
         detail["reason"] = ",".join(session.verdict)
+    room = session.waiting_room()
+    if room is not None:
+        detail["waiting"] = room
     return protocol.state(name, session.machine.allows(session, "advance"), **detail)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
@@ -17,9 +18,30 @@ from transitions.extensions.diagrams import HierarchicalGraphMachine
 from transitions.extensions.nesting import NestedState
 
 from .lifecycle import GUARD_LABELS, INITIAL, SEPARATOR, STATES, TRANSITIONS, TRIGGER_LABELS
+from .match import MATCH_GUARD_LABELS, MATCH_INITIAL, MATCH_STATES, MATCH_TRANSITIONS, MATCH_TRIGGER_LABELS
 
 TITLE = "Participant lifecycle"
 FORMATS = ("mermaid", "dot", "svg")
+
+
+@dataclass(frozen=True)
+class Table:
+    """One machine's declarative table and the words its diagram uses."""
+
+    title: str
+    states: list[Any]
+    transitions: list[dict[str, Any]]
+    initial: str
+    guard_labels: dict[str, str]
+    trigger_labels: dict[str, str]
+
+
+LIFECYCLE = Table(TITLE, STATES, TRANSITIONS, INITIAL, GUARD_LABELS, TRIGGER_LABELS)
+MATCH = Table(
+    "Match lifecycle", MATCH_STATES, MATCH_TRANSITIONS, MATCH_INITIAL, MATCH_GUARD_LABELS, MATCH_TRIGGER_LABELS
+)
+MACHINES = {"lifecycle": LIFECYCLE, "match": MATCH}
+"""The machines `python -m statemachine diagram --machine NAME` draws."""
 
 
 class DiagramError(Exception):
@@ -31,22 +53,23 @@ def _guards(transition: dict[str, Any]) -> list[str]:
     return [conditions] if isinstance(conditions, str) else list(conditions)
 
 
-def guard_words(name: str) -> str:
+def guard_words(name: str, table: Table = LIFECYCLE) -> str:
     """A guard in the words a researcher reads; a guard without words falls back to its name."""
-    return GUARD_LABELS.get(name, name.replace("_", " "))
+    return table.guard_labels.get(name, name.replace("_", " "))
 
 
-def transition_label(index: int, newline: str = " ") -> str:
+def transition_label(index: int, newline: str = " ", table: Table = LIFECYCLE) -> str:
     """`trigger: what happens [guards]`; an unguarded one after guarded ones of its trigger reads `[otherwise]`."""
-    transition = TRANSITIONS[index]
+    transition = table.transitions[index]
     trigger = transition["trigger"]
-    label = f"{trigger}: {TRIGGER_LABELS[trigger]}" if trigger in TRIGGER_LABELS else trigger
+    labels = table.trigger_labels
+    label = f"{trigger}: {labels[trigger]}" if trigger in labels else trigger
     guards = _guards(transition)
     if guards:
-        return f"{label}{newline}[{' ∧ '.join(guard_words(g) for g in guards)}]"
+        return f"{label}{newline}[{' ∧ '.join(guard_words(g, table) for g in guards)}]"
     earlier = [
         t
-        for t in TRANSITIONS[:index]
+        for t in table.transitions[:index]
         if t["trigger"] == trigger and _guards(t) and set(_sources(t)) & set(_sources(transition))
     ]
     return f"{label}{newline}[otherwise]" if earlier else label
@@ -115,7 +138,7 @@ class _GraphvizGraph(diagrams_graphviz.NestedGraph):
         graph = super().get_graph(title, roi_state)
         graph.body = [line.replace(" | ", "\\n") for line in graph.body]  # one line per merged transition
         graph.node("__initial__", label="", shape="point", width="0.15", fillcolor="black")
-        graph.edge("__initial__", INITIAL)
+        graph.edge("__initial__", self.machine.initial_name)
         return graph
 
 
@@ -139,6 +162,7 @@ def _lower_class(line: str) -> str:
 
 class _DiagramMachine(HierarchicalGraphMachine):
     state_cls = _LabelledState
+    initial_name = INITIAL  # where the graphviz drawing's start arrow points
 
     style_attributes: ClassVar[dict[str, Any]] = {  # type: ignore[misc]
         "node": {
@@ -173,41 +197,42 @@ class _Model:
     """The diagram machine's only model; live sessions never meet this machine."""
 
 
-def lifecycle_graph(engine: Literal["graphviz", "mermaid"]) -> Any:
-    """The lifecycle as the library's graph object (`graphviz.Digraph` or mermaid text), no state highlighted."""
+def lifecycle_graph(engine: Literal["graphviz", "mermaid"], table: Table = LIFECYCLE) -> Any:
+    """A machine as the library's graph object (`graphviz.Digraph` or mermaid text), no state highlighted."""
     machine = _DiagramMachine(
         model=None,
-        states=_diagram_states(STATES),
-        initial=INITIAL,
+        states=_diagram_states(table.states),
+        initial=table.initial,
         auto_transitions=False,
         transitions=[
             {
                 "trigger": t["trigger"],
                 "source": t["source"],
                 "dest": t["dest"],
-                "label": transition_label(i, " " if engine == "mermaid" else "\\n"),
+                "label": transition_label(i, " " if engine == "mermaid" else "\\n", table),
             }
-            for i, t in enumerate(TRANSITIONS)
+            for i, t in enumerate(table.transitions)
         ],
         graph_engine=engine,
-        title=TITLE,
+        title=table.title,
     )
+    machine.initial_name = table.initial
     machine.add_model(_Model())
     model = machine.models[0]
     graph = machine.model_graphs[id(model)]
     graph.reset_styling()
-    for name in final_state_names():
+    for name in final_state_names(table.states):
         graph.set_node_style(name, "final")
-    return machine._get_graph(model, title=TITLE)
+    return machine._get_graph(model, title=table.title)
 
 
-def lifecycle(fmt: str = "mermaid") -> str:
-    """The lifecycle diagram as mermaid text, Graphviz dot source or SVG (rendered by Graphviz's `dot`)."""
+def lifecycle(fmt: str = "mermaid", table: Table = LIFECYCLE) -> str:
+    """A machine's diagram as mermaid text, Graphviz dot source or SVG (rendered by Graphviz's `dot`)."""
     if fmt not in FORMATS:
         raise DiagramError(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")
     if fmt == "mermaid":
-        return str(lifecycle_graph("mermaid").source)
-    graph = lifecycle_graph("graphviz")
+        return str(lifecycle_graph("mermaid", table).source)
+    graph = lifecycle_graph("graphviz", table)
     graph.graph_attr["compound"] = "true"  # lets edges start and end at a cluster's border
     return graph.source if fmt == "dot" else render_svg(graph)
 

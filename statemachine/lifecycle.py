@@ -24,6 +24,8 @@ def _in(*path: str) -> str:
 
 IN_GAME = "in_game"
 """Where the participant plays: the page starts the scene's game when the server puts them here."""
+WAITING = "waiting"
+"""The waiting room before a multiplayer game: in the server's queue, with a deadline on the server's clock."""
 SCREENING = _in("preflight", "screening")
 PRELOADING = _in("preflight", "preloading")
 PRELOAD_SETTLED = ("ready", "error", "skipped")
@@ -61,12 +63,15 @@ STATES: list[Any] = [
         ],
     },
     "ready",
+    {"name": WAITING, "on_enter": "join_queue", "on_exit": "leave_queue"},
     IN_GAME,
     {"name": "completed", "final": True, "on_enter": "decide_outcome"},
     {"name": "excluded", "final": True, "on_enter": "decide_outcome"},
     {"name": "disconnected", "on_enter": "start_grace_timer", "on_exit": "cancel_grace_timer"},
     {"name": "abandoned", "final": True, "on_enter": ["decide_outcome", "retire"]},
     {"name": "lingering", "on_enter": "start_grace_timer", "on_exit": "cancel_grace_timer"},
+    {"name": "unmatched", "final": True, "on_enter": ["decide_outcome", "show_end_page"]},
+    {"name": "partner_lost", "final": True, "on_enter": ["decide_outcome", "show_end_page"]},
 ]
 
 FINAL_STATES = frozenset(s["name"] for s in STATES if isinstance(s, dict) and s.get("final"))
@@ -74,7 +79,7 @@ FINAL_STATES = frozenset(s["name"] for s in STATES if isinstance(s, dict) and s.
 OUTCOMES = tuple(s["name"] for s in STATES if isinstance(s, dict) and s.get("final"))
 """Every outcome a session can end with, in the table's order; admin, export and the page read them from here."""
 
-RESUMABLE = ("preflight", "ready", "in_game")
+RESUMABLE = ("preflight", "ready", WAITING, "in_game")
 """Where a participant can be when their connection drops; before `hello` there is nothing to resume."""
 FINISHED = tuple(o for o in OUTCOMES if o != "abandoned")
 """Outcomes reached with the participant present: the session lingers after the drop, so a page that lost the
@@ -173,6 +178,13 @@ TRANSITIONS: list[dict[str, Any]] = [
     {
         "trigger": "advance",
         "source": "ready",
+        "dest": WAITING,
+        "conditions": "next_is_multiplayer",
+        "before": "activate_next",
+    },
+    {
+        "trigger": "advance",
+        "source": "ready",
         "dest": "completed",
         "conditions": "next_is_end",
         "before": "activate_next",
@@ -189,9 +201,45 @@ TRANSITIONS: list[dict[str, Any]] = [
     {"trigger": "game_event", "source": IN_GAME, "dest": None, "before": "note_game_event"},
     {"trigger": "steps", "source": IN_GAME, "dest": None, "before": "note_steps"},
     {"trigger": "preload", "source": ["ready", "in_game"], "dest": None, "before": "note_preload"},
+    {
+        "trigger": "game_over",
+        "source": "in_game",
+        "dest": "partner_lost",
+        "conditions": "match_ends_session",
+        "before": "note_game_over",
+    },
     {"trigger": "game_over", "source": "in_game", "dest": "ready", "before": "note_game_over"},
+    # Multiplayer: the server's matchmaker puts a group into a game; the wait and the partners' absences are
+    # timed on the server, and what happens then is the scene's `Multiplayer` choice.
+    {"trigger": "matched", "source": WAITING, "dest": "in_game", "before": "join_match"},
+    {
+        "trigger": "wait_timeout",
+        "source": WAITING,
+        "dest": "in_game",
+        "conditions": "no_match_plays_bots",
+        "before": "play_with_bots",
+    },
+    {
+        "trigger": "wait_timeout",
+        "source": WAITING,
+        "dest": "unmatched",
+        "conditions": "no_match_ends_session",
+        "before": "note_unmatched",
+    },
+    {"trigger": "wait_timeout", "source": WAITING, "dest": "ready", "before": "note_unmatched"},
+    {"trigger": "match_ready", "source": "in_game", "dest": None, "before": "forward_to_match"},
+    {"trigger": "input", "source": "in_game", "dest": None, "before": "forward_to_match"},
+    {"trigger": "state_hash", "source": "in_game", "dest": None, "before": "forward_to_match"},
     # The connection: a dropped socket parks the session; its token brings it back exactly where it was.
-    {"trigger": "drop", "source": list(RESUMABLE), "dest": "disconnected", "before": "remember_place"},
+    {"trigger": "drop", "source": list(RESUMABLE), "dest": "disconnected", "before": ["remember_place", "leave_match"]},
+    # A multiplayer game does not survive a server restart: its player comes back past it, to move on.
+    {
+        "trigger": "resume",
+        "source": "disconnected",
+        "dest": "ready",
+        "conditions": ["left_in_game", "match_gone"],
+        "before": "note_match_gone",
+    },
     *(
         {
             "trigger": "resume",
@@ -203,6 +251,7 @@ TRANSITIONS: list[dict[str, Any]] = [
         for place in RESUMABLE
     ),
     {"trigger": "grace_expired", "source": "disconnected", "dest": "abandoned"},
+    {"trigger": "partner_deadline", "source": "disconnected", "dest": "abandoned", "conditions": "left_in_game"},
     # A finished session lingers as long, then closes with the outcome it had.
     {"trigger": "drop", "source": list(FINISHED), "dest": "lingering", "before": "remember_place"},
     *({"trigger": "resume", "source": "lingering", "dest": done, "conditions": f"left_{done}"} for done in FINISHED),
@@ -241,6 +290,11 @@ GUARD_LABELS: dict[str, str] = {
     "next_is_game": "next scene is a game",
     "next_is_end": "next scene is the end",
     "next_is_static": "next scene is a page",
+    "next_is_multiplayer": "next scene is a multiplayer game",
+    "match_gone": "their multiplayer game ended while they were away",
+    "match_ends_session": "the match ended, on_partner_loss is end",
+    "no_match_plays_bots": "on_no_match is bot",
+    "no_match_ends_session": "on_no_match is end",
     **{f"left_{place}": f"was in {place} when the connection dropped" for place in (*RESUMABLE, *FINISHED)},
 }
 """What each guard means, in the words the diagrams use."""
@@ -259,6 +313,12 @@ TRIGGER_LABELS: dict[str, str] = {
     "drop": "connection lost",
     "resume": "participant reconnects with their token",
     "grace_expired": "timeout, not back within --grace",
+    "matched": "the matchmaker forms a group",
+    "wait_timeout": "timeout, no group within wait_timeout_s",
+    "match_ready": "page has loaded the game",
+    "input": "page sends an action for a frame",
+    "state_hash": "page reports its state hash",
+    "partner_deadline": "timeout, not back within reconnect_timeout_s",
 }
 """What sets each trigger off, in the diagrams' words; the timer-fired ones are named `*_timeout` or `*_expired`."""
 
@@ -267,26 +327,26 @@ class _State(NestedState):
     separator = SEPARATOR
 
 
-class SessionMachine(HierarchicalMachine):
-    """One machine for every session: models attach and detach in O(1), by identity.
+class TableMachine(HierarchicalMachine):
+    """One machine for every model of a table: models attach and detach in O(1), by identity.
 
     The library's own `add_model` scans a list (O(N), compared with `==`) and binds
-    a dozen convenience partials on every model; sessions need neither.
+    a dozen convenience partials on every model; sessions and matches need neither.
     """
 
     state_cls = _State
 
-    def __init__(self) -> None:
+    def __init__(self, states: list[Any], transitions: list[dict[str, Any]], initial: str, **callbacks: Any) -> None:
         super().__init__(
             model=None,
-            states=STATES,
-            transitions=TRANSITIONS,
-            initial=INITIAL,
+            states=states,
+            transitions=transitions,
+            initial=initial,
             auto_transitions=False,
             send_event=True,
-            before_state_change="record_transition",
-            after_state_change="publish_state",
+            **callbacks,
         )
+        self.initial_name = initial
         self._attached: dict[int, Any] = {}
         self._candidates: dict[tuple[str, Any], tuple[Any, ...]] = {}
 
@@ -294,17 +354,12 @@ class SessionMachine(HierarchicalMachine):
         """Attach `model` in the initial state; attaching the same object twice is a no-op."""
         for mod in model if isinstance(model, list) else [model]:
             if id(mod) not in self._attached:
-                self.set_state(INITIAL, mod)
+                self.set_state(self.initial_name, mod)
                 self._attached[id(mod)] = mod
 
     def remove_model(self, model: Any) -> None:
         for mod in model if isinstance(model, list) else [model]:
             self._attached.pop(id(mod), None)
-
-    def park(self, model: Any) -> None:
-        """Put a session restored after a restart where a dropped one waits, its grace timer running."""
-        self.set_state("disconnected", model)
-        model.start_grace_timer(None)
 
     @property
     def attached(self) -> int:
@@ -359,6 +414,24 @@ class SessionMachine(HierarchicalMachine):
         return found
 
 
+class SessionMachine(TableMachine):
+    """The participant lifecycle's machine: every session of the study is one of its models."""
+
+    def __init__(self) -> None:
+        super().__init__(
+            STATES,
+            TRANSITIONS,
+            INITIAL,
+            before_state_change="record_transition",
+            after_state_change="publish_state",
+        )
+
+    def park(self, model: Any) -> None:
+        """Put a session restored after a restart where a dropped one waits, its grace timer running."""
+        self.set_state("disconnected", model)
+        model.start_grace_timer(None)
+
+
 def state_names() -> list[str]:
     """Every state's full name, parents included, in declaration order."""
     out: list[str] = []
@@ -396,6 +469,15 @@ class RegionGuards:
 
     def left_in_game(self, event: EventData | None = None) -> bool:
         return self._left("in_game")
+
+    def left_waiting(self, event: EventData | None = None) -> bool:
+        return self._left(WAITING)
+
+    def left_unmatched(self, event: EventData | None = None) -> bool:
+        return self._left("unmatched")
+
+    def left_partner_lost(self, event: EventData | None = None) -> bool:
+        return self._left("partner_lost")
 
     def left_completed(self, event: EventData | None = None) -> bool:
         return self._left("completed")

@@ -198,7 +198,7 @@ function onState(message) {
     sendPreload(runtime.settled);
   }
   $("advance").disabled = !message.may_advance;
-  $("waiting").textContent = message.may_advance ? "" : waitingText(message);
+  $("notice").textContent = message.may_advance ? "" : waitingText(message);
   const instance = `${scene?.scene_id}@${scene?.index}`;
   if (message.state === PLAYING && scene?.scene_type === "game" && !played.has(instance)) {
     played.add(instance);
@@ -217,7 +217,7 @@ async function startGame(gameScene) {
   preflight.games += 1;
   $("advance").disabled = true;
   const before = preflight.steps;
-  const status = (text) => ($("waiting").textContent = text);
+  const status = (text) => ($("notice").textContent = text);
   try {
     status(runtime?.status === STATUS.ready ? "" : "Preparing the game…");
     const python = await gameRuntime();
