@@ -29,7 +29,7 @@ from .page_module import page_module
 from .partners import ONNX_DIR, ModelFiles
 from .precompress import EncodedFiles, Precompressed
 from .protocol import Close, Code, Refusal
-from .runtime import MSGPACK_DIR, SimpleIndex, VersionedFiles
+from .runtime import MSGPACK_DIR, IndexOrigin, SimpleIndex, VersionedFiles
 from .session import Session
 from .static import StaticFiles
 from .store import record_frame
@@ -312,6 +312,7 @@ def make_app(config: Config) -> tornado.web.Application:
     snapshot = offered(config, study.pyodide_config, wheel_digests(study))
     precompressed = precompress(config, study, snapshot)
     snapshot_url = f"{SNAPSHOT_URL}{snapshot.name}" if snapshot else None
+    index = {"wheels": study.runtime.wheels, "origin": IndexOrigin(config.public_origin, config.host, config.port)}
     routes: list[Any] = [
         (r"/", ParticipantPage, {"runtime": page_runtime(study.pyodide_config, snapshot_url)}),
         (r"/assets/([^/]+)/([^/]+)", AssetFiles, {"assets": assets}),
@@ -322,8 +323,8 @@ def make_app(config: Config) -> tornado.web.Application:
         (r"/vendor/msgpack/(.*)", StaticFiles, {"path": str(MSGPACK_DIR)}),
         (r"/vendor/onnxruntime/(.*)", StaticFiles, {"path": str(ONNX_DIR)}),
         (r"/models/([0-9a-f]{16})/([^/]+)", ModelFiles, {"models": study.models}),
-        (r"/simple/?", SimpleIndex, {"wheels": study.runtime.wheels}),
-        (r"/simple/([^/]+)/?", SimpleIndex, {"wheels": study.runtime.wheels}),
+        (r"/simple/?", SimpleIndex, index),
+        (r"/simple/([^/]+)/?", SimpleIndex, index),
         (r"/wheels/(.*)", EncodedFiles, {"path": str(study.runtime.wheelhouse), "precompressed": precompressed}),
         *admin_routes(study, config.admin_token),
     ]
@@ -349,7 +350,6 @@ def make_app(config: Config) -> tornado.web.Application:
         websocket_ping_timeout=config.ping_timeout,
         websocket_max_message_size=4 * config.max_message_bytes,
         study=study,
-        public_origin=config.public_origin,
     )
 
 
