@@ -146,7 +146,13 @@ class Lobby:
         now = self.clock.time()
         return {
             "waiting": [
-                {"scene_id": key, "session_id": s.session_id, "waited_s": round(now - (s.waiting_since or now), 1)}
+                {
+                    "scene_id": key,
+                    "session_id": s.session_id,
+                    "participant_id": s.participant_id,
+                    "waited_s": round(now - (s.waiting_since or now), 1),
+                    "needed": group_size(scene_of(s)),
+                }
                 for key, queue in self.queues.items()
                 for s in queue.values()
             ],
@@ -219,6 +225,8 @@ class Match:
             agents={a: kind.payload() for a, kind in scene.agents.items()},
             seed=self.seed,
             seeds=self.seeds,
+            episodes=scene.episodes,
+            max_steps=scene.max_steps,
             input_delay=self.delay,
             fps=scene.fps,
             input=scene.input,
@@ -519,6 +527,7 @@ class Match:
             "scene_id": self.instance_id,
             "state": self.state,
             "players": {a: s.participant_id for a, s in self.players.items() if a not in self.bots},
+            "sessions": {a: s.session_id for a, s in self.players.items() if a not in self.bots},
             "bots": sorted(self.bots),
             "frame": self.f,
             "absent": sorted(self.absent),
