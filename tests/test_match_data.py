@@ -200,7 +200,7 @@ def test_a_played_match_exports_its_tables_and_replays_to_the_same_hashes(tmp_pa
     [match] = rows(out, "matches")
     records = list(read_records(data / "matches" / f"{match_id}.msgpack"))
     hashes = [r for r in records if r["kind"] == "hash"]
-    last = [r for r in records if r["kind"] == "end"][0]["frames"]
+    last = next(r for r in records if r["kind"] == "end")["frames"]
     assert match["match_id"] == match_id and match["outcome"] == "completed" and match["scene_id"] == "duo"
     assert match["replay_check"] == f"ok ({len(hashes)} hashes)" and len(hashes) == 2 * (last // 2)
     assert match["agent1"] == "p0" and match["agent1_participant_id"] == "=person0" and match["agent2_bot"] is None
