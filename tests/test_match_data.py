@@ -222,13 +222,15 @@ def test_a_played_match_exports_its_tables_and_replays_to_the_same_hashes(tmp_pa
     assert "not run: give --experiment" in text and "'=person0" in text and "=person0" not in text.replace("'=", "")
 
 
-def test_a_tampered_frame_is_a_mismatch_at_the_next_hash(tmp_path, study):
+def test_a_tampered_frame_is_a_mismatch_at_its_hash(tmp_path, study):
+    """Frame 6 has a hash after it (hash_every=2); a frame whose effect an episode's reset wipes before the next
+    hash (the last of an episode) could change unseen: the check sees what the hashes see."""
     data = tmp_path / "data"
     match_id = play(data, study)
     path = data / "matches" / f"{match_id}.msgpack"
     records = list(read_records(path))
     for record in records:
-        if record["kind"] == "frame" and record["f"] == 5:
+        if record["kind"] == "frame" and record["f"] == 6:
             record["actions"]["p0"] = (record["actions"]["p0"] + 1) % 3
     path.write_bytes(b"".join(framed(msgpack.packb(r, use_bin_type=True)) for r in records))
     export(data, "jsonl", tmp_path / "out", load_study(str(study)))
