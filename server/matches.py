@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 import secrets
 import time
+from collections import Counter
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
@@ -65,6 +66,7 @@ class Lobby:
         self.machine = machine if machine is not None else MatchMachine()
         self.queues: dict[str, dict[str, Session]] = {}  # scene id -> session id -> session, in arrival order
         self.matches: dict[str, Match] = {}
+        self.outcomes: Counter[str] = Counter()  # how the matches that ended this run ended
         self._scheduled: object | None = None
 
     # -- the waiting room --------------------------------------------------------------------
@@ -138,7 +140,8 @@ class Lobby:
         return match
 
     def forget(self, match: Match) -> None:
-        self.matches.pop(match.match_id, None)
+        if self.matches.pop(match.match_id, None) is not None and match.outcome:
+            self.outcomes[match.outcome] += 1
         self.machine.remove_model(match)
 
     def describe(self) -> dict[str, Any]:
