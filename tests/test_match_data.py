@@ -251,3 +251,10 @@ def test_a_match_with_a_bot_replays_its_choices_and_a_missing_module_is_not_run(
     export(data, "jsonl", tmp_path / "again", load_study(str(study)))
     [match] = rows(tmp_path / "again", "matches")
     assert match["replay_check"].startswith("not run: could not import duo_env")
+
+
+def test_an_experiment_that_does_not_load_is_named(tmp_path, study, capsys):
+    data = tmp_path / "data"
+    play(data, study)
+    assert main(["--data-dir", str(data), "--experiment", str(tmp_path / "nope.py")]) == 2
+    assert "experiment file not found" in capsys.readouterr().err
