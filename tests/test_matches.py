@@ -95,7 +95,7 @@ def of(sent, kind):
 
 def play(sessions, match, frames):
     """Each page's part of lockstep: ready, then an input for every frame, as far ahead as the delay."""
-    for s, sent in sessions:
+    for s, _sent in sessions:
         assert s.fire("match_ready", {"type": "match_ready", "match_id": match.match_id}) is Fired.ACCEPTED
 
 
@@ -273,7 +273,7 @@ def test_multiplayer_scenes_are_checked_when_the_study_is_defined():
 
 def test_a_player_back_after_a_restart_finds_the_match_gone_and_moves_on(clock, lobby):
     experiment = coop()
-    (a, sent), (b, _) = (participant(experiment, clock, lobby) for _ in range(2))
+    (a, sent), (_b, _) = (participant(experiment, clock, lobby) for _ in range(2))
     clock.advance(0.01)
     a.connection_lost()
     a.match = None  # what a restart leaves: the session parked in its game, no match in memory
