@@ -5,8 +5,7 @@
 import { encode, decode } from "/vendor/msgpack/index.mjs";
 import { Runtime } from "/client/runtime.js";
 import { playGame } from "/client/game.js";
-import { CLOSE, CODE, FINAL_STATES, GIVE_UP, PARTNER, PLAYING, STAGE, STAGES, STATUS, TYPE, WAITING,
-} from "/client/lifecycle.js";
+import { CLOSE, CODE, FINAL_STATES, GIVE_UP, PARTNER, PLAYING, STAGE, STAGES, STATUS, TYPE, WAITING } from "/client/lifecycle.js";
 
 const $ = (id) => document.getElementById(id);
 
@@ -232,7 +231,7 @@ function showWaitingRoom(waiting) {
   clearInterval(waitingTimer);
   waitingTimer = null;
   if (!waiting) return;
-  const since = performance.now(), left0 = Math.max(0, waiting.deadline_s - waiting.waited_s);
+  const since = performance.now(), left0 = waiting.deadline_s;  // seconds left when the server said so
   const tick = () => {
     const left = Math.max(0, Math.ceil(left0 - (performance.now() - since) / 1000));
     const clock = `${Math.floor(left / 60)}:${String(left % 60).padStart(2, "0")}`;
