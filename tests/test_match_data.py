@@ -258,3 +258,26 @@ def test_an_experiment_that_does_not_load_is_named(tmp_path, study, capsys):
     play(data, study)
     assert main(["--data-dir", str(data), "--experiment", str(tmp_path / "nope.py")]) == 2
     assert "experiment file not found" in capsys.readouterr().err
+
+
+def test_two_chromium_pages_hashes_replay_in_the_export(tmp_path, browser):
+    """The coop example played by two real pages (Pyodide in Chromium's workers): the export's CPython replay gives
+    the hashes the pages sent, and each player's steps rows name the frames table's actions for their agent."""
+    from client.harness import served
+    from tests.test_multiplayer_browser import COOP
+    from tests.test_multiplayer_browser import play as play_in_chromium
+
+    data, out = tmp_path / "data", tmp_path / "out"
+    with served(data, "--experiment", str(COOP / "study.py")) as url:
+        play_in_chromium(browser, url, ("md_a", "md_b"))
+    assert (
+        main(["--data-dir", str(data), "--format", "jsonl", "-o", str(out), "--experiment", str(COOP / "study.py")])
+        == 0
+    )
+    [match] = rows(out, "matches")
+    assert match["outcome"] == "completed" and match["hashes"] > 0
+    assert match["replay_check"] == f"ok ({match['hashes']} hashes)"
+    actions = {(r["f"], r["agent"]): r["action"] for r in rows(out, "frames")}
+    played = [s for s in rows(out, "steps") if s["match_id"] == match["match_id"]]
+    assert {s["agent"] for s in played} == {match["agent1"], match["agent2"]}
+    assert all(actions[(s["frame"], s["agent"])] == s["action"] for s in played)
