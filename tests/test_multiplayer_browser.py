@@ -6,16 +6,19 @@ One browser, two contexts: two participants with nothing shared (sessionStorage,
 
 from __future__ import annotations
 
+import json
 import shutil
 import time
 from pathlib import Path
 from typing import Any
 
 from client.harness import ROOT, records_of, served
+from server.export import main as export_main
 from server.game_contract import replay_match
 from server.store import read_records
 
 COOP = ROOT / "server" / "examples" / "coop"
+STUDY = COOP / "study.py"
 LOAD_TIMEOUT_MS = 90_000
 MATCH_TIMEOUT_MS = 120_000
 HELD = ("ArrowRight", "ArrowDown")  # one key each page holds for the whole game
@@ -134,12 +137,18 @@ def check_the_match(data: Path, seen: list[dict[str, Any]], participants: tuple[
     )
     assert {r["f"]: r["hash"] for r in replayed if r["f"] in hashes[0]} == hashes[0]
 
+    # The export's own check replays the match in a child CPython against every hash the pages sent.
+    out = data.parent / "export"
+    assert export_main(["--data-dir", str(data), "--format", "jsonl", "-o", str(out), "--experiment", str(STUDY)]) == 0
+    [row] = [json.loads(line) for line in (out / "matches.jsonl").read_text().splitlines()]
+    assert row["match_id"] == match_id and row["replay_check"].startswith("ok (") and row["outcome"] == "completed"
+
 
 def test_two_pages_are_matched_and_play_one_game_in_lockstep(tmp_path, browser, monkeypatch):
     monkeypatch.syspath_prepend(str(COOP))
     data = tmp_path / "data"
     participants = ("mp_a", "mp_b")
-    with served(data, "--experiment", str(COOP / "study.py")) as url:
+    with served(data, "--experiment", str(STUDY)) as url:
         seen = play(browser, url, participants)
     assert all(s["match"]["replayed"] == 0 for s in seen)
     check_the_match(data, seen, participants)
@@ -149,7 +158,7 @@ def test_a_page_reloaded_mid_match_rebuilds_the_game_and_finishes_it(tmp_path, b
     monkeypatch.syspath_prepend(str(COOP))
     data = tmp_path / "data"
     participants = ("mp_c", "mp_d")
-    with served(data, "--experiment", str(COOP / "study.py")) as url:
+    with served(data, "--experiment", str(STUDY)) as url:
         seen = play(browser, url, participants, reload_at=10)
     assert seen[1]["match"]["replayed"] >= 10  # the server sent the frames closed so far; the page replayed them
     check_the_match(data, seen, participants)
