@@ -228,3 +228,44 @@ def test_alone_past_the_wait_a_participant_plays_with_the_scene_s_bot(tmp_path, 
     assert len({s["actions"]["chef_1"] for s in played}) > 1  # the bot walked toward the pass
     hashes = dict(map(tuple, seen["hashes"]))
     assert hashes and {r["f"]: r["hash"] for r in replayed if r["f"] in hashes} == hashes
+
+
+TURNS = ALONE.replace('name="alone-test"', 'name="turns-test"').replace(
+    'input="held", fps=10, episodes=1, max_steps=20', 'input="turn", fps=10, episodes=1, max_steps=4'
+)
+
+
+def test_turns_close_when_both_players_have_moved(tmp_path, browser, monkeypatch):
+    """ "turn" input: each press is the page's input for the next frame it owes, and the server closes a frame when
+    both have moved; four presses on each page make the four steps of the episode, nothing filled."""
+    monkeypatch.syspath_prepend(str(COOP))
+    study = tmp_path / "study"
+    study.mkdir()
+    shutil.copy(COOP / "kitchen_env.py", study / "kitchen_env.py")
+    (study / "study.py").write_text(TURNS.replace("wait_timeout_s=4", "wait_timeout_s=120"))
+    data = tmp_path / "data"
+    contexts = [browser.new_context() for _ in range(2)]
+    try:
+        with served(data, "--experiment", str(study / "study.py")) as url:
+            pages = [context.new_page() for context in contexts]
+            for page, participant in zip(pages, ("turn_a", "turn_b"), strict=True):
+                page.goto(f"{url}?PROLIFIC_PID={participant}")
+                page.wait_for_function("window.__preflight.state?.may_advance === true", timeout=LOAD_TIMEOUT_MS)
+                page.click("#advance")
+            for page in pages:
+                page.wait_for_function("window.__preflight.firstFrameAt !== null", timeout=MATCH_TIMEOUT_MS)
+            for page, key in zip(pages, HELD, strict=True):
+                for _ in range(4):
+                    page.keyboard.press(key)
+            for page in pages:
+                finished(page)
+            agents = [page.evaluate("__preflight.match.agent") for page in pages]
+    finally:
+        for context in contexts:
+            context.close()
+    moves = {"ArrowRight": 3, "ArrowDown": 1}
+    expected = {agent: moves[key] for agent, key in zip(agents, HELD, strict=True)}
+    for participant in ("turn_a", "turn_b"):
+        played = steps_of(records_of(data, participant))
+        assert [s["frame"] for s in played] == [1, 2, 3, 4]
+        assert all(s["actions"] == expected and s["filled"] == [] for s in played)

@@ -83,7 +83,7 @@ export class Lockstep {
   async run() {
     const { host, scene, match } = this;
     const toPy = (value) => host.pyodide.toPy(value);
-    const delay = match.input_delay, me = match.agent;
+    const delay = Math.max(1, match.input_delay), me = match.agent;  // frame f is closed once it is here: f + 1 at the least
     const sceneBots = Object.entries(scene.agents).filter(([, agent]) => agent.kind === "bot");
     const botPayload = {};  // slots the server gave to a bot during the match: their payload
     let team = null, episode = 0, step = 0, total = 0, steps = 0, over = false, done = false, chosen = {};
