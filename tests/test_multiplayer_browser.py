@@ -82,7 +82,8 @@ def play(browser, url: str, participants: tuple[str, str], reload_at: int | None
             pages[1].keyboard.down(HELD[1])
         for page in pages:
             finished(page)
-        known = "({match: __preflight.match, hashes: __preflight.hashes, end: __preflight.matchEnd})"
+        known = "({match: __preflight.match, hashes: __preflight.hashes, end: __preflight.matchEnd,"
+        known += " partners: __preflight.partners.map((p) => p.status)})"
         return [page.evaluate(known) for page in pages]
     except Exception:
         for page in pages:  # what each page knew, to see where it stopped
@@ -161,6 +162,7 @@ def test_a_page_reloaded_mid_match_rebuilds_the_game_and_finishes_it(tmp_path, b
     with served(data, "--experiment", str(STUDY)) as url:
         seen = play(browser, url, participants, reload_at=10)
     assert seen[1]["match"]["replayed"] >= 10  # the server sent the frames closed so far; the page replayed them
+    assert seen[0]["partners"] == ["reconnecting", "connected"]  # the partner's drop and return, as the server saw them
     check_the_match(data, seen, participants)
 
 
