@@ -50,10 +50,12 @@ export class Lockstep {
     wake?.();
   }
 
-  // The next frame in order, or null once the match has ended.
+  // The next frame in order, or null once the match has ended: its last frame (match_end's `frames`, sent after
+  // every frame) is applied first, so every page stops at the same frame.
   async next() {
-    while (!this.ended && !this.frames.has(this.applied + 1)) await new Promise((resolve) => (this.wake = resolve));
-    if (this.ended) return null;
+    const over = () => this.ended && this.applied >= (this.ended.frames ?? 0);
+    while (!over() && !this.frames.has(this.applied + 1)) await new Promise((resolve) => (this.wake = resolve));
+    if (over()) return null;
     const frame = this.frames.get(this.applied + 1);
     this.frames.delete(this.applied + 1);
     return frame;
