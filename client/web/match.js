@@ -143,8 +143,9 @@ export class Lockstep {
                       ...(scene.record_observations ? { observation: result.observations } : {}) });
           if (hash !== null) this.send({ type: TYPE.state_hash, f, hash, match_id: match.match_id });
         }
-        if (f >= this.catchUp) host.frame(team, episode, step, total);
         done = over && episode + 1 >= scene.episodes;
+        const last = done || (this.ended && f >= this.ended.frames);  // the game stops here: show where it stopped
+        if (f >= this.catchUp || last) host.frame(team, episode, step, total);
         if (done) break;
         if (!inputsSent && f >= this.catchUp) startInputs();
         else if (inputsSent) this.owe(f + delay);
