@@ -147,7 +147,7 @@ def test_a_participant_walks_from_the_url_to_the_completion_code_offline(server,
 
     records = records_of(server["data"], "pw-walker")
     preload = [r for r in records if r["kind"] == "preload"]
-    assert [r.get("stage", r["status"]) for r in preload] == ["runtime", "micropip", "packages", "preparing", "ready"]
+    assert [r.get("stage", r["status"]) for r in preload] == ["runtime", "packages", "preparing", "ready"]
     assert all(isinstance(r["elapsed_ms"], int) for r in preload)
     steps = played(records)
     assert [s["action"] for s in steps] == [1] * 4 + [2] * 4
