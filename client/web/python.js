@@ -15,6 +15,7 @@ const BATCH_STEPS = 64, BATCH_MS = 250;  // steps leave for the server in batche
 // Where loadPyodide finds the core, and the lock the server wrote for the wheels it serves.
 function coreOptions(config, origin) {
   const options = { indexURL: new URL(config.pyodide_url, origin).href };
+  if (config.stdlib_url) options.stdLibURL = new URL(config.stdlib_url, origin).href;  // repacked to compress better
   if (config.lock) {
     options.lockFileContents = config.lock;
     options.packageBaseUrl = new URL(config.wheel_base_url, origin).href;
