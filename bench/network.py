@@ -4,10 +4,12 @@ Run: python -m bench.network [--runs 3] [--profiles local,fast,typical,slow]
 
 Three `python -m server` processes (the built-in example) serve the paths side by side:
 
-* today: `--no-precompressed` and the page at `?preload=after-config`: the runtime's files as they are on disk
-  (Tornado gzips text on the fly, as before) and the download starting once `experiment_config` has arrived;
-* new: pre-compressed copies (brotli for Chromium) and the page's preload links plus its runtime started at page
-  load, so the downloads overlap the WebSocket handshake;
+* today: `--no-precompressed --micropip` and the page at `?preload=after-config`: the runtime's files as they are on
+  disk (Tornado gzips text on the fly, as before), the download starting once `experiment_config` has arrived, and
+  micropip installing the study's wheels from our index (the load before issue #17);
+* new: pre-compressed copies (brotli for Chromium; the stdlib repacked with stored members), the page's preload links
+  plus its runtime started at page load, so the downloads overlap the WebSocket handshake, and the wheels the server
+  resolved fetched while Python boots and unpacked without micropip;
 * snapshot: new with `--memory-snapshot` (experimental, off by default): the runtime restored from the memory snapshot
   `python -m server snapshot` made (made here first if this runtime has none; about 2 min of brotli, once).
 
@@ -30,7 +32,8 @@ profile for the warm visit (nothing left in memory, the HTTP and code caches kep
 * the split, from the runtime's own marks (`python-load:*` in python.js): download, from the first request of a core
   file that crossed the wire to the last one's end (pyodide.mjs, pyodide.asm.mjs, pyodide.asm.wasm, python_stdlib.zip;
   none when all came from the cache); compile + bootstrap, from then (or from the runtime's start, if later) to
-  `loadPyodide` resolved; packages, from there to the runtime done (micropip, the game's wheel, the game contract).
+  `loadPyodide` resolved; packages, from there to the runtime done (the game's wheel, through micropip on today's path,
+  and the game contract).
 
 The physical limit for a profile is its cold bytes on the wire (the new path's, compressed) ÷ bandwidth + 2 round
 trips (the page, then the files it names) + this machine's CPU floor: the `local` profile's ready minus its download
@@ -62,7 +65,7 @@ from server.runtime import DEFAULT_PYODIDE_DIR, DEFAULT_WHEELHOUSE
 
 LOAD_TIMEOUT_MS = 180_000  # the slow profile's cold visit of today's path moves 12 MB at 5 Mbit/s
 CORE = ("pyodide.mjs", "pyodide.asm.mjs", "pyodide.asm.wasm", "python_stdlib.zip")
-RUNTIME_PATHS = ("/pyodide/", "/wheels/", "/memory-snapshot/")
+RUNTIME_PATHS = ("/pyodide/", "/stdlib/", "/wheels/", "/memory-snapshot/")
 
 
 @dataclass(frozen=True)
@@ -91,7 +94,7 @@ PROFILES = {
 }
 PATHS = ("today", "new", "snapshot")
 QUERY = {"today": "&preload=after-config", "new": "", "snapshot": ""}
-FLAGS = {"today": ("--no-precompressed",), "new": (), "snapshot": ("--memory-snapshot",)}
+FLAGS = {"today": ("--no-precompressed", "--micropip"), "new": (), "snapshot": ("--memory-snapshot",)}
 
 # Runs before app.js: when the page handles experiment_config and the first `ready` at the start scene.
 INIT_SCRIPT = """
@@ -192,12 +195,13 @@ def visit(
     core = [
         r
         for r in resources
-        if ("/pyodide/" in r["url"] and r["url"].rsplit("/", 1)[-1] in CORE) or "/memory-snapshot/" in r["url"]
+        if (("/pyodide/" in r["url"] or "/stdlib/" in r["url"]) and r["url"].rsplit("/", 1)[-1] in CORE)
+        or "/memory-snapshot/" in r["url"]
     ]
     fetched = [r for r in core if r["bytes"] > 0]  # over the wire; the rest came from the cache (or joined a preload)
     download_start = min((r["start"] for r in fetched), default=marks["python-load:runtime"])
     download_end = max((r["end"] for r in fetched), default=marks["python-load:runtime"])
-    loaded = marks.get("python-load:micropip", marks["python-load:preparing"])  # a restore skips micropip
+    loaded = marks.get("python-load:core", marks["python-load:preparing"])  # loadPyodide resolved; a restore: none
     throughput = None
     if fetched and profile.mbit is not None:
         throughput = sum(r["bytes"] for r in fetched) * 8 / 1e3 / max(download_end - download_start, 1.0)
