@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import os
 from pathlib import Path
@@ -34,10 +35,14 @@ def browser():
 
 @pytest.fixture
 def config(request, tmp_path) -> Config:
-    """The example study; `@pytest.mark.config(field=value)` changes fields for one test."""
+    """The example study on the test server's port; `@pytest.mark.config(field=value)` changes fields for one test."""
     marker = request.node.get_closest_marker("config")
+    serving = "http_server" in request.fixturenames  # else no port is bound (an unused one would be left open)
     base = Config(
-        experiment=example_study.experiment, experiment_file=Path(example_study.__file__), data_dir=tmp_path / "data"
+        experiment=example_study.experiment,
+        experiment_file=Path(example_study.__file__),
+        data_dir=tmp_path / "data",
+        port=request.getfixturevalue("_unused_port")[1] if serving else Config.port,
     )
     return dataclasses.replace(base, **marker.kwargs) if marker else base
 
@@ -77,5 +82,8 @@ def connect(ws_url, io_loop):
         return client
 
     yield open_one
-    for client in opened:
-        client.close()
+
+    async def close_all() -> None:
+        await asyncio.gather(*(client.aclose() for client in opened))
+
+    io_loop.run_sync(close_all, timeout=10)
