@@ -9,6 +9,9 @@ from pathlib import Path
 import pytest
 
 from client.participant import ProtocolClient, walk
+from client.runner import replay
+from client.trace import groups as trace_groups
+from client.trace import load
 from server.agents import Human
 from server.examples.partners import study as partners_study
 from server.experiment import EndScene, Experiment, GymScene, StartScene
@@ -216,3 +219,20 @@ async def test_a_forced_desync_ends_the_match(ws_url, config):
     assert a["outcome"] == b["outcome"] == "completed"
     log = log_of(config, a["match"]["match_id"])
     assert [r["f"] for r in log if r["kind"] == "desync"] == [5]
+
+
+@configured()
+@pytest.mark.gen_test(timeout=60)
+async def test_recorded_matches_are_replayed_as_groups_that_play_their_recorded_frames(ws_url, config):
+    await group(ws_url, frames=20)
+    traces = load([config.data_dir])
+    assert trace_groups(traces) == [[0, 1]] and all(t.matches[0].frames == 20 for t in traces)
+    assert {t.matches[0].match_id for t in traces} == {traces[0].group[0]} and traces[0].group[1] == 2
+    assert not any(s.label in ("input", "match_ready", "state_hash") for t in traces for s in t.steps)
+    collector, _ = await replay(traces, ws_url, sessions=3, concurrency=1, speed=0, ramp=0, max_seconds=60, timeout=10)
+    report = collector.report(1.0)
+    assert report["sessions"]["ok"] == 4, report  # whole groups: 3 sessions asked, 2 groups of 2 replayed
+    ends = [r for path in (config.data_dir / "matches").glob("*.msgpack") for r in read_records(path)]
+    outcomes = [r["outcome"] for r in ends if r["kind"] == "end"]
+    reports = [r["frames"] for r in ends if r["kind"] == "report"]
+    assert outcomes == ["completed"] * 3 and reports == [20] * 6
