@@ -19,7 +19,7 @@ from server import protocol
 
 from .lockstep import Lockstep, replaying
 from .schedule import due
-from .trace import MATCH_SERVER_TYPES, Expect, Trace
+from .trace import Expect, Trace, of_match
 
 ACK_EVERY = 0.2
 """Seconds between acknowledgements, as the page batches them (the first goes at once)."""
@@ -107,7 +107,7 @@ class ReplaySession:
         seq = message.get("seq")
         if isinstance(seq, int) and not isinstance(seq, bool):
             self._max_seq = max(seq, self._max_seq or 0)
-        if message.get("type") in MATCH_SERVER_TYPES:
+        if of_match(message):
             self._progress = now
             return self._in_match(message)
         index = self.received_count

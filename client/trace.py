@@ -25,6 +25,19 @@ MATCH_CLIENT_TYPES = frozenset({"match_ready", "input", "state_hash"})
 """A page's part in a match: played live in lockstep with the recorded actions, not replayed at recorded times."""
 MATCH_SERVER_TYPES = frozenset({"match", "frame", "partner_status", "match_end"})
 """What the match sends: its timing and partners are the replay's own, so none of it is compared."""
+MATCH_REFUSALS = frozenset({"frame_closed", "frame_ahead", "not_your_agent"})
+
+
+def of_match(message: dict[str, Any]) -> bool:
+    """A server message about the match: one of its own, or a refusal of a page's match message (an input that
+    came after its frame closed, or after the match ended), which depends on the timing of this very run."""
+    kind = message.get("type")
+    if kind in MATCH_SERVER_TYPES:
+        return True
+    if kind != "error":
+        return False
+    text = str(message.get("message", ""))
+    return message.get("code") in MATCH_REFUSALS or text.startswith(tuple(MATCH_CLIENT_TYPES))
 
 
 @dataclass(frozen=True)
@@ -117,7 +130,7 @@ def from_records(records: Iterable[dict[str, Any]], source: str = "") -> Trace:
         elif isinstance(message, dict):
             if kind == "match" and (not games or games[-1]["match_id"] != message.get("match_id")):
                 games.append({"message": message, "match_id": str(message.get("match_id")), "inputs": {}, "frames": 0})
-            if kind in MATCH_SERVER_TYPES:
+            if of_match(message):
                 continue
             expected.append(Expect.of(message))
     for i, (offset, message, after) in enumerate(pending):

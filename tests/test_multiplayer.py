@@ -236,3 +236,55 @@ async def test_recorded_matches_are_replayed_as_groups_that_play_their_recorded_
     outcomes = [r["outcome"] for r in ends if r["kind"] == "end"]
     reports = [r["frames"] for r in ends if r["kind"] == "report"]
     assert outcomes == ["completed"] * 3 and reports == [20] * 6
+
+
+@pytest.mark.gen_test(timeout=120)
+async def test_locust_users_replay_a_recorded_match_as_a_group(tmp_path):
+    import csv
+    import subprocess
+    import sys
+
+    from client.harness import ROOT, free_port, served
+
+    experiment = ["--experiment", str(ROOT / "bench" / "multiplayer_experiment.py")]
+    with served(tmp_path / "recorded", *experiment) as url:
+        ends = await group(url.replace("http", "ws") + "ws", frames=10)
+    assert [e["outcome"] for e in ends] == ["completed", "completed"]
+    port = free_port()
+    common = [sys.executable, "-m", "locust", "-f", str(ROOT / "client" / "locustfile.py")]
+    common += ["--traces", str(tmp_path / "recorded"), "--speed", "0", "--reply-timeout", "10"]
+    with served(tmp_path / "replayed", *experiment) as url, open(tmp_path / "worker.log", "w") as log:
+        worker = subprocess.Popen(
+            [*common, "--worker", "--master-host", "127.0.0.1", "--master-port", str(port)],
+            cwd=ROOT,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        try:
+            master = subprocess.run(
+                [
+                    *common,
+                    *("--master", "--headless", "--master-bind-host", "127.0.0.1", "--master-bind-port", str(port)),
+                    *("--expect-workers", "1", "--users", "2", "--spawn-rate", "2", "--run-time", "6s"),
+                    *("--host", url.replace("http", "ws") + "ws", "--csv", str(tmp_path / "locust"), "--only-summary"),
+                ],
+                cwd=ROOT,
+                capture_output=True,
+                text=True,
+                timeout=90,
+            )
+        finally:
+            try:
+                worker.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                worker.kill()
+                worker.wait()
+    assert master.returncode == 0, master.stdout + master.stderr
+    with open(tmp_path / "locust_stats.csv") as f:
+        rows = {(r["Type"], r["Name"]): r for r in csv.DictReader(f)}
+    assert int(rows[("session", "ok")]["Request Count"]) >= 2, rows
+    assert all(int(r["Failure Count"]) == 0 for r in rows.values()), (tmp_path / "locust_failures.csv").read_text()
+    logs = [list(read_records(p)) for p in (tmp_path / "replayed" / "matches").glob("*.msgpack")]
+    assert logs and all(sum(r["kind"] == "match" for r in log) == 1 for log in logs)
+    outcomes = [r["outcome"] for log in logs for r in log if r["kind"] == "end"]  # the last may be cut off by the stop
+    assert outcomes.count("completed") >= 1 and set(outcomes) == {"completed"}
