@@ -40,6 +40,7 @@ from client.harness import ROOT, free_port
 from client.lockstep import Lockstep
 from client.participant import ProtocolClient, walk
 from client.stats import percentile
+from server.store import read_records
 
 PERIOD = 0.1  # 10 fps
 WARM_FRAMES = 5  # every player has received this many frames before the window opens
@@ -81,7 +82,15 @@ async def relay_player(url: str, stamps: list[tuple[float, int]]) -> None:
         client.close()
 
 
-async def play(kind: str, url: str, pid: int, matches: int, window: float) -> dict[str, Any]:
+async def relay_stats(url: str, since: float) -> dict[str, Any]:
+    from tornado.httpclient import AsyncHTTPClient
+
+    stats_url = url.replace("ws://", "http://").replace("/ws", f"/stats?since={since}")
+    response = await AsyncHTTPClient().fetch(stats_url, request_timeout=30)
+    return dict(json.loads(response.body))
+
+
+async def play(kind: str, url: str, pid: int, matches: int, window: float, profile: bool) -> dict[str, Any]:
     """2N players, a CPU window once all are playing, then every stamp turned into figures."""
     stamps: list[list[tuple[float, int]]] = [[] for _ in range(2 * matches)]
     one = preflight_player if kind == "preflight" else relay_player
@@ -93,11 +102,16 @@ async def play(kind: str, url: str, pid: int, matches: int, window: float) -> di
         await asyncio.sleep(0.05)
     failed = [t for t in tasks if t.done() and not t.cancelled() and t.exception() is not None]
     playing = sum(len(s) >= WARM_FRAMES for s in stamps)
+    if profile:
+        os.kill(pid, signal.SIGUSR1)  # bench/profiled.py: profile from here
     client0 = resource.getrusage(resource.RUSAGE_SELF)
     t0, cpu0 = time.monotonic(), cpu_seconds(pid)
     await asyncio.sleep(window)
     t1, cpu1 = time.monotonic(), cpu_seconds(pid)
     client1 = resource.getrusage(resource.RUSAGE_SELF)
+    if profile:
+        os.kill(pid, signal.SIGUSR2)  # ... to here, and write the profile
+    after = await relay_stats(url, t0) if kind == "relay" else {}
     for task in tasks:
         task.cancel()
     await asyncio.wait(tasks, timeout=30)
@@ -120,11 +134,44 @@ async def play(kind: str, url: str, pid: int, matches: int, window: float) -> di
         "matches": matches,
         "playing": playing,
         "errors": [repr(t.exception())[:200] for t in failed[:3]],
+        "t0": t0,
+        "t1": t1,
         "window_s": t1 - t0,
-        "delivered": delivered,
-        "cpu_us_per_frame": (cpu1 - cpu0) / delivered * 1e6 if delivered else None,
+        "server_cpu_s": cpu1 - cpu0,
         "server_busy": (cpu1 - cpu0) / (t1 - t0),
         "client_busy": client_cpu / (t1 - t0),
+        "delivered": delivered,
+        "client_median_interval_ms": statistics.median(intervals) * 1000 if intervals else None,
+        "client_p99_jitter_ms": (percentile(sorted(intervals), 99) - PERIOD) * 1000 if intervals else None,
+        "client_p99_behind_ms": percentile(sorted(behind), 99) * 1000 if behind else None,
+        "relay_ticks": [(m, t, f) for m, t, f in after.get("ticks", []) if t0 <= t <= t1],
+    }
+
+
+def ticks_of_matches(data: Path, t0: float, t1: float) -> list[tuple[str, float, int]]:
+    """Every frame a Preflight match closed in the window, from the canonical logs (server time)."""
+    out = []
+    for path in sorted((data / "matches").glob("*.msgpack")):
+        for record in read_records(path):
+            if record.get("kind") == "frame" and t0 <= record["t"] <= t1:
+                out.append((path.stem, record["t"], record["f"]))
+    return out
+
+
+def tick_figures(ticks: list[tuple[Any, float, int]], players: int = 2) -> dict[str, Any]:
+    """The server's own tick: frames sent, the interval between a match's frames, how far behind schedule."""
+    per: dict[Any, list[tuple[float, int]]] = {}
+    for match, t, f in ticks:
+        per.setdefault(match, []).append((t, f))
+    intervals: list[float] = []
+    behind: list[float] = []
+    for frames in per.values():
+        frames.sort(key=lambda x: x[1])
+        intervals += [tb - ta for (ta, fa), (tb, fb) in itertools.pairwise(frames) if fb == fa + 1]
+        offsets = [t - f * PERIOD for t, f in frames]
+        behind += [o - min(offsets) for o in offsets]
+    return {
+        "sent": players * len(ticks),
         "median_interval_ms": statistics.median(intervals) * 1000 if intervals else None,
         "p99_jitter_ms": (percentile(sorted(intervals), 99) - PERIOD) * 1000 if intervals else None,
         "p99_behind_ms": percentile(sorted(behind), 99) * 1000 if behind else None,
@@ -132,7 +179,7 @@ async def play(kind: str, url: str, pid: int, matches: int, window: float) -> di
 
 
 def client_main(args: argparse.Namespace) -> None:
-    result = asyncio.run(play(args.kind, args.url, args.pid, args.n, args.window))
+    result = asyncio.run(play(args.kind, args.url, args.pid, args.n, args.window, args.profile))
     print(json.dumps(result), flush=True)
 
 
@@ -143,7 +190,7 @@ def server_argv(kind: str, port: int, data: Path, profile: Path | None) -> list[
     py = sys.executable
     if kind == "relay":
         return [py, "-m", "bench.relay", "--port", str(port)]
-    prefix = [py, "-m", "cProfile", "-o", str(profile), "-m", "server"] if profile else [py, "-m", "server"]
+    prefix = [py, "-m", "bench.profiled", str(profile)] if profile else [py, "-m", "server"]
     return [
         *prefix,
         "--port",
@@ -162,18 +209,20 @@ def server_argv(kind: str, port: int, data: Path, profile: Path | None) -> list[
 
 def trial(kind: str, matches: int, window: float, tmp: Path, profile: Path | None = None) -> dict[str, Any]:
     port = free_port()
-    with started(server_argv(kind, port, tmp / f"data-{kind}-{matches}-{time.monotonic_ns()}", profile), port) as p:
+    data = tmp / f"data-{kind}-{matches}-{time.monotonic_ns()}"
+    with started(server_argv(kind, port, data, profile), port) as p:
         argv = [sys.executable, "-m", "bench.multiplayer", "client", "--kind", kind]
         argv += ["--url", f"ws://127.0.0.1:{port}/ws", "--pid", str(p.pid), "--n", str(matches)]
-        argv += ["--window", str(window)]
+        argv += ["--window", str(window), *(["--profile"] if profile else [])]
         client = subprocess.Popen(argv, cwd=ROOT, stdout=subprocess.PIPE, text=True)
         if len(os.sched_getaffinity(0)) > 1:
             os.sched_setaffinity(client.pid, {CLIENT_CPU})
         out, _ = client.communicate(timeout=SETUP_S + window + 120)
-        if profile is not None:
-            p.send_signal(signal.SIGINT)  # cProfile writes its file when the server stops on an interrupt
-            p.wait(timeout=30)
-    return dict(json.loads(out.strip().splitlines()[-1]))
+        figures = dict(json.loads(out.strip().splitlines()[-1]))
+        ticks = figures.pop("relay_ticks") if kind == "relay" else ticks_of_matches(data, figures["t0"], figures["t1"])
+    figures.update(tick_figures(ticks))
+    figures["cpu_us_per_frame"] = figures["server_cpu_s"] / figures["sent"] * 1e6 if figures["sent"] else None
+    return figures
 
 
 def slipped(figures: dict[str, Any]) -> bool:
@@ -190,6 +239,7 @@ def main() -> None:
     c.add_argument("--pid", type=int, required=True)
     c.add_argument("--n", type=int, required=True)
     c.add_argument("--window", type=float, required=True)
+    c.add_argument("--profile", action="store_true")
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--matches", default="10,50,100,200", help="numbers of concurrent matches, comma-separated")
     parser.add_argument("--window", type=float, default=8.0, help="seconds of steady play measured per trial")
@@ -216,8 +266,9 @@ def main() -> None:
             trial("preflight", args.profile, args.window, tmp, profile=prof)
             import pstats
 
-            print(f"\ncProfile of the server, {args.profile} matches (setup included), by own time:")
-            pstats.Stats(str(prof)).sort_stats("tottime").print_stats(25)
+            print(f"\ncProfile of the server over the window, {args.profile} matches, by own time and cumulative:")
+            pstats.Stats(str(prof)).sort_stats("tottime").print_stats(30)
+            pstats.Stats(str(prof)).sort_stats("cumulative").print_stats(45)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     report(results, sizes, args)
@@ -238,10 +289,11 @@ def report(results: dict[tuple[str, int], list[dict[str, Any]]], sizes: list[int
         f"other; medians of {args.runs} interleaved runs; {args.window:g} s window per trial"
     )
     print(
-        "| matches | CPU µs/frame Preflight | relay | ratio | server busy P / R | median interval ms P / R "
-        "| p99 jitter ms P / R | p99 behind ms P / R | client busy P | holds |"
+        "| matches | server CPU µs per frame sent: Preflight | relay | ratio | server busy P / R "
+        "| tick median interval ms P / R | tick p99 jitter ms P / R | tick p99 behind ms P / R "
+        "| at the client: p99 jitter ms P / R | client busy P / R | holds |"
     )
-    print("|---:|---:|---:|---:|---|---|---|---|---:|---|")
+    print("|---:|---:|---:|---:|---|---|---|---|---|---|---|")
     held, broken = 0, False  # the largest N before the first that slipped
     for n in sizes:
         p, r = results.get(("preflight", n), []), results.get(("relay", n), [])
@@ -252,13 +304,14 @@ def report(results: dict[tuple[str, int], list[dict[str, Any]]], sizes: list[int
         if ok and not broken:
             held = n
         broken = broken or not ok
+
+        def both(key: str, digits: int = 1) -> str:
+            return f"{_fmt(_median(p, key), digits)} / {_fmt(_median(r, key), digits)}"
+
         print(
-            f"| {n} | {_fmt(cp)} | {_fmt(cr)} | {_fmt(ratio, 2)} "
-            f"| {_fmt(_median(p, 'server_busy'), 2)} / {_fmt(_median(r, 'server_busy'), 2)} "
-            f"| {_fmt(_median(p, 'median_interval_ms'))} / {_fmt(_median(r, 'median_interval_ms'))} "
-            f"| {_fmt(_median(p, 'p99_jitter_ms'))} / {_fmt(_median(r, 'p99_jitter_ms'))} "
-            f"| {_fmt(_median(p, 'p99_behind_ms'))} / {_fmt(_median(r, 'p99_behind_ms'))} "
-            f"| {_fmt(_median(p, 'client_busy'), 2)} | {'yes' if ok else 'no'} |"
+            f"| {n} | {_fmt(cp)} | {_fmt(cr)} | {_fmt(ratio, 2)} | {both('server_busy', 2)} "
+            f"| {both('median_interval_ms')} | {both('p99_jitter_ms')} | {both('p99_behind_ms')} "
+            f"| {both('client_p99_jitter_ms')} | {both('client_busy', 2)} | {'yes' if ok else 'no'} |"
         )
     print(f"one process holds {held} matches at 10 fps without the tick slipping (of {', '.join(map(str, sizes))})")
     print("raw:", json.dumps({f"{k}@{n}": v for (k, n), v in results.items()}))

@@ -11,7 +11,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
+import json
 import secrets
+import time
 from typing import Any
 
 import msgpack
@@ -22,6 +25,8 @@ import tornado.websocket
 AGENTS = ("p0", "p1")
 FPS = 10
 DELAY = 2
+TICKS: list[tuple[int, float, int]] = []  # (pair, server time, frame) of every tick, for the benchmark's window
+SENT = [0]  # frame messages written
 
 
 class Pair:
@@ -45,6 +50,7 @@ class Pair:
                     "frames": [],
                 }
             )
+        self.number = next(_pairs)
         self.ticker = tornado.ioloop.PeriodicCallback(self.tick, 1000 / FPS)
         self.ticker.start()
 
@@ -54,15 +60,27 @@ class Pair:
         actions = {a: arrived.get(a, self.last[a]) for a in AGENTS}
         self.last = actions
         frame = msgpack.packb({"type": "frame", "f": self.f, "actions": actions, "filled": []}, use_bin_type=True)
+        TICKS.append((self.number, time.monotonic(), self.f))
         for player in self.players:
             if player.ws_connection is not None:
                 player.write_message(frame, binary=True)
+                SENT[0] += 1
 
     def stop(self) -> None:
         self.ticker.stop()
 
 
 WAITING: list[Relay] = []
+_pairs = itertools.count()
+
+
+class Stats(tornado.web.RequestHandler):
+    """`/stats?since=T`: frames written so far and the ticks after server time T (the benchmark's window)."""
+
+    def get(self) -> None:
+        since = float(self.get_query_argument("since", "0"))
+        ticks = [t for t in TICKS if t[1] >= since]
+        self.write(json.dumps({"sent": SENT[0], "ticks": ticks}))
 
 
 class Relay(tornado.websocket.WebSocketHandler):
@@ -93,7 +111,9 @@ async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--port", type=int, required=True)
     args = parser.parse_args()
-    tornado.web.Application([(r"/ws", Relay)], websocket_ping_interval=15.0).listen(args.port, "127.0.0.1")
+    tornado.web.Application([(r"/ws", Relay), (r"/stats", Stats)], websocket_ping_interval=15.0).listen(
+        args.port, "127.0.0.1"
+    )
     print(f"relay on 127.0.0.1:{args.port}", flush=True)
     await asyncio.Event().wait()
 
