@@ -30,6 +30,7 @@ bench: $(VENV)/.installed $(RUNTIME) browser graphviz
 	$(PY) -m bench.diagrams
 	$(PY) -m bench.worker
 	$(PY) -m bench.faults
+	$(PY) -m bench.crash
 	$(PY) -m bench.network
 	$(PY) -m bench.snapshot
 

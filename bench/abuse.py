@@ -1,11 +1,13 @@
 """Floods and slow sockets against `python -m server`: bounded memory and disk, and a real participant still served.
 
-Run: .venv/bin/python -m bench.abuse [--flood 5000] [--slow 1000] [--idle 3000]
+Run: .venv/bin/python -m bench.abuse [--flood 5000] [--slow 1000] [--idle 3000] [--posts 12]
 Starts the server with its default limits (and short --hello-timeout/--idle-timeout so the run takes seconds),
-then from 127.0.0.2: (1) `flood` WebSocket connections that each say hello and hang up at once, (2) `slow`
-sockets that send half a request header and stall (slowloris), (3) `idle` WebSocket connections that never say
-hello. During (2) and (3) a participant from 127.0.0.1 walks the whole study. Reports the server's RSS, the
-data directory's size, how the attacks were answered and whether the participant finished.
+then from 127.0.0.2: (1) `flood` WebSocket connections that each say hello and hang up at once, (1b) the same
+from 127.0.0.3 with a 60 KB User-Agent, (2) `slow` sockets that send half a request header and stall
+(slowloris), (2b) `slow` sockets that send half a WebSocket upgrade and stall, (3) `idle` WebSocket connections
+that never say hello, (4) `posts` requests at once declaring and sending a 100 MB body to /admin/x and /ws.
+During (2)-(4) a participant from 127.0.0.1 walks the whole study. Reports the server's RSS, the data
+directory's size, how the attacks were answered and whether the participant finished.
 """
 
 from __future__ import annotations
@@ -29,6 +31,8 @@ from client.participant import walk
 from server import protocol
 
 ATTACKER = "127.0.0.2"
+LONG_UA_ATTACKER = "127.0.0.3"  # its own address, so the per-address session limit does not hide what it stores
+LONG_UA = "Mozilla/5.0 " + "A" * 60_000
 TIMEOUT = 3.0  # the server's --hello-timeout and --idle-timeout for this run
 
 
@@ -41,23 +45,26 @@ def frame(payload: bytes) -> bytes:
     return head + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
 
 
-def upgrade(port: int) -> bytes:
+def upgrade(port: int, user_agent: str = "bench") -> bytes:
     key = base64.b64encode(os.urandom(16)).decode()
     return (
         f"GET /ws HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-        f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\nOrigin: http://127.0.0.1:{port}\r\n\r\n"
+        f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\nOrigin: http://127.0.0.1:{port}\r\n"
+        f"User-Agent: {user_agent}\r\n\r\n"
     ).encode()
 
 
-async def opened(port: int) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-    return await asyncio.open_connection("127.0.0.1", port, local_addr=(ATTACKER, 0))
+async def opened(port: int, address: str = ATTACKER) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    return await asyncio.open_connection("127.0.0.1", port, local_addr=(address, 0))
 
 
-async def flood_one(port: int, gate: asyncio.Semaphore, seen: Counter) -> None:
+async def flood_one(
+    port: int, gate: asyncio.Semaphore, seen: Counter, address: str = ATTACKER, user_agent: str = "bench"
+) -> None:
     async with gate:
         try:
-            reader, writer = await asyncio.wait_for(opened(port), 10)
-            writer.write(upgrade(port))
+            reader, writer = await asyncio.wait_for(opened(port, address), 10)
+            writer.write(upgrade(port, user_agent))
             status = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
             if b" 101 " not in status.split(b"\r\n")[0]:
                 seen["refused_handshake"] += 1
@@ -108,11 +115,35 @@ async def closed_by_server(writers: list[asyncio.StreamWriter]) -> int:
     return sum(await asyncio.gather(*(gone(w) for w in writers)))
 
 
+async def big_post(port: int, path: str, size: int, seen: Counter) -> None:
+    """Declare and send a `size`-byte body; count how the server answered and how much it took before it closed."""
+    sent = 0
+    try:
+        reader, writer = await asyncio.wait_for(opened(port), 10)
+    except (TimeoutError, OSError) as exc:
+        seen[f"connect error {type(exc).__name__}"] += 1
+        return
+    try:
+        writer.write(f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: {size}\r\n\r\n".encode())
+        chunk = b"x" * 65536
+        while sent < size:
+            writer.write(chunk)
+            await asyncio.wait_for(writer.drain(), 10)
+            sent += len(chunk)
+        status = await asyncio.wait_for(reader.read(200), 10)
+        seen[status.split(b"\r\n")[0].decode() or "closed without an answer"] += 1
+    except (ConnectionError, TimeoutError) as exc:
+        seen[f"closed by the server ({type(exc).__name__})"] += 1  # the rest of the body was never read
+    finally:
+        seen["kb_sent_in_all"] += sent // 1024
+        writer.close()
+
+
 def disk_bytes(path: Path) -> int:
     return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
 
 
-async def attack(port: int, args: argparse.Namespace, pid: int) -> dict:
+async def attack(port: int, args: argparse.Namespace, pid: int, data: Path) -> dict:
     url = f"ws://127.0.0.1:{port}/ws"
     report: dict = {"rss_kb_start": rss_kb(pid)}
     seen: Counter = Counter()
@@ -125,9 +156,26 @@ async def attack(port: int, args: argparse.Namespace, pid: int) -> dict:
         "seconds": round(time.monotonic() - started, 1),
     }
     report["rss_kb_after_flood"] = rss_kb(pid)
+    report["data_dir_bytes_after_flood"] = disk_bytes(data)
+
+    seen.clear()
+    started = time.monotonic()
+    await asyncio.gather(
+        *(flood_one(port, gate, seen, LONG_UA_ATTACKER, LONG_UA) for _ in range(args.flood)),
+    )
+    report["long_user_agent_flood"] = {
+        "connections": args.flood,
+        "user_agent_bytes": len(LONG_UA),
+        "answers": dict(seen),
+        "seconds": round(time.monotonic() - started, 1),
+        "data_dir_bytes_added": disk_bytes(data) - report["data_dir_bytes_after_flood"],
+    }
+    report["rss_kb_after_long_user_agent_flood"] = rss_kb(pid)
 
     slow_seen: Counter = Counter()
     slow = await hold(port, args.slow, b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: ", slow_seen)
+    half_seen: Counter = Counter()
+    half = await hold(port, args.slow, upgrade(port)[:-40], half_seen)
     idle_seen: Counter = Counter()
     idle = await hold(port, args.idle, None, idle_seen)
     report["rss_kb_holding"] = rss_kb(pid)
@@ -135,9 +183,32 @@ async def attack(port: int, args: argparse.Namespace, pid: int) -> dict:
     report["real_participant"] = walked["outcome"]
     await asyncio.sleep(TIMEOUT + 2)
     report["slowloris"] = {"sockets": len(slow), "closed_by_server": await closed_by_server(slow), **slow_seen}
+    half_closed = await closed_by_server(half)
+    report["unfinished_upgrades"] = {"sockets": len(half), "closed_by_server": half_closed, **half_seen}
     report["idle_websockets"] = {"sockets": len(idle), "closed_by_server": await closed_by_server(idle), **idle_seen}
-    for writer in slow + idle:
+    for writer in slow + half + idle:
         writer.close()
+    await asyncio.sleep(1)
+    report["rss_kb_after_holding"] = rss_kb(pid)
+
+    post_seen: Counter = Counter()
+    peak = [rss_kb(pid)]
+
+    async def watch() -> None:
+        while True:
+            peak.append(rss_kb(pid))
+            await asyncio.sleep(0.05)
+
+    watcher = asyncio.ensure_future(watch())
+    posting = asyncio.gather(
+        *(big_post(port, ("/admin/x", "/ws")[i % 2], 100 * 1024 * 1024, post_seen) for i in range(args.posts))
+    )
+    walked = await asyncio.wait_for(walk(url, participant_id="real-2", steps=3), 30)
+    await posting
+    watcher.cancel()
+    report["big_posts"] = {"requests": args.posts, "body_mb_each": 100, "answers": dict(post_seen)}
+    report["rss_kb_peak_during_posts"] = max(peak)
+    report["real_participant_during_posts"] = walked["outcome"]
     await asyncio.sleep(1)
     report["rss_kb_end"] = rss_kb(pid)
     return report
@@ -148,6 +219,7 @@ def main() -> int:
     parser.add_argument("--flood", type=int, default=5000)
     parser.add_argument("--slow", type=int, default=1000)
     parser.add_argument("--idle", type=int, default=3000)
+    parser.add_argument("--posts", type=int, default=12)
     args = parser.parse_args()
     _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
@@ -156,14 +228,15 @@ def main() -> int:
         timeouts = ("--hello-timeout", str(TIMEOUT), "--idle-timeout", str(TIMEOUT))
         proc, url = start_server(data, *timeouts)
         try:
-            report = asyncio.run(attack(int(url.rsplit(":", 1)[1].strip("/")), args, proc.pid))
+            report = asyncio.run(attack(int(url.rsplit(":", 1)[1].strip("/")), args, proc.pid, data))
             report["server_alive"] = proc.poll() is None
             report["data_dir_bytes"] = disk_bytes(data)
             report["session_files"] = len(list((data / "sessions").glob("*.msgpack")))
         finally:
             stop_server(proc)
     print(json.dumps(report, indent=2))
-    return 0 if report["server_alive"] and report["real_participant"] == "completed" else 1
+    served = report["real_participant"] == report["real_participant_during_posts"] == "completed"
+    return 0 if report["server_alive"] and served else 1
 
 
 if __name__ == "__main__":

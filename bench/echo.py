@@ -28,11 +28,19 @@ class Twice(Echo):
         self.write_message(msgpack.packb(message, use_bin_type=True), binary=True)
 
 
+class Ack(Echo):
+    """`/ack`: each message confirmed with a small `received`, as Preflight confirms a numbered batch of steps."""
+
+    def on_message(self, frame: bytes | str) -> None:
+        message = msgpack.unpackb(frame, raw=False)
+        self.write_message(msgpack.packb({"type": "received", "n": message.get("n")}, use_bin_type=True), binary=True)
+
+
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--port", type=int, required=True)
     args = parser.parse_args()
-    tornado.web.Application([(r"/ws", Echo), (r"/ws2", Twice)], websocket_ping_interval=15.0).listen(
+    tornado.web.Application([(r"/ws", Echo), (r"/ws2", Twice), (r"/ack", Ack)], websocket_ping_interval=15.0).listen(
         args.port, "127.0.0.1"
     )
     print(f"echo on 127.0.0.1:{args.port}", flush=True)

@@ -122,8 +122,7 @@ def main() -> int:
             *ONE_ADDRESS_IS_MANY,
             "--grace",
             str(GRACE),
-            "--admin-token",
-            TOKEN,
+            f"--admin-token={TOKEN}",  # one argument: a token may begin with "-"
             "--experiment",
             str(Path(__file__).with_name("experiment.py")),
         )

@@ -30,7 +30,7 @@ from tornado.websocket import websocket_connect
 
 from bench.faults import ONE_ADDRESS_IS_MANY
 from client.harness import ROOT, free_port
-from client.participant import DESKTOP_CHROMIUM, walk
+from client.participant import DESKTOP_CHROMIUM, ProtocolClient, walk
 from client.runner import replay
 from client.stats import percentile
 from client.trace import Trace, load
@@ -135,6 +135,61 @@ async def close_all(conns: list[Any]) -> None:
     await asyncio.sleep(3.0)
 
 
+async def to_game(url: str) -> ProtocolClient:
+    """A participant walked from `hello` into the first game, as the walk client does it."""
+    client = await ProtocolClient.connect(url, timeout=60)
+    await client.send({"type": "hello"})
+    reported = False
+    while True:
+        message = await client.recv()
+        if message is None:
+            raise ConnectionError("closed before the game")
+        if message["type"] != "state":
+            continue
+        if message["state"] == "in_game":
+            return client
+        if message["state"] == "preflight" and not reported:
+            reported = True
+            await client.send({"type": "screening", "facts": DESKTOP_CHROMIUM})
+            await client.send_data({"type": "preload", "status": "ready", "elapsed_ms": 1})
+        elif message["may_advance"]:
+            await client.send({"type": "advance"})
+
+
+def step_batch(first: int, size: int) -> dict[str, Any]:
+    """A `steps` message as the page sends it: `size` steps of the running episode."""
+    steps = [
+        {"episode": 0, "step": i, "action": i % 4, "reward": -0.01, "terminated": False, "t": i / 30}
+        for i in range(first, first + size)
+    ]
+    return {"type": "steps", "steps": steps}
+
+
+async def steps_cpu(url: str, pid: int, sessions: int, batches: int, size: int, echo: bool) -> float:
+    """Server CPU µs per game step received in batches of `size`, each batch confirmed (Preflight records them all);
+    the echo server's `/ack` decodes the same frames and confirms each with the same small message."""
+    if echo:
+        clients = [await ProtocolClient.connect(url, timeout=60) for _ in range(sessions)]
+    else:
+        clients = list(await asyncio.gather(*(to_game(url) for _ in range(sessions))))
+    await asyncio.sleep(0.5)
+
+    async def play(client: ProtocolClient) -> None:
+        for b in range(batches):
+            await client.send_data(step_batch(1 + b * size, size))
+            if b % 8 == 7:
+                await client.until_confirmed()
+        await client.until_confirmed()
+
+    cpu0 = cpu_seconds(pid)
+    await asyncio.gather(*(play(c) for c in clients))
+    cpu = cpu_seconds(pid) - cpu0
+    for client in clients:
+        client.close()
+    await asyncio.sleep(0.5)
+    return cpu / (sessions * batches * size) * 1e6
+
+
 def measure_replay(traces, url: str, pid: int, sessions: int, concurrency: int) -> dict[str, float]:
     cpu0, client0 = cpu_seconds(pid), resource.getrusage(resource.RUSAGE_SELF)
     collector, duration = asyncio.run(
@@ -195,6 +250,7 @@ def main() -> None:
     parser.add_argument(
         "--steady-events", type=int, default=200, help="game events per session in the steady-state figure"
     )
+    parser.add_argument("--step-batches", type=int, default=200, help="batches of 8 steps per game, 50 games")
     args = parser.parse_args()
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # stop the servers on the way out
     _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -263,6 +319,21 @@ def main() -> None:
                     )
                     add(server, "cpu_us_per_msg@steady", figures["cpu_us_per_msg"])
                     add(server, "msgs_per_s@steady", figures["msgs_per_s"])
+                    # in a game: batches of 8 steps, as the page sends them, against the same frames to `/ack`
+                    add(
+                        server,
+                        "cpu_us_per_step@game",
+                        asyncio.run(
+                            steps_cpu(
+                                url if server == "preflight" else url.replace("/ws", "/ack"),
+                                proc.pid,
+                                50,
+                                args.step_batches,
+                                8,
+                                server == "echo",
+                            )
+                        ),
+                    )
                     if run == 0:
                         base = rss_bytes(proc.pid)
 

@@ -54,6 +54,7 @@ class ProtocolClient:
 
         headers = {"User-Agent": user_agent or DESKTOP_CHROMIUM["user_agent"], **(headers or {})}
         conn = await asyncio.wait_for(websocket_connect(HTTPRequest(url, headers=headers)), timeout)
+        conn.protocol.set_nodelay(True)  # as browsers do; Nagle would hold a message behind an unacknowledged one
         return cls(conn, timeout)
 
     async def send(self, message: dict[str, Any]) -> None:
@@ -131,6 +132,21 @@ class ProtocolClient:
 
     def close(self) -> None:
         self.conn.close()
+
+    async def aclose(self, wait: float = 1.0) -> None:
+        """Close and wait (bounded) for the server's close, then drop the socket: none is left for the GC to find.
+
+        `close` only sends the close frame; its socket stays open until the server answers (or Tornado's own 5 s
+        abort), so a loop that ends first leaves it open and Python warns about it later, in another test.
+        """
+        self.conn.close()
+        stream = self.conn.stream
+        for _ in range(int(wait / 0.01)):
+            if stream is None or stream.closed():
+                break
+            await asyncio.sleep(0.01)
+        if stream is not None and not stream.closed():
+            stream.close()
 
 
 async def walk(
@@ -258,7 +274,7 @@ async def walk(
                     await client.send({"type": "advance"})
                 await client.ack()
     finally:
-        client.close()
+        await client.aclose()
 
 
 async def _play(client: ProtocolClient, player: Lockstep, message: dict[str, Any]) -> None:

@@ -54,6 +54,7 @@ async def drive(session: ReplaySession, url: str, connect_timeout: float = 10.0)
     )
     try:
         conn = await websocket_connect(request, on_message_callback=inbox.put)
+        conn.protocol.set_nodelay(True)  # as browsers do; Nagle would hold a message behind an unacknowledged one
     except Exception as exc:  # refused, reset, timed out, HTTP error: all are a failed session
         session.failed(f"{type(exc).__name__}: {exc}")
         return session

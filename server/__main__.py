@@ -8,15 +8,18 @@ import logging
 import sys
 from pathlib import Path
 
+from tornado.httpserver import HTTPServer
+from tornado.netutil import bind_sockets
+
 from statemachine import OUTCOMES
 
 from . import __version__
 from .app import make_app
 from .config import Config
-from .limits import raise_descriptor_limit, server_options
+from .limits import AcceptGuard, guarded, raise_descriptor_limit, server_options
 from .loader import DEFAULT, ExperimentError, load_study
 from .precompress import DEFAULT_CACHE_DIR
-from .runtime import RuntimeSetupError
+from .runtime import WILDCARD_HOSTS, RuntimeSetupError
 from .session import Timeouts
 
 
@@ -163,7 +166,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--public-origin",
         default="",
         help="the origin participants reach the server at (https://study.example.org): the package index builds "
-        "its URLs from it instead of the request's Host header (default: the Host header)",
+        "its URLs from it (default: the Host header when it names --host:--port, else http://HOST:PORT; behind a "
+        "proxy give this)",
     )
     parser.add_argument(
         "--lock-ids",
@@ -276,10 +280,17 @@ async def _serve(config: Config, generated_token: bool) -> int:
     soft, hard = raise_descriptor_limit()
     logging.getLogger("preflight").info("open-file limit: %s (hard %s)", soft, hard)
     try:
-        app.listen(config.port, config.host, **server_options(config))
+        sockets = bind_sockets(config.port, config.host)
     except OSError as exc:
         print(f"python -m server: error: cannot listen on {config.host}:{config.port}: {exc.strerror}", file=sys.stderr)
         return 2
+    HTTPServer(app, **server_options(config)).add_sockets(guarded(sockets, AcceptGuard()))
+    if config.host in WILDCARD_HOSTS and not config.public_origin:
+        logging.getLogger("preflight").warning(
+            "listening on every interface without --public-origin: the package index takes its URLs' origin from "
+            "any Host header naming port %d; give --public-origin to fix it",
+            config.port,
+        )
     print(f"Preflight is serving {config.experiment.name!r}; data goes to {config.data_dir}/", flush=True)
     print(f"Participant URL: http://{config.host}:{config.port}/", flush=True)
     if generated_token:

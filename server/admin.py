@@ -23,6 +23,7 @@ import tornado.web
 from tornado.iostream import StreamClosedError
 
 from statemachine import FINAL_STATES, OUTCOMES, active_states, state_names, top_state
+from statemachine.match import MATCH_OUTCOMES, MATCH_STATES
 
 from .records import PRELOAD_FIELDS, read_session
 from .store import read_records
@@ -58,7 +59,31 @@ def counts(study: StudyView) -> dict[str, Any]:
         "excluded_reasons": _prefixed(outcomes, "excluded:"),
         "timeouts": _prefixed(outcomes, "timeout:"),
         "storage": study.storage(),
+        "matches": match_counts(study),
     }
+
+
+MATCH_LIVE_STATES = [name for s in MATCH_STATES if (name := s if isinstance(s, str) else s["name"]) != "ended"]
+"""A match in progress is in one of these; an ended one leaves the lobby and is counted by its outcome."""
+
+
+def match_counts(study: StudyView) -> dict[str, Any]:
+    """Multiplayer now: how many wait for a partner, matches in each state, and how the ended ones ended."""
+    lobby = study.lobby
+    states = dict.fromkeys(MATCH_LIVE_STATES, 0)
+    for match in lobby.matches.values():
+        name = str(match.state).split(".", 1)[0]
+        states[name] = states.get(name, 0) + 1
+    return {
+        "waiting": sum(len(queue) for queue in lobby.queues.values()),
+        "states": states,
+        "ended": {outcome: lobby.outcomes[outcome] for outcome in MATCH_OUTCOMES},
+    }
+
+
+def lobby_view(study: StudyView) -> dict[str, Any]:
+    """Who waits for which game and for how long, and every match in progress (players, state, frame, absent)."""
+    return study.lobby.describe()
 
 
 def _prefixed(counter: Counter[str], prefix: str) -> dict[str, int]:
@@ -114,6 +139,11 @@ def details(study: StudyView, session_id: str) -> dict[str, Any] | None:
             {"scene_id": s.scene_id, "scene_type": s.scene_type, "index": s.index, **when(s.t, s.wall)}
             for s in summary.scenes_shown
         ],
+        "matches": [
+            {"scene_id": m.scene_id, "match_id": m.match_id, "agent": m.agent, **when(m.t, m.wall)}
+            for m in summary.matches
+        ],
+        "unmatched": [{"scene_id": u.scene_id, "then": u.then, **when(u.t, u.wall)} for u in summary.unmatched],
         "games": [
             {
                 "scene_id": g.scene_id,
@@ -259,6 +289,8 @@ class AdminPage(AdminHandler):
             svg=svg,
             problem=problem,
             state_names=state_names(),
+            match_states=MATCH_LIVE_STATES,
+            match_outcomes=MATCH_OUTCOMES,
             name=self.study.name,
         )
 
@@ -276,6 +308,11 @@ class SessionPage(AdminHandler):
 class CountsApi(AdminHandler):
     def get(self) -> None:
         self.write_json(counts(self.study))
+
+
+class LobbyApi(AdminHandler):
+    def get(self) -> None:
+        self.write_json(lobby_view(self.study))
 
 
 class SessionsApi(AdminHandler):
@@ -317,8 +354,19 @@ class Events(AdminHandler):
         self.set_header("X-Accel-Buffering", "no")
         last = None
         while not self.gone:
-            now = {**counts(self.study), "recent": live_summary(list(self.study.sessions.values())[-RECENT:])}
-            changed = {**now, "recent": [{k: v for k, v in s.items() if k != "in_state_s"} for s in now["recent"]]}
+            now = {
+                **counts(self.study),
+                "recent": live_summary(list(self.study.sessions.values())[-RECENT:]),
+                "lobby": lobby_view(self.study),
+            }
+            changed = {  # times that only grow do not make a message by themselves
+                **now,
+                "recent": [{k: v for k, v in s.items() if k != "in_state_s"} for s in now["recent"]],
+                "lobby": {
+                    **now["lobby"],
+                    "waiting": [{k: v for k, v in w.items() if k != "waited_s"} for w in now["lobby"]["waiting"]],
+                },
+            }
             if changed != last:
                 last = changed
                 self.write(f"data: {json.dumps(now)}\n\n")
@@ -338,6 +386,7 @@ def admin_routes(study: StudyView, token: str) -> list[Any]:
         (r"/admin/lifecycle\.svg", DiagramSvg, deps),
         (r"/admin/api/counts", CountsApi, deps),
         (r"/admin/api/sessions", SessionsApi, deps),
+        (r"/admin/api/lobby", LobbyApi, deps),
         (r"/admin/api/sessions/([^/]+)", SessionApi, deps),
         (r"/admin/api/events", Events, deps),
         (r"/admin/static/(.*)", AdminStatic, {"path": str(ADMIN_DIR), **deps}),

@@ -12,6 +12,7 @@ from typing import Any
 import tornado.web
 import tornado.websocket
 from tornado.ioloop import IOLoop
+from tornado.iostream import StreamClosedError
 from tornado.log import access_log
 
 from statemachine import INITIAL, Fired, top_state
@@ -28,7 +29,7 @@ from .page_module import page_module
 from .partners import ONNX_DIR, ModelFiles
 from .precompress import EncodedFiles, Precompressed
 from .protocol import Close, Code, Refusal
-from .runtime import MSGPACK_DIR, SimpleIndex, VersionedFiles
+from .runtime import MSGPACK_DIR, IndexOrigin, SimpleIndex, VersionedFiles
 from .session import Session
 from .static import StaticFiles
 from .store import record_frame
@@ -60,8 +61,22 @@ class RateLimit:
         return True
 
 
+def binary_frame(payload: bytes) -> bytes:
+    """One unmasked, unfragmented binary WebSocket frame (RFC 6455 5.2), as a server sends it without compression."""
+    size = len(payload)
+    if size < 126:
+        return bytes((0x82, size)) + payload
+    if size <= 0xFFFF:
+        return struct.pack("!BBH", 0x82, 126, size) + payload
+    return struct.pack("!BBQ", 0x82, 127, size) + payload
+
+
 class ParticipantSocket(tornado.websocket.WebSocketHandler):
-    """`/ws`: decode, validate, trigger; everything else is the session's and the machine's."""
+    """`/ws`: decode, validate, trigger; everything else is the session's and the machine's.
+
+    What one incoming message makes the server say leaves in one write to the socket: each message
+    is still its own WebSocket frame, but the frames of one event share a system call.
+    """
 
     def initialize(self, study: Study) -> None:
         self.study = study
@@ -71,6 +86,7 @@ class ParticipantSocket(tornado.websocket.WebSocketHandler):
         self.limit = RateLimit(study.config.messages_per_second)
         self.address: str | None = None  # counted against the per-address limit while open
         self.hello_timer: object | None = None
+        self.corked: list[bytes] | None = None  # frames held while a message is handled, written together after
 
     @property
     def user_agent(self) -> str:
@@ -85,6 +101,7 @@ class ParticipantSocket(tornado.websocket.WebSocketHandler):
             self.close(Close.TOO_MANY, "too many connections from this address")
             return
         self.address = address
+        self.set_nodelay(True)  # each event's frames leave in one write: nothing to gain from waiting for more
         self.hello_timer = IOLoop.current().call_later(self.study.config.hello_timeout, self.no_hello)
         self.ping(struct.pack("!d", time.monotonic()))
 
@@ -108,6 +125,13 @@ class ParticipantSocket(tornado.websocket.WebSocketHandler):
                 self.session.rtt_ms = self.rtt_ms
 
     def on_message(self, frame: bytes | str) -> None:
+        self.corked = []
+        try:
+            self.handle(frame)
+        finally:
+            self.uncork()
+
+    def handle(self, frame: bytes | str) -> None:
         if not self.limit.take():
             return self.refuse(Refusal(Code.RATE_LIMITED, "too many messages; slow down"))
         if len(frame) > self.study.config.max_message_bytes:
@@ -196,8 +220,7 @@ class ParticipantSocket(tornado.websocket.WebSocketHandler):
     def acknowledge(self) -> None:
         """Tell the page up to which `n` its research data is stored, so it may forget it (not logged: derived)."""
         if self.session is not None:
-            with contextlib.suppress(tornado.websocket.WebSocketClosedError):
-                self.write_message(protocol.encode(protocol.received(self.session.received_n)), binary=True)
+            self.write_frame(protocol.encode(protocol.received(self.session.received_n)))
 
     def record_in(self, frame: bytes | str, message: dict[str, Any] | Refusal) -> None:
         assert self.session is not None
@@ -218,8 +241,33 @@ class ParticipantSocket(tornado.websocket.WebSocketHandler):
         if self.session is not None:
             stored = protocol.redacted(message)
             record_frame(self.session.log, "out", frame if stored is message else protocol.encode(stored))
-        with contextlib.suppress(tornado.websocket.WebSocketClosedError):
-            self.write_message(frame, binary=True)
+        self.write_frame(frame)
+
+    def write_frame(self, payload: bytes) -> None:
+        """Send one message, or hold it for `uncork` while the message that caused it is being handled."""
+        if self.corked is not None:
+            self.corked.append(binary_frame(payload))
+        else:
+            self.write_frames([binary_frame(payload)])
+
+    def close(self, code: int | None = None, reason: str | None = None) -> None:
+        """What was said before the close goes out before it."""
+        self.uncork()
+        super().close(code, reason)
+
+    def uncork(self) -> None:
+        frames, self.corked = self.corked, None
+        if frames:
+            self.write_frames(frames)
+
+    def write_frames(self, frames: list[bytes]) -> None:
+        """Frames straight to the stream: no compression is negotiated (`get_compression_options` is None), so
+        these are the bytes `write_message` would send, in one system call and without a task per frame."""
+        connection = self.ws_connection
+        if connection is None or connection.is_closing() or connection.stream is None:
+            return
+        with contextlib.suppress(StreamClosedError):
+            connection.stream.write(frames[0] if len(frames) == 1 else b"".join(frames))
 
     def on_close(self) -> None:
         if self.hello_timer is not None:
@@ -264,6 +312,7 @@ def make_app(config: Config) -> tornado.web.Application:
     snapshot = offered(config, study.pyodide_config, wheel_digests(study))
     precompressed = precompress(config, study, snapshot)
     snapshot_url = f"{SNAPSHOT_URL}{snapshot.name}" if snapshot else None
+    index = {"wheels": study.runtime.wheels, "origin": IndexOrigin(config.public_origin, config.host, config.port)}
     routes: list[Any] = [
         (r"/", ParticipantPage, {"runtime": page_runtime(study.pyodide_config, snapshot_url)}),
         (r"/assets/([^/]+)/([^/]+)", AssetFiles, {"assets": assets}),
@@ -274,8 +323,8 @@ def make_app(config: Config) -> tornado.web.Application:
         (r"/vendor/msgpack/(.*)", StaticFiles, {"path": str(MSGPACK_DIR)}),
         (r"/vendor/onnxruntime/(.*)", StaticFiles, {"path": str(ONNX_DIR)}),
         (r"/models/([0-9a-f]{16})/([^/]+)", ModelFiles, {"models": study.models}),
-        (r"/simple/?", SimpleIndex, {"wheels": study.runtime.wheels}),
-        (r"/simple/([^/]+)/?", SimpleIndex, {"wheels": study.runtime.wheels}),
+        (r"/simple/?", SimpleIndex, index),
+        (r"/simple/([^/]+)/?", SimpleIndex, index),
         (r"/wheels/(.*)", EncodedFiles, {"path": str(study.runtime.wheelhouse), "precompressed": precompressed}),
         *admin_routes(study, config.admin_token),
     ]
@@ -301,7 +350,6 @@ def make_app(config: Config) -> tornado.web.Application:
         websocket_ping_timeout=config.ping_timeout,
         websocket_max_message_size=4 * config.max_message_bytes,
         study=study,
-        public_origin=config.public_origin,
     )
 
 

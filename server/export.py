@@ -1,8 +1,10 @@
 """`python -m server export`: the data directory as tidy tables for analysis.
 
-Two tables: `events` (one row per record of every session, frames included) and
-`participants` (one row per session: who, what order, screening, preload timings,
-outcome and timings). Sessions cut short by a crash are exported as far as they go.
+Per session: `events` (one row per record, frames included), `participants` (one row per session: who, what
+order, screening, preload timings, the matches they played, outcome and timings) and `steps` (one row per game
+step). Per multiplayer match, from its canonical log: `matches` (one row per match, with the export's replay
+check) and `frames` (one row per frame and agent). Sessions and matches cut short by a crash are exported as far
+as they go; torn records are skipped.
 """
 
 from __future__ import annotations
@@ -12,11 +14,14 @@ import csv
 import json
 import math
 import sys
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-from .records import PreloadReport, SessionRecords, read_session
+from .experiment import Experiment, GymScene
+from .loader import ExperimentError, StudySource, load_study
+from .match_check import Checked, check
+from .records import MatchRecords, PreloadReport, SessionRecords, read_match, read_session
 from .store import read_records, torn_bytes
 
 EVENT_COLUMNS = ["session_id", "participant_id", "n", "kind", "t", "wall", "dir", "type", "scene_id", "data"]
@@ -39,6 +44,8 @@ PARTICIPANT_COLUMNS = [
     "preload_error",
     "game_events",
     "steps",
+    "matches",
+    "unmatched",
     "outcome",
     "final_state",
     "started_wall",
@@ -73,26 +80,37 @@ def _fields(record: dict[str, Any]) -> dict[str, Any]:
 STEP_COLUMNS = [
     "session_id", "participant_id", "scene_id", "episode", "step", "seed", "action", "reward", "terminated",
     "truncated", "info", "keys", "t", "visible", "observation", "actions", "by", "rewards", "probs", "bot_ms",
+    "match_id", "agent", "frame",
 ]  # fmt: skip
 
 
-def steps(session_id: str, records: list[dict[str, Any]]) -> Iterator[dict[str, Any]]:
-    """One row per step of every game the participant played, with the seed its episode was reset with."""
+def steps(
+    session_id: str, records: list[dict[str, Any]], match_seeds: Mapping[str, list[int]] | None = None
+) -> Iterator[dict[str, Any]]:
+    """One row per step of every game the participant played, with the seed its episode was reset with (a
+    multiplayer step's: its match's, from `match_seeds`), and in a match the agent the participant played."""
     participant = next((r.get("participant_id") for r in records if r["kind"] == "begin"), None)
     seeds: dict[str, list[int]] = {}
+    agents: dict[str, Any] = {}  # match id -> the agent this participant played in it
     for record in records:
         if record["kind"] == "scene" and record.get("seeds"):
             seeds[record["scene_id"]] = record["seeds"]
+        elif record["kind"] == "match" and isinstance(record.get("match_id"), str):
+            agents[record["match_id"]] = record.get("agent")
         elif record["kind"] == "steps":
-            scene_seeds = seeds.get(record["scene_id"], [])
             for step in record["steps"]:
                 episode = step.get("episode", 0)
+                match_id = step.get("match_id")
+                scene_seeds = seeds.get(record["scene_id"], [])
+                if isinstance(match_id, str):
+                    scene_seeds = (match_seeds or {}).get(match_id, [])
                 yield {
                     **{c: step.get(c) for c in STEP_COLUMNS},
                     "session_id": session_id,
                     "participant_id": participant,
                     "scene_id": record["scene_id"],
                     "seed": scene_seeds[episode] if episode < len(scene_seeds) else None,
+                    "agent": agents.get(match_id) if isinstance(match_id, str) else None,
                 }
 
 
@@ -140,6 +158,8 @@ def participant(summary: SessionRecords, torn: int) -> dict[str, Any]:
         session_id=summary.session_id,
         game_events=summary.game_events,
         steps=summary.steps,
+        matches=[{"scene_id": m.scene_id, "match_id": m.match_id, "agent": m.agent} for m in summary.matches],
+        unmatched=[{"scene_id": u.scene_id, "then": u.then} for u in summary.unmatched],
         outcome=summary.outcome,
         final_state=summary.final_state,
         started_wall=summary.first_wall,
@@ -170,11 +190,129 @@ def _preload_columns(reports: list[PreloadReport]) -> dict[str, Any]:
     return row
 
 
-def export(data_dir: Path, fmt: str, output: Path) -> dict[str, int]:
-    """Write `events`, `participants` and `steps` tables to `output`; returns the row counts."""
+MATCH_COLUMNS = [
+    "match_id", "scene_id", "outcome", "environment", "seed", "seeds", "input_delay", "fps", "input", "frames",
+    "filled", "hashes", "desync_f", "started_wall", "ended_wall", "duration_s", "replay_check", "records",
+    "torn_bytes",
+]  # fmt: skip
+AGENT_COLUMNS = ["", "_participant_id", "_session_id", "_bot", "_bot_from_f", "_filled"]
+"""Each agent's column set in the matches table, `agent1`, `agent1_participant_id`, ...: who played the slot (a
+participant's session, or a bot: its policy, and from which frame), and how many of its inputs the server filled."""
+FRAME_COLUMNS = ["match_id", "f", "agent", "action", "filled", "bot", "t", "wall"]
+
+
+def match_files(data_dir: Path) -> list[Path]:
+    folder = data_dir / "matches"
+    return sorted(folder.glob("*.msgpack")) if folder.is_dir() else []
+
+
+def scene_rules(experiment: Experiment | None) -> dict[str, dict[str, Any]]:
+    """Each game scene's episodes and max_steps by scene id, for logs whose match record does not keep them."""
+    rules: dict[str, dict[str, Any]] = {}
+    for scene in experiment.leaves() if experiment is not None else ():
+        if isinstance(scene, GymScene):
+            rules.setdefault(scene.scene_id, {"episodes": scene.episodes, "max_steps": scene.max_steps})
+    return rules
+
+
+def agent_columns(count: int) -> list[str]:
+    return [f"agent{i}{suffix}" for i in range(1, count + 1) for suffix in AGENT_COLUMNS]
+
+
+def _policy(payload: Any) -> str | None:
+    """A bot's policy in a word: random, python:<module:function> or onnx:<model path>."""
+    policy = payload.get("policy") if isinstance(payload, dict) else None
+    if not isinstance(policy, dict):
+        return None
+    kind = policy.get("kind")
+    detail = policy.get("spec") if kind == "python" else policy.get("path") if kind == "onnx" else None
+    return f"{kind}:{detail}" if detail else str(kind)
+
+
+def match_row(summary: MatchRecords, checked: Checked, torn: int) -> dict[str, Any]:
+    """One row for a match: what it was, how it went, who played each agent, and the replay check."""
+    start = summary.start or {}
+    end = summary.end or {}
+    row: dict[str, Any] = dict.fromkeys(MATCH_COLUMNS)
+    started, ended = start.get("wall"), end.get("wall")
+    row.update(
+        match_id=start.get("match_id", summary.match_id),
+        scene_id=start.get("scene_id"),
+        outcome=summary.outcome,
+        environment=start.get("environment"),
+        seed=start.get("seed"),
+        seeds=start.get("seeds"),
+        input_delay=start.get("input_delay"),
+        fps=start.get("fps"),
+        input=start.get("input"),
+        frames=summary.last_frame,
+        filled=sum(len(frame.get("filled") or []) for frame in summary.frames),
+        hashes=len(summary.hashes),
+        desync_f=summary.desync_f,
+        started_wall=started,
+        ended_wall=ended,
+        duration_s=ended - started if isinstance(started, float) and isinstance(ended, float) else None,
+        replay_check=checked.result,
+        records=summary.count,
+        torn_bytes=torn,
+    )
+    participants = start.get("participants") or {}
+    bot_from = summary.bot_from()
+    for i, (agent, payload) in enumerate((start.get("agents") or {}).items(), 1):
+        who = participants.get(agent) or {}
+        is_bot = isinstance(payload, dict) and payload.get("kind") == "bot"
+        row[f"agent{i}"] = agent
+        row[f"agent{i}_participant_id"] = who.get("participant_id")
+        row[f"agent{i}_session_id"] = who.get("session_id")
+        row[f"agent{i}_bot"] = _policy(payload) if is_bot else _policy(start.get("bot")) if agent in bot_from else None
+        row[f"agent{i}_bot_from_f"] = 1 if is_bot else bot_from.get(agent)
+        row[f"agent{i}_filled"] = sum(agent in (frame.get("filled") or []) for frame in summary.frames)
+    return row
+
+
+def frame_rows(summary: MatchRecords, checked: Checked) -> Iterator[dict[str, Any]]:
+    """One row per frame and agent: the action the server sequenced (a bot's: the one the replay chose, when
+    the check ran), whether the server filled it, and whether a bot played it."""
+    agents = list((summary.start or {}).get("agents") or {})
+    for frame in summary.frames:
+        f, actions, filled = frame["f"], frame["actions"], frame.get("filled") or []
+        chosen = checked.bot_actions.get(f, {})
+        for agent in agents or list(actions):
+            yield {
+                "match_id": summary.match_id,
+                "f": f,
+                "agent": agent,
+                "action": actions[agent] if agent in actions else chosen.get(agent),
+                "filled": agent in filled,
+                "bot": agent not in actions,
+                "t": frame.get("t"),
+                "wall": frame.get("wall"),
+            }
+
+
+def export(data_dir: Path, fmt: str, output: Path, study: StudySource | None = None) -> dict[str, int]:
+    """Write the `events`, `participants`, `steps`, `matches` and `frames` tables to `output`; returns the row
+    counts. With the study (`--experiment`), each match is replayed in CPython to check its state hashes."""
     files = session_files(data_dir)
     output.mkdir(parents=True, exist_ok=True)
-    counts = {"participants": 0, "events": 0, "steps": 0}
+    counts = {"participants": 0, "events": 0, "steps": 0, "matches": 0, "frames": 0}
+    rules = scene_rules(study.experiment if study is not None else None)
+    match_rows: list[dict[str, Any]] = []
+    seeds: dict[str, list[int]] = {}
+    with _Table(output / f"frames.{fmt}", FRAME_COLUMNS) as framed:
+        for path in match_files(data_dir):
+            summary = read_match(path.stem, read_records(path))
+            checked = check(summary, study.directory if study is not None else None, rules)
+            for row in frame_rows(summary, checked):
+                framed.write(row)
+                counts["frames"] += 1
+            match_rows.append(match_row(summary, checked, torn_bytes(path)))
+            seeds[path.stem] = list((summary.start or {}).get("seeds") or [])
+    most = max((sum(1 for k in row if k.startswith("agent") and k[5:].isdigit()) for row in match_rows), default=0)
+    with _Table(output / f"matches.{fmt}", MATCH_COLUMNS + agent_columns(most)) as played_matches:
+        for row in match_rows:
+            played_matches.write(row)
+            counts["matches"] += 1
     with (
         _Table(output / f"events.{fmt}", EVENT_COLUMNS) as ev,
         _Table(output / f"participants.{fmt}", PARTICIPANT_COLUMNS) as people,
@@ -185,7 +323,7 @@ def export(data_dir: Path, fmt: str, output: Path) -> dict[str, int]:
             for row in events(path.stem, records):
                 ev.write(row)
                 counts["events"] += 1
-            for row in steps(path.stem, records):
+            for row in steps(path.stem, records, seeds):
                 played.write(row)
                 counts["steps"] += 1
             people.write(participant(read_session(path.stem, records), torn_bytes(path)))
@@ -244,31 +382,40 @@ class _Table:
 
 def main(argv: Iterable[str]) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m server export", description="Write a data directory's sessions as tidy tables."
+        prog="python -m server export", description="Write a data directory's sessions and matches as tidy tables."
     )
     parser.add_argument(
         "--data-dir", type=Path, default=Path("data"), help="the server's data directory (default: %(default)s)"
     )
     parser.add_argument("--format", choices=("jsonl", "csv"), default="csv", help="table format (default: %(default)s)")
     parser.add_argument(
+        "-o",
         "--output",
         type=Path,
         default=None,
-        help="directory for events.<fmt> and participants.<fmt> (default: DATA_DIR/export)",
+        help="directory for the tables: events, participants, steps, matches, frames (default: DATA_DIR/export)",
+    )
+    parser.add_argument(
+        "--experiment",
+        default=None,
+        help="the study the data came from (path/to/study.py[:name] or a module), whose folder holds its game "
+        "modules: each multiplayer match is then replayed in CPython and its state hashes checked (replay_check)",
     )
     args = parser.parse_args(list(argv))
     output = args.output or args.data_dir / "export"
     try:
-        counts = export(args.data_dir, args.format, output)
-    except ExportError as exc:
+        study = load_study(args.experiment) if args.experiment else None
+        counts = export(args.data_dir, args.format, output, study)
+    except (ExportError, ExperimentError) as exc:
         print(f"python -m server export: error: {exc}", file=sys.stderr)
         return 2
     except OSError as exc:
         print(f"python -m server export: error: cannot write {output}: {exc.strerror}", file=sys.stderr)
         return 2
+    names = ("participants", "events", "steps", "matches", "frames")
     print(
-        f"{counts['participants']} participants, {counts['events']} events, {counts['steps']} steps → "
-        f"{output / ('participants.' + args.format)}, {output / ('events.' + args.format)}, "
-        f"{output / ('steps.' + args.format)}"
+        ", ".join(f"{counts[name]} {name}" for name in names)
+        + " → "
+        + ", ".join(str(output / f"{name}.{args.format}") for name in names)
     )
     return 0

@@ -7,8 +7,10 @@ The formats it accepts are documented in docs/games.md.
 
 from __future__ import annotations
 
+import hashlib
 import importlib
 import inspect
+import json
 import math
 import random
 import re
@@ -149,6 +151,7 @@ class Team:
                 self.policies[agent_id] = _policy(policy["spec"], agent_id)
         self.observations: dict[str, Any] = {}
         self.rngs: dict[str, random.Random] = {}
+        self.returns: dict[str, float] = {}  # each agent's rewards summed since the episode's reset, for state_hash
 
     def reset(self, seed: int) -> dict[str, Any]:
         """Start an episode; each agent's `rng` is seeded from the episode's seed and the agent's id."""
@@ -160,6 +163,7 @@ class Team:
         observations, info = result
         self.observations = self._by_agent(observations, "reset() observations")
         self.rngs = {agent_id: random.Random(f"{seed}:{agent_id}") for agent_id in self.agents}
+        self.returns = {agent_id: 0.0 for agent_id in self.agents}
         return {"observations": plain(self.observations, "observations"), "info": _info(info)}
 
     def step(self, actions: Mapping[str, Any]) -> dict[str, Any]:
@@ -173,6 +177,8 @@ class Team:
         rewards = {a: _reward(r) for a, r in self._by_agent(rewards, "step() rewards").items()}
         terminated = any(_flag(f, "terminations") for f in self._by_agent(terminations, "step() terminations").values())
         truncated = any(_flag(f, "truncations") for f in self._by_agent(truncations, "step() truncations").values())
+        for agent_id, reward in rewards.items():
+            self.returns[agent_id] = self.returns.get(agent_id, 0.0) + reward
         return {
             "observations": plain(self.observations, "observations"),
             "rewards": rewards,
@@ -184,6 +190,32 @@ class Team:
 
     def frame(self) -> dict[str, Any]:
         return self.game.frame()
+
+    def assign(self, agent_id: str, payload: Mapping[str, Any]) -> None:
+        """A bot takes over an agent mid-game (a multiplayer slot nobody plays): its policy from now on, with the
+        agent's rng as the episode's reset seeded it, so every page and a replay in CPython choose the same."""
+        agent_id = str(agent_id)
+        if agent_id not in self.agents:
+            raise ContractError(f"no agent {agent_id} to give a bot; the agents are {', '.join(self.agents)}")
+        payload = dict(payload)
+        policy = payload.get("policy") or {}
+        if policy.get("kind") == "python":
+            self.policies[agent_id] = _policy(policy["spec"], agent_id)
+        self.agents[agent_id] = payload
+
+    def state_hash(self) -> str:
+        """What every page and the CPython export check compare after a frame: the environment's own
+        `state_hash()` if it has one, else a SHA-256 prefix of the canonical JSON of the current observations and
+        each agent's return since the episode's reset. Pure Python, so Pyodide and CPython give the same string."""
+        own = getattr(self.env, "state_hash", None)
+        if callable(own):
+            value = self.game._call("state_hash", own)
+            if not isinstance(value, (str, int)) or isinstance(value, bool):
+                raise ContractError(f"state_hash() returned {_kind(value)}; expected a string or an integer")
+            return str(value)
+        state = {"observations": plain(self.observations, "observations"), "returns": self.returns}
+        canonical = json.dumps(state, sort_keys=True, separators=(",", ":"), allow_nan=False)
+        return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 
     def act(self, agent_id: str) -> Any:
         """A Python or random policy's action for the agent's current observation."""
@@ -316,6 +348,59 @@ def replay_team(
                 break
         runs.append(run)
     return runs
+
+
+def replay_match(
+    spec: str,
+    kwargs: Mapping[str, Any] | None,
+    agents: Mapping[str, Mapping[str, Any]],
+    seeds: Sequence[int],
+    frames: Iterable[Mapping[str, Any]],
+    *,
+    episodes: int,
+    max_steps: int,
+    bot: Mapping[str, Any] | None = None,
+) -> list[dict[str, Any]]:
+    """Rerun a multiplayer match's frames exactly as every page does (client/web/match.js): per frame applied, its
+    episode and step, every agent's action (the bots' chosen here) and the state hash after it. An episode ends
+    after a terminated or truncated step or `max_steps`; the next frame starts the next seed; after the last
+    episode the remaining frames are not applied. ONNX bots cannot be replayed here (their scores come from a model)."""
+    team = load_team(spec, kwargs, agents)
+    episode, step, over = 0, 0, False
+    chosen: dict[str, Any] = {}
+    assigned: set[str] = set()
+    team.reset(seeds[0])
+    out: list[dict[str, Any]] = []
+    for frame in sorted(frames, key=lambda item: item["f"]):
+        if over:
+            episode += 1
+            if episode >= episodes:
+                break
+            team.reset(seeds[episode])
+            step, over = 0, False
+            chosen = {}
+        actions = dict(frame["actions"])
+        for agent_id in frame.get("bots") or []:
+            if agent_id not in assigned:
+                if bot is None:
+                    raise ContractError(f"frame {frame['f']} gives {agent_id} to a bot, but no bot payload was given")
+                team.assign(agent_id, bot)
+                assigned.add(agent_id)
+        bots = [a for a, p in team.agents.items() if p.get("kind") == "bot"]
+        for agent_id in bots:
+            if agent_id in assigned and agent_id not in (frame.get("bots") or []):
+                continue
+            agent = team.agents[agent_id]
+            if (agent.get("policy") or {}).get("kind") == "onnx":
+                raise ContractError(f"agent {agent_id}'s ONNX policy cannot be replayed in CPython")
+            if step % agent.get("frame_skip", 1) == 0 or agent_id not in chosen:
+                chosen[agent_id] = team.act(agent_id)
+            actions[agent_id] = chosen[agent_id]
+        result = team.step(actions)
+        step += 1
+        over = result["terminated"] or result["truncated"] or step >= max_steps
+        out.append({"f": frame["f"], "episode": episode, "step": step, "actions": actions, "hash": team.state_hash()})
+    return out
 
 
 def replay(

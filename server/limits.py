@@ -6,11 +6,16 @@ ever meet a flood, a slowloris or a runaway page.
 
 from __future__ import annotations
 
+import errno
 import logging
 import resource
+import socket
 import time
 from collections import Counter
+from collections.abc import Iterable
 from typing import Any
+
+from tornado.ioloop import IOLoop
 
 from .config import Config
 from .protocol import Code, Refusal
@@ -42,6 +47,88 @@ def raise_descriptor_limit(wanted: int = 65536) -> tuple[int, int]:
         except (ValueError, OSError) as exc:
             log.warning("could not raise the open-file limit from %d to %d: %s", soft, target, exc)
     return soft, hard
+
+
+OUT_OF_RESOURCES = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
+"""`accept()` errors that last until something is closed: retrying at once only spins the loop."""
+
+ACCEPT_PAUSE = 0.5
+"""Seconds the listening sockets rest after such an error before accepting is tried again."""
+
+ACCEPT_QUIET = 2.0
+"""Seconds without such an error before the condition counts as over (near the limit, accepts come and go)."""
+
+
+class AcceptGuard:
+    """Out of descriptors, `accept()` fails on every loop turn: log the condition once, rest, say when it is over.
+
+    Tornado's own accept handler lets the error escape to asyncio, which logs a traceback per try (the issue saw
+    144,408 in 40 s) while the ready listening socket spins the loop; here the listening socket stops being watched
+    for `pause` seconds, the error is logged once per errno, and once `quiet` seconds pass without one, that is
+    logged with the count of failed tries.
+    """
+
+    def __init__(self, pause: float = ACCEPT_PAUSE, quiet: float = ACCEPT_QUIET) -> None:
+        self.pause = pause
+        self.quiet = quiet
+        self.failing: int | None = None  # errno of the condition now logged, None while accepting works
+        self.refusals = 0  # failed accepts during the current condition
+        self.last_failure = 0.0
+        self.since = 0.0
+
+    def failed(self, sock: socket.socket, exc: OSError) -> None:
+        loop = IOLoop.current()
+        self.refusals += 1
+        self.last_failure = loop.time()
+        if self.failing is None:
+            self.since = self.last_failure
+            loop.call_later(self.quiet, self.check_over)
+        if exc.errno != self.failing:
+            self.failing = exc.errno
+            name = errno.errorcode.get(exc.errno or 0, str(exc.errno))
+            log.error("cannot accept connections (%s: %s); pausing %g s between tries", name, exc.strerror, self.pause)
+        loop.update_handler(sock, 0)
+        loop.call_later(self.pause, self.resume, sock)
+
+    def resume(self, sock: socket.socket) -> None:
+        if sock.fileno() != -1:  # the server may have stopped (and closed it) meanwhile
+            IOLoop.current().update_handler(sock, IOLoop.READ)
+
+    def check_over(self) -> None:
+        loop = IOLoop.current()
+        left = self.last_failure + self.quiet - loop.time()
+        if left > 0:
+            loop.call_later(left, self.check_over)
+            return
+        log.warning(
+            "accepting connections again (%d tries failed over %.1f s)", self.refusals, self.last_failure - self.since
+        )
+        self.failing, self.refusals = None, 0
+
+
+class GuardedSocket(socket.socket):
+    """A listening socket whose `accept()` reports resource errors to its guard and looks empty to Tornado."""
+
+    guard: AcceptGuard
+
+    def accept(self) -> tuple[socket.socket, Any]:
+        try:
+            return super().accept()
+        except OSError as exc:
+            if exc.errno not in OUT_OF_RESOURCES:
+                raise
+            self.guard.failed(self, exc)
+            raise BlockingIOError(errno.EAGAIN, "accepting paused") from exc  # Tornado's handler stops quietly
+
+
+def guarded(sockets: Iterable[socket.socket], guard: AcceptGuard) -> list[socket.socket]:
+    """The listening sockets from `tornado.netutil.bind_sockets`, each watched by `guard` (same descriptors)."""
+    out: list[socket.socket] = []
+    for sock in sockets:
+        wrapped = GuardedSocket(sock.family, sock.type, sock.proto, fileno=sock.detach())
+        wrapped.guard = guard
+        out.append(wrapped)
+    return out
 
 
 class Limits:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 import secrets
 import time
+from collections import Counter
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
@@ -65,6 +66,7 @@ class Lobby:
         self.machine = machine if machine is not None else MatchMachine()
         self.queues: dict[str, dict[str, Session]] = {}  # scene id -> session id -> session, in arrival order
         self.matches: dict[str, Match] = {}
+        self.outcomes: Counter[str] = Counter()  # how the matches that ended this run ended
         self._scheduled: object | None = None
 
     # -- the waiting room --------------------------------------------------------------------
@@ -138,7 +140,8 @@ class Lobby:
         return match
 
     def forget(self, match: Match) -> None:
-        self.matches.pop(match.match_id, None)
+        if self.matches.pop(match.match_id, None) is not None and match.outcome:
+            self.outcomes[match.outcome] += 1
         self.machine.remove_model(match)
 
     def describe(self) -> dict[str, Any]:
@@ -146,7 +149,13 @@ class Lobby:
         now = self.clock.time()
         return {
             "waiting": [
-                {"scene_id": key, "session_id": s.session_id, "waited_s": round(now - (s.waiting_since or now), 1)}
+                {
+                    "scene_id": key,
+                    "session_id": s.session_id,
+                    "participant_id": s.participant_id,
+                    "waited_s": round(now - (s.waiting_since or now), 1),
+                    "needed": group_size(scene_of(s)),
+                }
                 for key, queue in self.queues.items()
                 for s in queue.values()
             ],
@@ -219,6 +228,8 @@ class Match:
             agents={a: kind.payload() for a, kind in scene.agents.items()},
             seed=self.seed,
             seeds=self.seeds,
+            episodes=scene.episodes,
+            max_steps=scene.max_steps,
             input_delay=self.delay,
             fps=scene.fps,
             input=scene.input,
@@ -519,6 +530,7 @@ class Match:
             "scene_id": self.instance_id,
             "state": self.state,
             "players": {a: s.participant_id for a, s in self.players.items() if a not in self.bots},
+            "sessions": {a: s.session_id for a, s in self.players.items() if a not in self.bots},
             "bots": sorted(self.bots),
             "frame": self.f,
             "absent": sorted(self.absent),

@@ -196,7 +196,10 @@ def _facts(value: Any) -> str | None:
 
 
 def _plain(value: Any) -> str | None:
-    """Research data may be any JSON-like value, but not a bomb: bounded depth and size, no msgpack extensions."""
+    """Research data may be any JSON-like value, but not a bomb: bounded depth and size, no msgpack extensions.
+
+    Scalars inside a map or list are checked where they are found, not pushed: a batch of steps is mostly scalars.
+    """
     stack, items = [(value, 0)], 0
     while stack:
         item, depth = stack.pop()
@@ -209,9 +212,18 @@ def _plain(value: Any) -> str | None:
             if isinstance(item, dict):
                 if not all(isinstance(k, str) for k in item):
                     return "must have string keys"
-                stack.extend((v, depth + 1) for v in item.values())
+                children: Any = item.values()
             else:
-                stack.extend((v, depth + 1) for v in item)
+                children = item
+            for child in children:
+                kind = type(child)
+                scalar = kind is str or kind is int or kind is bool or child is None
+                if scalar or (kind is float and math.isfinite(child)):
+                    items += 1
+                else:
+                    stack.append((child, depth + 1))
+            if items > MAX_ITEMS:
+                return f"holds more than {MAX_ITEMS} values"
         elif isinstance(item, float) and not math.isfinite(item):
             return f"holds {item}: numbers must be finite (exports cannot hold NaN or Infinity)"
         elif not (item is None or isinstance(item, (bool, int, float, str))):

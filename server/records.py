@@ -1,7 +1,8 @@
-"""One session's records read in one pass: who took part, their path, screening, preload, scenes and frames.
+"""One session's records read in one pass: who took part, their path, screening, preload, scenes and frames;
+and one match's canonical log read the same way (`read_match`).
 
-The admin page's participant view, the export's participants table and the replay traces all
-start from this summary, so a record kind is interpreted in one place only.
+The admin page's participant view, the export's participants, matches and frames tables and the replay
+traces all start from these summaries, so a record kind is interpreted in one place only.
 """
 
 from __future__ import annotations
@@ -85,6 +86,27 @@ class Closed:
     wall: float | None
 
 
+@dataclass(frozen=True)
+class Joined:
+    """A multiplayer match the participant was matched into: which scene, which match, which agent they played."""
+
+    scene_id: str | None
+    match_id: str | None
+    agent: str | None
+    t: float | None
+    wall: float | None
+
+
+@dataclass(frozen=True)
+class Unmatched:
+    """Nobody came in time for a multiplayer scene; `then` is what the scene's on_no_match did (skip, bot, end)."""
+
+    scene_id: str | None
+    then: str | None
+    t: float | None
+    wall: float | None
+
+
 @dataclass
 class SessionRecords:
     """What one session's records say, in the order they were written; `None` where a record never came."""
@@ -99,6 +121,8 @@ class SessionRecords:
     game_events: int = 0
     steps: int = 0  # game steps received, over every batch
     games: list[GameOver] = field(default_factory=list)
+    matches: list[Joined] = field(default_factory=list)
+    unmatched: list[Unmatched] = field(default_factory=list)
     decided: str | None = None  # the outcome the lifecycle decided, once it did
     frames: list[dict[str, Any]] = field(default_factory=list)
     frames_in: int = 0
@@ -177,4 +201,78 @@ def read_session(session_id: str, records: Iterable[dict[str, Any]]) -> SessionR
             out.scenes_shown.append(SceneShown(r.get("scene_id"), r.get("scene_type"), r.get("index"), t, wall))
         elif kind == "closed":
             out.closed = Closed(r.get("outcome"), r.get("state"), t, wall)
+        elif kind == "match":
+            out.matches.append(Joined(r.get("scene_id"), r.get("match_id"), r.get("agent"), t, wall))
+        elif kind == "unmatched":
+            out.unmatched.append(Unmatched(r.get("scene_id"), r.get("then"), t, wall))
+    return out
+
+
+@dataclass
+class MatchRecords:
+    """What one match's canonical log (`data/matches/<match_id>.msgpack`, server/matches.py) says, in order."""
+
+    match_id: str
+    count: int = 0
+    start: dict[str, Any] | None = None  # the `match` record: scene, environment, participants, agents, seeds, ...
+    frames: list[dict[str, Any]] = field(default_factory=list)  # `frame` records: f, actions, filled, bots
+    hashes: list[dict[str, Any]] = field(default_factory=list)  # `hash` records: agent, f, hash
+    presence: list[dict[str, Any]] = field(default_factory=list)  # agent, status (reconnecting, connected, bot, left)
+    reports: list[dict[str, Any]] = field(default_factory=list)  # agent, frames: a page's game over
+    desyncs: list[dict[str, Any]] = field(default_factory=list)  # f, hashes: two pages' hashes differed
+    path: list[Transition] = field(default_factory=list)
+    end: dict[str, Any] | None = None  # the `end` record: outcome, frames, filled
+    first_wall: float | None = None
+    last_wall: float | None = None
+
+    @property
+    def outcome(self) -> str:
+        """completed, partner_left, desync or start_failed; `unfinished` when the log has no end (a crash)."""
+        return str(self.end.get("outcome")) if self.end is not None else "unfinished"
+
+    @property
+    def last_frame(self) -> int:
+        """The match's last frame: the one every page reported (completed), else the last the server closed."""
+        if self.end is not None and isinstance(self.end.get("frames"), int):
+            return int(self.end["frames"])
+        return max((int(r["f"]) for r in self.frames if isinstance(r.get("f"), int)), default=0)
+
+    @property
+    def desync_f(self) -> int | None:
+        return self.desyncs[0].get("f") if self.desyncs else None
+
+    def bot_from(self) -> dict[str, int]:
+        """Each human slot a bot played, from the first frame it did."""
+        out: dict[str, int] = {}
+        for frame in self.frames:
+            for agent in frame.get("bots") or []:
+                out.setdefault(str(agent), frame["f"])
+        return out
+
+
+def read_match(match_id: str, records: Iterable[dict[str, Any]]) -> MatchRecords:
+    """The summary of one match's log, read once, in order; records of kinds it does not know are counted only."""
+    out = MatchRecords(match_id)
+    for r in records:
+        out.count += 1
+        kind, wall = r.get("kind"), r.get("wall")
+        if wall is not None:
+            out.first_wall = wall if out.first_wall is None else out.first_wall
+            out.last_wall = wall
+        if kind == "frame" and isinstance(r.get("f"), int) and isinstance(r.get("actions"), dict):
+            out.frames.append(r)
+        elif kind == "hash":
+            out.hashes.append(r)
+        elif kind == "match":
+            out.start = r
+        elif kind == "presence":
+            out.presence.append(r)
+        elif kind == "report":
+            out.reports.append(r)
+        elif kind == "desync":
+            out.desyncs.append(r)
+        elif kind == "transition":
+            out.path.append(Transition(r.get("event"), r.get("source"), r.get("dest"), r.get("t"), wall))
+        elif kind == "end":
+            out.end = r
     return out

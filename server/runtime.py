@@ -209,11 +209,54 @@ class VersionedFiles(EncodedFiles):
         return f"{stat.st_size:x}-{stat.st_mtime_ns:x}"
 
 
+WILDCARD_HOSTS = ("", "0.0.0.0", "::")
+LOOPBACK_NAMES = ("127.0.0.1", "localhost", "[::1]")
+_HOST_NAME = re.compile(r"^(?:[A-Za-z0-9](?:[A-Za-z0-9.-]{0,251}[A-Za-z0-9])?|\[[0-9A-Fa-f:.]+\])$")
+
+
+def _bracketed(host: str) -> str:
+    return f"[{host}]" if ":" in host and not host.startswith("[") else host
+
+
+@dataclass(frozen=True)
+class IndexOrigin:
+    """Where `/simple`'s wheel URLs point: `--public-origin`, else the address the server was told to listen on.
+
+    micropip 0.11 takes a scheme-less URL for a local file, so the URLs are absolute; an absolute URL copied from
+    any Host header would let one forged request (kept by a shared cache) send participants' installs elsewhere.
+    So the Host header is used only when it names the configured address (same port; for a loopback address any
+    loopback name, so a page opened at localhost fetches from localhost); when the server listens on every
+    interface, any well-formed name at the configured port is taken, as the server cannot know its names.
+    """
+
+    public: str  # --public-origin, "" when not given
+    host: str  # --host
+    port: int  # --port
+
+    def of(self, scheme: str, host_header: str) -> str | None:
+        """The origin for a request, or None when its Host names another address and none is configured."""
+        if self.public:
+            return self.public
+        name, _, port = host_header.rpartition(":") if not host_header.endswith("]") else (host_header, "", "")
+        if not name or not port.isdigit():
+            name, port = host_header, "443" if scheme == "https" else "80"
+        own = _bracketed(self.host)
+        names_us = (
+            self.host in WILDCARD_HOSTS
+            or name.lower() == own.lower()
+            or (own in LOOPBACK_NAMES and name.lower() in LOOPBACK_NAMES)
+        )
+        if int(port) == self.port and names_us and _HOST_NAME.match(name):
+            return f"{scheme}://{host_header}"
+        return None if self.host in WILDCARD_HOSTS else f"http://{own}:{self.port}"
+
+
 class SimpleIndex(tornado.web.RequestHandler):
     """A PEP 503 (HTML) / PEP 691 (JSON) simple index over the wheelhouse; micropip asks for JSON."""
 
-    def initialize(self, wheels: dict[str, list[Wheel]]) -> None:
+    def initialize(self, wheels: dict[str, list[Wheel]], origin: IndexOrigin) -> None:
         self.wheels = wheels
+        self.origin = origin
 
     def get(self, project: str = "") -> None:
         wheels = self.wheels
@@ -225,9 +268,13 @@ class SimpleIndex(tornado.web.RequestHandler):
         if files is None:
             raise tornado.web.HTTPError(404, reason=f"no project {normalize(project)} in the index")
         if "application/vnd.pypi.simple.v1+json" in self.request.headers.get("Accept", ""):
-            # micropip 0.11 takes a scheme-less file URL for a local path, so URLs are absolute: from --public-origin
-            # when it is set (then the Host header plays no part), else from the request as before
-            origin = self.settings.get("public_origin") or f"{self.request.protocol}://{self.request.host}"
+            origin = self.origin.of(self.request.protocol, self.request.host)
+            if origin is None:
+                raise tornado.web.HTTPError(
+                    421, reason="this server does not answer to that Host; start it with --public-origin"
+                )
+            if not self.origin.public:
+                self.add_header("Vary", "Host")  # built from the request: no cache may hand it to another name
             self.set_header("Content-Type", "application/vnd.pypi.simple.v1+json")
             self.finish(
                 json.dumps(

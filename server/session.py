@@ -24,7 +24,7 @@ from .experiment import EndScene, Experiment, GymScene, Placed
 from .matches import Lobby, Match
 from .multiplayer import Multiplayer
 from .outbox import Outbox
-from .protocol import Refusal, Writer
+from .protocol import Code, Refusal, Writer
 
 
 @dataclass(frozen=True)
@@ -169,9 +169,11 @@ class Session(RegionGuards):
 
     def check(self, message: dict[str, Any]) -> Refusal | None:
         """A message the protocol accepts but this participant may not send now (a forged or late match input)."""
-        if message["type"] in MATCH_TYPES and self.match is not None:
-            return self.match.check(self, message)
-        return None
+        if message["type"] not in MATCH_TYPES:
+            return None
+        if self.match is None:
+            return Refusal(Code.NOT_ALLOWED, f"{message['type']} is not accepted now: no match is in progress for you")
+        return self.match.check(self, message)
 
     def record(self, kind: str, **fields: Any) -> None:
         self.log({"kind": kind, "t": time.monotonic(), "wall": time.time(), **fields})

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import os
 from pathlib import Path
@@ -33,11 +34,14 @@ def browser():
 
 
 @pytest.fixture
-def config(request, tmp_path) -> Config:
-    """The example study; `@pytest.mark.config(field=value)` changes fields for one test."""
+def config(request, tmp_path, _unused_port) -> Config:
+    """The example study on the test server's port; `@pytest.mark.config(field=value)` changes fields for one test."""
     marker = request.node.get_closest_marker("config")
     base = Config(
-        experiment=example_study.experiment, experiment_file=Path(example_study.__file__), data_dir=tmp_path / "data"
+        experiment=example_study.experiment,
+        experiment_file=Path(example_study.__file__),
+        data_dir=tmp_path / "data",
+        port=_unused_port[1],
     )
     return dataclasses.replace(base, **marker.kwargs) if marker else base
 
@@ -77,5 +81,8 @@ def connect(ws_url, io_loop):
         return client
 
     yield open_one
-    for client in opened:
-        client.close()
+
+    async def close_all() -> None:
+        await asyncio.gather(*(client.aclose() for client in opened))
+
+    io_loop.run_sync(close_all, timeout=10)

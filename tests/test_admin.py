@@ -132,6 +132,8 @@ async def test_fifty_participants_are_counted_where_they_really_are(http_server,
             "completed": PLAN["completed"] + 2,
             "excluded": PLAN["excluded"] + 1,
             "abandoned": 0,
+            "unmatched": 0,
+            "partner_lost": 0,
             "preload_error": PLAN["ready/start after a preload error"],
             "timed_out": 0,
         }

@@ -80,3 +80,32 @@ async def test_with_a_public_origin_the_package_index_ignores_the_host_header(ht
     response = await fetch(http_port, "/simple/micropip/", headers=headers)
     urls = [f["url"] for f in json.loads(response.body)["files"]]
     assert urls and all(url.startswith("https://study.example.org/wheels/") for url in urls)
+
+
+async def index_urls(port: int, host: str) -> tuple[int, list[str]]:
+    headers = {"Accept": "application/vnd.pypi.simple.v1+json", "Host": host}
+    response = await fetch(port, "/simple/micropip/", headers=headers)
+    return response.code, ([f["url"] for f in json.loads(response.body)["files"]] if response.code == 200 else [])
+
+
+@pytest.mark.gen_test
+async def test_without_a_public_origin_a_forged_host_gets_the_configured_address(http_server, http_port):
+    for forged in ("evil.example", f"evil.example:{http_port}", "127.0.0.1:1", "localhost"):
+        code, urls = await index_urls(http_port, forged)
+        assert code == 200 and urls and all(u.startswith(f"http://127.0.0.1:{http_port}/wheels/") for u in urls)
+
+
+@pytest.mark.gen_test
+async def test_without_a_public_origin_each_name_of_the_loopback_address_is_kept(http_server, http_port):
+    for name in (f"localhost:{http_port}", f"127.0.0.1:{http_port}", f"[::1]:{http_port}"):
+        code, urls = await index_urls(http_port, name)
+        assert code == 200 and urls and all(u.startswith(f"http://{name}/wheels/") for u in urls)
+
+
+@pytest.mark.gen_test
+@pytest.mark.config(host="0.0.0.0")
+async def test_listening_everywhere_any_name_at_the_port_is_taken_and_others_refused(http_server, http_port):
+    code, urls = await index_urls(http_port, f"lab-pc.local:{http_port}")
+    assert code == 200 and urls and all(u.startswith(f"http://lab-pc.local:{http_port}/wheels/") for u in urls)
+    for other in ("evil.example", f"evil.example:{http_port + 1}"):
+        assert (await index_urls(http_port, other))[0] == 421

@@ -117,7 +117,7 @@ def test_a_participant_walks_from_the_url_to_the_completion_code_offline(server,
         timeout=LOAD_TIMEOUT_MS,
     )
     assert page.is_disabled("#advance")
-    assert "Python is still loading" in page.inner_text("#notice")
+    assert "Python is still loading" in page.inner_text("#hint")
     assert page.get_attribute("#progress", "aria-live") == "polite"
     page.evaluate("window.__preflight.send({type: 'advance'})")  # forged from the console
     page.wait_for_function("window.__preflight.errors.length > 0", timeout=STEP_TIMEOUT_MS)

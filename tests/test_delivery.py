@@ -128,3 +128,38 @@ def test_after_kill_9_resent_steps_are_stored_once(tmp_path):
 
 def all_records(data) -> list[dict]:
     return [r for log in (data / "sessions").glob("*.msgpack") for r in read_records(log)]
+
+
+def crash_bench(*flags: str) -> dict:
+    """`python -m bench.crash` at a small scale: its report, whatever its exit code."""
+    import json
+    import subprocess
+    import sys
+
+    from client.harness import ROOT
+
+    small = ["--games", "10", "--seconds", "4", "--kill-at", "1", "--down", "0.5"]
+    run = subprocess.run(
+        [sys.executable, "-m", "bench.crash", *small, *flags],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    assert run.stdout.strip().startswith("{"), run.stderr[-2000:]
+    return json.loads(run.stdout)
+
+
+def test_a_kill_9_during_real_time_games_loses_and_duplicates_no_step():
+    """Games go on while the server is down; each player resumes and resends what was unconfirmed."""
+    report = crash_bench()
+    assert report["completed_by_players"] == 10 and report["players_reconnected"] == 10
+    assert report["steps_played"] == 10 * 80 == report["steps_exported"]
+    assert report["steps_lost"] == 0 and report["steps_duplicated"] == 0 and report["gap_records"] == 0
+    assert report["outcomes_exported"] == {"completed": 10}
+
+
+def test_the_crash_audit_sees_the_loss_when_unconfirmed_data_is_not_resent():
+    """The same run with the page's old behaviour: the audit must see the steps played while the server was down."""
+    report = crash_bench("--no-resend")
+    assert report["steps_lost"] > 0 and report["gap_records"] > 0

@@ -24,7 +24,17 @@ from statemachine.lifecycle import top_state
 from tests.support import HELLO, LOADING, READY, SCREENING, SITUATIONS
 
 CHROME_UA = DESKTOP_CHROMIUM["user_agent"]
-CLIENT_TRIGGERS = ["hello", "screening", "preload", "advance", "game_event", "game_over"]
+CLIENT_TRIGGERS = [
+    "hello",
+    "screening",
+    "preload",
+    "advance",
+    "game_event",
+    "game_over",
+    "match_ready",
+    "input",
+    "state_hash",
+]
 
 
 class HandClock:

@@ -172,3 +172,60 @@ def test_the_server_raises_its_open_file_limit_toward_the_hard_one():
     assert soft == resource.getrlimit(resource.RLIMIT_NOFILE)[0]
     assert hard == resource.RLIM_INFINITY or soft <= hard
     socket.socket().close()
+
+
+def test_accept_errors_for_want_of_descriptors_are_logged_once_and_accepting_resumes(tmp_path):
+    """`python -m server` with 64 descriptors: a crowd past that gets one log line, not a traceback per loop turn."""
+    import resource
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+
+    from client.harness import ROOT, free_port
+
+    def few_files() -> None:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (64, 64))  # the hard limit too, or the server raises it
+
+    port = free_port()
+    log = tmp_path / "server.log"
+    flags = ["--port", str(port), "--data-dir", str(tmp_path / "data"), "--no-precompressed"]
+    with open(log, "w") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "server", *flags],
+            cwd=ROOT,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            preexec_fn=few_files,
+        )
+    held: list[socket.socket] = []
+    try:
+        deadline = time.monotonic() + 30
+        while "Participant URL" not in log.read_text() and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert "Participant URL" in log.read_text(), log.read_text()
+        for _ in range(150):  # more than the server has descriptors; the kernel queues the rest (backlog 128)
+            sock = socket.create_connection(("127.0.0.1", port), timeout=5)
+            sock.setblocking(False)
+            held.append(sock)
+        while "cannot accept" not in log.read_text() and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(2)  # several pauses and tries while the condition lasts
+        during = log.read_text()
+        for sock in held:
+            sock.close()
+        held.clear()
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=20) as response:
+            assert response.status == 200  # accepting again once descriptors are free
+        while "accepting connections again" not in log.read_text() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        after = log.read_text()
+        assert proc.poll() is None
+    finally:
+        for sock in held:
+            sock.close()
+        proc.terminate()
+        proc.wait(timeout=10)
+    assert during.count("cannot accept connections (EMFILE") == 1, during[-3000:]
+    assert "Traceback" not in during and "Exception in callback" not in during, during[-3000:]
+    assert after.count("accepting connections again") == 1

@@ -93,12 +93,6 @@ def of(sent, kind):
     return [m for m in sent if m["type"] == kind]
 
 
-def play(sessions, match, frames):
-    """Each page's part of lockstep: ready, then an input for every frame, as far ahead as the delay."""
-    for s, sent in sessions:
-        assert s.fire("match_ready", {"type": "match_ready", "match_id": match.match_id}) is Fired.ACCEPTED
-
-
 def test_two_arrivals_are_matched_and_play_frames_the_server_closes(clock, lobby):
     experiment = coop()
     (a, sent_a), (b, sent_b) = (participant(experiment, clock, lobby) for _ in range(2))
@@ -273,10 +267,45 @@ def test_multiplayer_scenes_are_checked_when_the_study_is_defined():
 
 def test_a_player_back_after_a_restart_finds_the_match_gone_and_moves_on(clock, lobby):
     experiment = coop()
-    (a, sent), (b, _) = (participant(experiment, clock, lobby) for _ in range(2))
+    (a, sent), _ = (participant(experiment, clock, lobby) for _ in range(2))
     clock.advance(0.01)
     a.connection_lost()
     a.match = None  # what a restart leaves: the session parked in its game, no match in memory
     a.reconnect(sent.append, a.token, 0)
     assert a.state == "ready" and a.fire("advance", {"type": "advance"}) is Fired.ACCEPTED
     assert a.outcome == "completed"
+
+
+def test_the_input_delay_follows_the_slowest_round_trip(clock, lobby):
+    experiment = coop()
+    participant(experiment, clock, lobby, rtt=30.0)
+    slow, sent = participant(experiment, clock, lobby, rtt=250.0)
+    clock.advance(0.01)
+    assert slow.match.delay == 4  # ceil(250 ms / 100 ms a frame) + 1
+    assert of(sent, "match")[-1]["input_delay"] == 4
+
+
+def test_a_turn_closes_when_every_human_has_moved_or_its_time_is_up(clock, lobby):
+    agents = {f"p{i}": Human(keys=KEYS, default_action=0) for i in range(2)}
+    scene = GymScene(
+        "coop",
+        environment="coop_env:make",
+        agents=agents,
+        input="turn",
+        fps=10,
+        multiplayer=Multiplayer(turn_timeout_s=10),
+    )
+    experiment = Experiment("turns", [StartScene(), scene, EndScene()])
+    (a, _), (b, sent_b) = (participant(experiment, clock, lobby) for _ in range(2))
+    clock.advance(0.01)
+    match = a.match
+    for s in (a, b):
+        s.fire("match_ready", {"type": "match_ready", "match_id": match.match_id})
+    a.fire("input", {"type": "input", "f": 1, "action": 1})
+    clock.advance(5.0)
+    assert match.f == 0  # p1 has not moved
+    b.fire("input", {"type": "input", "f": 1, "action": 0})
+    clock.advance(0.2)
+    assert match.f == 1 and of(sent_b, "frame")[-1]["filled"] == []
+    clock.advance(10.5)
+    assert match.f == 2 and of(sent_b, "frame")[-1]["filled"] == ["p0", "p1"]

@@ -160,8 +160,8 @@ async def test_with_no_locking_outcome_a_completed_participant_may_start_again(c
 @pytest.mark.config(messages_per_second=10.0)
 async def test_a_flood_is_rate_limited_then_closed_and_others_are_unaffected(connect, ws_url):
     client, _ = await to_ready(connect)
-    for _ in range(60):
-        await client.send({"type": "game_event"})
+    # all 60 written in one burst: sent one by one, a loaded machine can space them out below the limit
+    await asyncio.gather(*(client.send({"type": "game_event"}) for _ in range(60)))
     codes = []
     while (reply := await client.recv()) is not None:
         codes.append(reply["code"])
@@ -254,7 +254,7 @@ def test_after_kill_9_and_a_restart_participants_resume_where_they_were(tmp_path
         proc.send_signal(signal.SIGKILL)
         proc.wait(timeout=10)
         assert await ready.recv() is None
-        ready.close()
+        await ready.aclose()
         proc, _ = start_server(data, port=int(url.rsplit(":", 1)[1].strip("/")))
 
         back = await ProtocolClient.connect(ws)
@@ -265,12 +265,12 @@ def test_after_kill_9_and_a_restart_participants_resume_where_they_were(tmp_path
         assert messages[2]["state"] == "ready" and messages[2]["may_advance"] is True
         await back.send({"type": "advance"})
         assert (await back.until_type("activate_scene"))["scene_type"] == "game"
-        back.close()
+        await back.aclose()
 
         again = await ProtocolClient.connect(ws)
         await again.send({"type": "hello", "participant_id": "done-2"})
         assert (await again.recv())["code"] == "already_participated"
-        again.close()
+        await again.aclose()
 
     try:
         asyncio.run(story())
@@ -279,8 +279,8 @@ def test_after_kill_9_and_a_restart_participants_resume_where_they_were(tmp_path
         proc.wait(timeout=10)
 
 
-@pytest.mark.gen_test(timeout=30)
-@pytest.mark.config(timeouts=Timeouts(grace=0.5))
+@pytest.mark.gen_test(timeout=60)
+@pytest.mark.config(timeouts=Timeouts(grace=3.0))
 async def test_participants_dropped_at_every_moment_finish_with_every_record(ws_url, config):
     """One participant per message of the walk is cut off right there and comes back; nothing goes missing."""
     ends = await asyncio.gather(
@@ -288,8 +288,13 @@ async def test_participants_dropped_at_every_moment_finish_with_every_record(ws_
     )
     assert [e["outcome"] for e in ends] == ["completed"] * 11
     assert all(e["completion_code"] == "PREFLIGHT-EXAMPLE" for e in ends)
-    await asyncio.sleep(1.0)  # finished sessions stay resumable for the grace period, then are closed
-    for log in (config.data_dir / "sessions").glob("*.msgpack"):
+    logs = list((config.data_dir / "sessions").glob("*.msgpack"))
+    for _ in range(200):  # finished sessions stay resumable for the grace period, then are closed
+        if all(list(read_records(log))[-1]["kind"] == "closed" for log in logs):
+            break
+        await asyncio.sleep(0.1)
+    assert len(logs) == 11
+    for log in logs:
         records = list(read_records(log))
         steps = [s["step"] for r in records if r["kind"] == "steps" for s in r["steps"]]
         assert steps == [1, 2, 3], log

@@ -6,9 +6,14 @@ import json
 
 import msgpack
 import pytest
+import tornado.web
+import tornado.websocket
 from tornado.httpclient import AsyncHTTPClient
+from tornado.httpserver import HTTPServer
+from tornado.testing import bind_unused_port
 
 from client.participant import DESKTOP_CHROMIUM, walk
+from server.app import binary_frame
 from server.experiment import EndScene, Experiment, StartScene
 from server.page_module import page_constants
 from server.session import Timeouts
@@ -209,3 +214,26 @@ async def test_the_page_imports_the_lifecycle_names_generated_from_the_table(htt
     assert constants["FINAL_STATES"] == sorted(FINAL_STATES) and constants["OUTCOMES"] == list(OUTCOMES)
     assert constants["CODE"]["GATED"] == "gated" and constants["CLOSE"]["TAKEN_OVER"] == 4001
     assert set(constants["WAITING"]) <= {name.rsplit(".", 1)[-1] for name in state_names()}
+
+
+@pytest.mark.gen_test
+@pytest.mark.parametrize("size", [0, 125, 126, 65535, 65536, 70000])
+async def test_frames_written_together_arrive_whole_at_every_length_class(size):
+    """The server frames its own replies (one write per event); Tornado's client must read each one back."""
+    payloads = [bytes([i % 251]) * size for i in range(3)]
+
+    class Burst(tornado.websocket.WebSocketHandler):
+        def on_message(self, message):
+            assert self.ws_connection is not None and self.ws_connection.stream is not None
+            self.ws_connection.stream.write(b"".join(binary_frame(p) for p in payloads))
+
+    sock, port = bind_unused_port()
+    server = HTTPServer(tornado.web.Application([(r"/", Burst)]))
+    server.add_sockets([sock])
+    try:
+        conn = await tornado.websocket.websocket_connect(f"ws://127.0.0.1:{port}/")
+        await conn.write_message(b"go", binary=True)
+        assert [await conn.read_message() for _ in payloads] == payloads
+        conn.close()
+    finally:
+        server.stop()

@@ -5,18 +5,35 @@
 import { encode, decode } from "/vendor/msgpack/index.mjs";
 import { Runtime } from "/client/runtime.js";
 import { playGame } from "/client/game.js";
-import { CLOSE, CODE, FINAL_STATES, GIVE_UP, PLAYING, STAGE, STAGES, STATUS, TYPE, WAITING } from "/client/lifecycle.js";
+import { CLOSE, CODE, FINAL_STATES, GIVE_UP, PARTNER, PLAYING, STAGE, STAGES, STATUS, TYPE, WAITING } from "/client/lifecycle.js";
 
 const $ = (id) => document.getElementById(id);
 
 const preflight = (window.__preflight = { states: [], errors: [], runtime: null, firstFrameAt: null, firstStepAt: null,
-                                          connections: 0, games: 0, steps: 0, frameTimes: [] });
+                                          connections: 0, games: 0, steps: 0, frameTimes: [],
+                                          match: null, hashes: [], partners: [], matchEnd: null });
 const params = Object.fromEntries(new URLSearchParams(location.search));
 const TOKEN_KEY = `preflight.token:${location.pathname}${location.search}`;
 
 let socket = null, lastSeq = 0, ackTimer = null, retries = 0, screeningSent = false;
 let runtime = null, scene = null, progressTimer = null;
 const played = new Set();  // scene instances whose game this page started: each plays once, however often told
+// Multiplayer (docs/multiplayer.md): the match this page plays, from the server's `match`. Its frames wait here
+// until the worker has the game, then go straight to it. What this tab already reported of a match (the last frame
+// whose steps left, whether game_over did) is kept in sessionStorage, so a reload's replay sends nothing twice.
+const MATCH_KEY = `preflight.match:${location.pathname}${location.search}`;
+let match = null, matchArrived = null, waitingTimer = null, partnerTimer = null;
+const matchMemory = (matchId) => {
+  try {
+    const kept = JSON.parse(sessionStorage.getItem(MATCH_KEY));
+    return kept?.match_id === matchId ? kept : { match_id: matchId, frame: 0, over: false };
+  } catch {
+    return { match_id: matchId, frame: 0, over: false };
+  }
+};
+const keepMatch = (memory) => {
+  try { sessionStorage.setItem(MATCH_KEY, JSON.stringify(memory)); } catch { /* full: a reload may resend */ }
+};
 // `?runtime=main` keeps Python on the page's own thread (the baseline the worker is measured against).
 const newRuntime = (config = preflight.config.pyodide_config) => new Runtime(config, reportPreload,
                                      { thread: params.runtime === "main" ? "main" : "worker" });
@@ -74,7 +91,8 @@ function connect() {
       lastSeq = Math.max(lastSeq, message.seq);
       ackTimer ??= setTimeout(() => { ackTimer = null; send({ type: TYPE.ack, seq: lastSeq }); }, 200);
     }
-    ({ experiment_config: onConfig, activate_scene: onScene, state: onState, error: onError, received: onReceived })[
+    ({ experiment_config: onConfig, activate_scene: onScene, state: onState, error: onError, received: onReceived,
+       [TYPE.match]: onMatch, [TYPE.frame]: onFrame, [TYPE.partner_status]: onPartner, [TYPE.match_end]: onMatchEnd })[
       message.type]?.(message);
   };
 }
@@ -198,12 +216,84 @@ function onState(message) {
     sendPreload(runtime.settled);
   }
   $("advance").disabled = !message.may_advance;
-  $("notice").textContent = message.may_advance ? "" : waitingText(message);
+  $("hint").textContent = message.may_advance ? "" : waitingText(message);
+  showWaitingRoom(message.waiting);
   const instance = `${scene?.scene_id}@${scene?.index}`;
   if (message.state === PLAYING && scene?.scene_type === "game" && !played.has(instance)) {
     played.add(instance);
     startGame(scene);
   }
+}
+
+// The waiting room: who is here and the time left, counted down here from the server's numbers only for show;
+// the server alone decides when the wait ends (a match, or its timeout) and says so with a new state.
+function showWaitingRoom(waiting) {
+  clearInterval(waitingTimer);
+  waitingTimer = null;
+  if (!waiting) return;
+  const since = performance.now(), left0 = waiting.deadline_s;  // seconds left when the server said so
+  const tick = () => {
+    const left = Math.max(0, Math.ceil(left0 - (performance.now() - since) / 1000));
+    const clock = `${Math.floor(left / 60)}:${String(left % 60).padStart(2, "0")}`;
+    $("hint").textContent =
+      `Waiting for a partner… ${waiting.waiting} of ${waiting.needed} players here; ${clock} left.`;
+  };
+  tick();
+  waitingTimer = setInterval(tick, 1000);
+}
+
+// The server matched this page: once per match, however often the message comes (it comes again after a reload,
+// with every frame closed so far, from which the worker rebuilds the game).
+function onMatch(message) {
+  if (match?.message.match_id === message.match_id) {
+    for (const frame of message.frames || []) onFrame(frame);
+    return;
+  }
+  match = { message, frames: [...(message.frames || [])], playing: false, ended: null };
+  preflight.match = { match_id: message.match_id, agent: message.agent, replayed: (message.frames || []).length };
+  showWaitingRoom(null);
+  matchArrived?.();
+}
+
+function onFrame(frame) {
+  if (!match || match.ended) return;
+  if (match.playing) runtime?.feed(frame);
+  else match.frames.push(frame);
+}
+
+function onPartner(message) {
+  preflight.partners.push(message);
+  clearInterval(partnerTimer);
+  partnerTimer = null;
+  const box = $("partner");
+  box.hidden = false;
+  if (message.status === PARTNER.reconnecting) {  // the server's deadline, counted down here only for show
+    const since = performance.now();
+    const tick = () => {
+      const left = Math.max(0, Math.ceil((message.deadline_s ?? 0) - (performance.now() - since) / 1000));
+      box.textContent = `Your partner lost their connection; waiting up to ${left} s for them to come back.`;
+    };
+    tick();
+    partnerTimer = setInterval(tick, 1000);
+  } else {
+    box.textContent = PARTNER_TEXT[message.status] ?? "";
+    box.hidden = !box.textContent;
+  }
+}
+
+const PARTNER_TEXT = {
+  [PARTNER.connected]: "Your partner is back.",
+  [PARTNER.bot]: "Your partner did not come back; the computer plays for them now.",
+  [PARTNER.left]: "Your partner has left the game.",
+};
+
+function onMatchEnd(message) {
+  if (!match || match.message.match_id !== message.match_id) return;
+  clearInterval(partnerTimer);
+  match.ended = preflight.matchEnd = message;
+  if (match.playing) runtime?.end(message);
+  $("partner").hidden = false;
+  $("partner").textContent = "The game has ended.";
 }
 
 // The text for the state, else for the first preflight region that has one (screening before preloading).
@@ -217,12 +307,13 @@ async function startGame(gameScene) {
   preflight.games += 1;
   $("advance").disabled = true;
   const before = preflight.steps;
-  const status = (text) => ($("notice").textContent = text);
+  const status = (text) => ($("hint").textContent = text);
   try {
     status(runtime?.status === STATUS.ready ? "" : "Preparing the game…");
     const python = await gameRuntime();
     $("progress").hidden = true;
     status("");
+    if (gameScene.multiplayer) return await playMatch(python, gameScene, status);
     const summary = await playGame(python, gameScene, $("game"), { send, status });
     send({ type: TYPE.game_over, ...summary });
   } catch (err) {
@@ -230,6 +321,41 @@ async function startGame(gameScene) {
     notice(`The game could not run: ${text}`);
     send({ type: TYPE.game_over, failed: true, error: text, steps: preflight.steps - before });
   }
+}
+
+// A multiplayer game: wait for the server's match, then play it with this page's agent's keys. A reload replays the
+// match from its frames; what this tab already sent (steps, game_over) is not sent again.
+async function playMatch(python, gameScene, status) {
+  while (!match || match.used) {  // a match is played by one scene; a later scene waits for its own
+    status("Waiting for the game to start…");
+    await new Promise((resolve) => (matchArrived = resolve));
+    status("");
+  }
+  match.used = true;
+  const { message } = match, memory = matchMemory(message.match_id);
+  $("partner").hidden = false;
+  $("partner").textContent = `You play ${message.agent}.`;
+  if (memory.over) return status("Waiting for the other players to finish…");
+  const me = gameScene.agents[message.agent];
+  const matchScene = { ...gameScene, keys: me.keys, default_action: me.default_action,
+                       match: { ...message, frames: match.frames, recorded: memory.frame } };
+  const sendMatch = (outgoing) => {
+    send(outgoing);
+    if (outgoing.type === TYPE.state_hash) preflight.hashes.push([outgoing.f, outgoing.hash]);
+    if (outgoing.type === TYPE.steps) {
+      memory.frame = Math.max(memory.frame, ...outgoing.steps.map((step) => step.frame ?? 0));
+      keepMatch(memory);
+    }
+  };
+  const started = () => {
+    match.playing = true;
+    match.frames = [];
+    if (match.ended) runtime.end(match.ended);
+  };
+  const summary = await playGame(python, matchScene, $("game"), { send: sendMatch, status, started });
+  send({ type: TYPE.game_over, ...summary });
+  keepMatch({ ...memory, over: true });
+  if (!match.ended) status("Waiting for the other players to finish…");
 }
 
 // The preloaded runtime when there is one; only a failed preload (or one the server stopped waiting for)
@@ -249,7 +375,9 @@ function onError(message) {
   if (message.code === CODE.ALREADY_PARTICIPATED) {
     return notice("You have already taken part in this study (or it is open in another window), so it cannot start again here.");
   }
-  if (message.code !== CODE.GATED && message.code !== CODE.NOT_ALLOWED) {
+  // A multiplayer input the server refused as closed or ahead is a race the lockstep already absorbs.
+  const quiet = [CODE.GATED, CODE.NOT_ALLOWED, CODE.FRAME_CLOSED, CODE.FRAME_AHEAD];
+  if (!quiet.includes(message.code)) {
     notice(`The server refused a message (${message.code}): ${message.message}`);
   }
 }

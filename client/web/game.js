@@ -2,7 +2,8 @@
 // steps go to the server. The environment and its loop run with Python (in the worker), so this stays light.
 import { TYPE } from "/client/lifecycle.js";
 
-export async function playGame(runtime, scene, canvas, { send, status }) {
+// `started` is called as soon as the runtime has the game, so a multiplayer page forwards frames only from then on.
+export async function playGame(runtime, scene, canvas, { send, status, started }) {
   const stats = window.__preflight;
   const assets = await loadAssets(scene);
   const controls = keyControls(scene, (event) => runtime.input(event));
@@ -10,7 +11,7 @@ export async function playGame(runtime, scene, canvas, { send, status }) {
   document.addEventListener("visibilitychange", onVisibility);
   canvas.hidden = false;
   try {
-    return await runtime.play(scene, (event) => {
+    const playing = runtime.play(scene, (event) => {
       if (event.type === "frame") {
         const began = performance.now();  // the page's work for a frame: drawing it and the score
         draw(canvas, event.frame, assets);
@@ -23,11 +24,15 @@ export async function playGame(runtime, scene, canvas, { send, status }) {
         if (stats.frameTimes.length < 100_000) stats.frameTimes.push([event.work_ms, performance.now() - began]);
       } else if (event.type === "steps") {
         send({ type: TYPE.steps, steps: event.steps });
+      } else if (event.type === "send") {  // a multiplayer game's input, readiness and state hashes
+        send(event.message);
       } else if (event.type === "episode") {
         const score = scene.show_score ? ` Your score so far: ${round(event.score)}.` : "";
         status(`Episode ${event.episode + 1} of ${event.episodes}.${score}`);
       }
     });
+    started?.();
+    return await playing;
   } finally {
     controls.stop();
     document.removeEventListener("visibilitychange", onVisibility);

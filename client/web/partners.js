@@ -31,7 +31,7 @@ export async function loadModels(config, origin, progress) {
 }
 
 // One bot's choice for the current observation: {action, probs}; a failure names the agent.
-async function choose(host, team, agentId, agent) {
+export async function choose(host, team, agentId, agent) {
   const policy = agent.policy;
   try {
     if (policy.kind !== "onnx") return { action: host.python(() => team.act(agentId)), probs: null };

@@ -5,6 +5,7 @@
 // The game loop runs here, next to Python, so a busy page never slows its ticks.
 
 import { STAGE, STATUS } from "/client/lifecycle.js";
+import { Lockstep } from "/client/match.js";
 import { loadModels, playTeam } from "/client/partners.js";
 
 const now = () => performance.timeOrigin + performance.now();  // comparable across the page and its workers
@@ -31,11 +32,12 @@ export class PythonHost {
     this.controls = null;    // the keys, presses and visibility of the game in play
     this.models = new Map(); // AI partners' ONNX sessions by the path the study names, preloaded with Python
     this.snapshot = null;    // with a memory snapshot offered: "restored", or why it was "not used: ..."
+    this.lockstep = null;    // the multiplayer game in play (client/match.js): frames and the match's end go to it
   }
 
   // One operation of the message interface; its result must survive structured cloning.
   call(op, args) {
-    const handler = { load: this.load, play: this.play, input: this.input }[op];
+    const handler = { load: this.load, play: this.play, input: this.input, feed: this.feed, end: this.end }[op];
     if (!handler) throw new Error(`unknown runtime operation: ${op}`);
     return handler.apply(this, args);
   }
@@ -138,6 +140,17 @@ export class PythonHost {
         batch.push(step);
         if (batch.length >= BATCH_STEPS || now() - flushedAt >= BATCH_MS) flush();
       };
+      if (scene.match) {  // set before the first await, so a frame the page forwards next finds it
+        const send = (message) => this.notify({ kind: "game", type: "send", message });
+        const lockstep = this.lockstep = new Lockstep(this, scene, scene.match,
+                                                      { flush, push, send, recorded: scene.match.recorded });
+        try {
+          return await lockstep.run();
+        } finally {
+          this.lockstep = null;
+          this.controls = null;
+        }
+      }
       try {
         return await playTeam(this, scene, { period, deadline, controls, flush, push });
       } finally {
@@ -216,6 +229,17 @@ export class PythonHost {
     if (event.press) controls.presses.push(event.press);
     if (event.visible !== undefined) controls.visible = event.visible;
     controls.wake?.();
+    if (event.press) this.lockstep?.pressed();
+  }
+
+  // A multiplayer frame the server closed, forwarded by the page; the lockstep applies frames in order, once.
+  feed(frame) {
+    this.lockstep?.feed(frame);
+  }
+
+  // The server ended the match (match_end): the lockstep stops after the frame it is applying.
+  end(message) {
+    this.lockstep?.end(message);
   }
 
   async nextPress(deadline) {

@@ -193,6 +193,15 @@ export class Runtime {
     this.side?.call("input", [event]).catch(() => {});
   }
 
+  // A multiplayer game's frames and its end, forwarded from the socket to the game in play (client/match.js).
+  feed(frame) {
+    this.side?.call("feed", [frame]).catch(() => {});
+  }
+
+  end(message) {
+    this.side?.call("end", [message]).catch(() => {});
+  }
+
   terminate() {
     this.side?.close();
   }

@@ -74,6 +74,50 @@ function fillTable(selector, entries) {
   }));
 }
 
+function sessionLink(sessionId) {
+  const link = document.createElement("a");
+  link.href = "/admin/sessions/" + encodeURIComponent(sessionId);
+  link.textContent = sessionId;
+  return link;
+}
+
+// Rows of text cells (a Node is put in as it is); everything a participant or researcher named is text, never HTML.
+function fillRows(selector, rows) {
+  document.querySelector(selector + " tbody").replaceChildren(...rows.map((cells) => {
+    const tr = document.createElement("tr");
+    for (const cell of cells) {
+      const td = document.createElement("td");
+      if (cell instanceof Node) td.append(cell);
+      else td.textContent = cell ?? "";
+      tr.append(td);
+    }
+    return tr;
+  }));
+}
+
+function renderLobby(counts, lobby) {
+  for (const [name, n] of Object.entries({...counts.states, waiting: counts.waiting})) {
+    const cell = document.querySelector(`#match-states tr[data-state="${CSS.escape(name)}"] .n`);
+    if (cell) cell.textContent = n;
+  }
+  for (const [name, n] of Object.entries(counts.ended)) {
+    const cell = document.querySelector(`#match-outcomes tr[data-outcome="${CSS.escape(name)}"] .n`);
+    if (cell) cell.textContent = n;
+  }
+  if (!lobby) return;
+  fillRows("#waiting", lobby.waiting.map((w) => [
+    sessionLink(w.session_id), w.participant_id, w.scene_id, String(w.needed), `${w.waited_s} s`]));
+  fillRows("#matches", lobby.matches.map((m) => {
+    const players = document.createElement("span");
+    for (const [agent, participant] of Object.entries(m.players)) {
+      if (players.childNodes.length) players.append(", ");
+      players.append(`${agent}: `, m.sessions?.[agent] ? sessionLink(m.sessions[agent]) : "", ` ${participant ?? ""}`);
+    }
+    for (const agent of m.bots) players.append(players.childNodes.length ? ", " : "", `${agent}: bot`);
+    return [m.match_id, m.scene_id, m.state, String(m.frame), players, m.absent.join(", ")];
+  }));
+}
+
 function render(data) {
   document.getElementById("live").textContent = data.live;
   for (const [name, n] of Object.entries(data.states)) setCount(name, n);
@@ -96,6 +140,7 @@ function render(data) {
     tr.cells[3].textContent = s.in_state_s === null ? "" : `${s.in_state_s} s`;
     return tr;
   }));
+  renderLobby(data.matches, data.lobby);
   window.__admin = {updates: (window.__admin?.updates ?? 0) + 1, data};
 }
 
