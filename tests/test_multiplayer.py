@@ -114,6 +114,13 @@ async def test_forged_inputs_are_refused_with_a_code_and_change_nothing(connect,
         await a.send(message)
         error = await a.until_type("error")
         assert error["code"] == code, (message, error)
+    for _ in range(config.max_refusals + 5):  # a page far behind its match: every input late, never closed for it
+        await a.send({"type": "input", "f": 1, "action": 1})
+    late = 0
+    while late < config.max_refusals + 5:
+        message = await a.recv()
+        assert message is not None, f"closed after {late} late inputs: {a.conn.close_code} {a.conn.close_reason}"
+        late += message["type"] == "error" and message["code"] == "frame_closed"
     seen = await a.recv_until(lambda m: m["type"] == "frame" and m["f"] > f + 6)
     assert a.conn.close_code is None  # the socket stays open
     log = log_of_open(config, matched[0]["match_id"])
