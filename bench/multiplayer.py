@@ -136,6 +136,7 @@ async def play(kind: str, url: str, pid: int, matches: int, window: float, profi
         "errors": [repr(t.exception())[:200] for t in failed[:3]],
         "t0": t0,
         "t1": t1,
+        "load_1min": os.getloadavg()[0],  # the shared machine's load average at the window's end
         "window_s": t1 - t0,
         "server_cpu_s": cpu1 - cpu0,
         "server_busy": (cpu1 - cpu0) / (t1 - t0),
@@ -291,9 +292,9 @@ def report(results: dict[tuple[str, int], list[dict[str, Any]]], sizes: list[int
     print(
         "| matches | server CPU µs per frame sent: Preflight | relay | ratio | server busy P / R "
         "| tick median interval ms P / R | tick p99 jitter ms P / R | tick p99 behind ms P / R "
-        "| at the client: p99 jitter ms P / R | client busy P / R | holds |"
+        "| at the client: p99 jitter ms P / R | client busy P / R | load average P / R | holds |"
     )
-    print("|---:|---:|---:|---:|---|---|---|---|---|---|---|")
+    print("|---:|---:|---:|---:|---|---|---|---|---|---|---|---|")
     held, broken = 0, False  # the largest N before the first that slipped
     for n in sizes:
         p, r = results.get(("preflight", n), []), results.get(("relay", n), [])
@@ -311,7 +312,8 @@ def report(results: dict[tuple[str, int], list[dict[str, Any]]], sizes: list[int
         print(
             f"| {n} | {_fmt(cp)} | {_fmt(cr)} | {_fmt(ratio, 2)} | {both('server_busy', 2)} "
             f"| {both('median_interval_ms')} | {both('p99_jitter_ms')} | {both('p99_behind_ms')} "
-            f"| {both('client_p99_jitter_ms')} | {both('client_busy', 2)} | {'yes' if ok else 'no'} |"
+            f"| {both('client_p99_jitter_ms')} | {both('client_busy', 2)} | {both('load_1min')} "
+            f"| {'yes' if ok else 'no'} |"
         )
     print(f"one process holds {held} matches at 10 fps without the tick slipping (of {', '.join(map(str, sizes))})")
     print("raw:", json.dumps({f"{k}@{n}": v for (k, n), v in results.items()}))
