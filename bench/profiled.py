@@ -1,5 +1,8 @@
 """`python -m server` under cProfile, profiling only between SIGUSR1 and SIGUSR2 (then the profile is written).
 
+The profiler counts the process's CPU time, not wall-clock time: on a shared machine a wall-clock profile
+charges whatever function was running when the process was descheduled with the time it waited.
+
 Run: .venv/bin/python -m bench.profiled OUT.prof [server options]   (`python -m bench.multiplayer --profile N`)
 """
 
@@ -8,10 +11,11 @@ from __future__ import annotations
 import cProfile
 import signal
 import sys
+import time
 
 from server.__main__ import main
 
-profile = cProfile.Profile()
+profile = cProfile.Profile(time.process_time)
 
 
 def begin(*_: object) -> None:
