@@ -77,8 +77,9 @@ class Lockstep:
         mine = message["agents"][self.agent]
         self.allowed = [*dict.fromkeys([*mine.get("keys", {}).values(), mine.get("default_action", 0)])]
         out: list[dict[str, Any]] = [{"type": "match_ready", "match_id": self.match_id}]
-        for frame in message.get("frames") or []:
-            out += self.on_frame({"type": "frame", **frame})
+        for frame in message.get("frames") or []:  # after a reload: the frames closed so far (this player kept
+            if frame["f"] > self.applied:  # the ones it had applied, as a page that kept its worker would)
+                out += self.on_frame({"type": "frame", **frame})
         if not again:
             out += [self._input(f) for f in range(1, self.delay + 1)]
         return out
