@@ -209,6 +209,7 @@ class Match:
         self.frames: list[dict[str, Any]] = []
         self.ready: set[str] = set()
         self.absent: dict[str, float] = {}
+        self.reloading: set[str] = set()  # back on a reloaded page, still rebuilding the game
         self.reports: dict[str, int] = {}
         self.hashes: dict[int, dict[str, str]] = {}
         self.final: int | None = None  # the last frame, once a page has reported its game over
@@ -289,6 +290,9 @@ class Match:
         if kind == "input":
             self.inputs.setdefault(message["f"], {}).setdefault(agent, message["action"])
         elif kind == "match_ready":
+            if agent in self.reloading:
+                self.reloading.discard(agent)
+                self.fire("rejoin", agent)
             self.fire("match_ready", agent)
         elif kind == "state_hash":
             self.note_hash(agent, message["f"], message["hash"])
@@ -316,12 +320,15 @@ class Match:
         agent = self.agent_of(session)
         if agent is None:
             return
-        if redraw:
+        if redraw:  # a reloaded page rebuilds the game first: it counts as back once it says match_ready
             self.ready.discard(agent)
+            self.reloading.add(agent)
             session.outbox.post(self.message_for(agent))
-        if self._open():
+            if self.timers.running("reconnect"):  # rebuilding may take as long as the start did
+                self.timers.start("reconnect", self.rules.start_timeout_s, lambda: self.fire("reconnect_timeout"))
+        elif self._open():
             self.fire("rejoin", agent)
-        elif self.outcome is not None:
+        if self.outcome is not None:
             session.outbox.post(protocol.match_end(self.match_id, self.outcome, self.final or self.f))
 
     def _open(self) -> bool:
@@ -465,8 +472,10 @@ class Match:
         for agent in list(self.absent):
             session = self.players[agent]
             session.match = None
-            session.fire("partner_deadline")
+            if session.fire("partner_deadline") is not Fired.ACCEPTED:  # connected, but never rebuilt the game
+                session.outbox.post(protocol.match_end(self.match_id, "partner_left", self.f))
         self.absent.clear()
+        self.reloading.clear()
 
     def note_report(self, event: EventData) -> None:
         agent, frames = _args(event)
@@ -501,8 +510,10 @@ class Match:
         last = self.final if self.outcome == "completed" and self.final is not None else self.f
         self.record("end", outcome=self.outcome, frames=last, filled=self._filled_count())
         for agent, session in self.players.items():
-            if agent not in self.bots and session.match is self:
-                session.groups[self.scene.scene_id] = self.match_id
+            if agent in self.bots:
+                continue
+            session.groups[self.scene.scene_id] = self.match_id
+            if session.plan[session.index].instance_id == self.instance_id:  # still at this game (reported or not)
                 session.outbox.post(protocol.match_end(self.match_id, self.outcome, last))
         if self.outcome == "partner_left":
             self._let_go_of_absent()

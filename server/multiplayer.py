@@ -146,9 +146,10 @@ class Multiplayer:
                 f"Multiplayer: on_partner_loss must be one of {', '.join(PARTNER_LOSS)}, got {self.on_partner_loss!r}"
             )
         if self.input_delay != "auto" and not (
-            isinstance(self.input_delay, int) and not isinstance(self.input_delay, bool) and 0 <= self.input_delay <= 60
+            isinstance(self.input_delay, int) and not isinstance(self.input_delay, bool) and 1 <= self.input_delay <= 60
         ):
-            raise ValueError(f"Multiplayer: input_delay must be 'auto' or 0-60 frames, got {self.input_delay!r}")
+            # 0 cannot work: frame f is closed by the time the input sent after applying frame f arrives
+            raise ValueError(f"Multiplayer: input_delay must be 'auto' or 1-60 frames, got {self.input_delay!r}")
         for name in ("wait_timeout_s", "reconnect_timeout_s", "start_timeout_s", "turn_timeout_s"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"Multiplayer: {name} must be positive, got {getattr(self, name)}")

@@ -150,8 +150,8 @@ class Session(RegionGuards):
             self.outbox.post(views.config_message(self))
             self.outbox.post(views.scene_message(self))
         self.fire("resume")
-        if self.match is not None:
-            self.match.rejoin(self, redraw)
+        if self.match is not None:  # a reloaded page (last_seq 0) has lost its game too
+            self.match.rejoin(self, redraw or last_seq == 0)
         self.publish()
 
     def connection_lost(self) -> Fired:

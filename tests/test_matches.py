@@ -327,3 +327,37 @@ def test_a_turn_closes_when_every_human_has_moved_or_its_time_is_up(clock, lobby
     assert match.f == 1 and of(sent_b, "frame")[-1]["filled"] == []
     clock.advance(10.5)
     assert match.f == 2 and of(sent_b, "frame")[-1]["filled"] == ["p0", "p1"]
+
+
+def test_a_reloaded_page_holds_the_match_until_it_has_rebuilt_the_game(clock, lobby):
+    experiment = coop()
+    (a, _), (b, sent_b) = (participant(experiment, clock, lobby) for _ in range(2))
+    clock.advance(0.01)
+    match = a.match
+    for s in (a, b):
+        s.fire("match_ready", {"type": "match_ready", "match_id": match.match_id})
+    clock.advance(0.5)
+    b.connection_lost()
+    closed = match.f
+    b.outbox.ack(b.outbox.seq)  # the page had confirmed all it got
+    b.reconnect(sent_b.append, b.token, 0)  # a reloaded page: everything again, the frames so far in `match`
+    again = of(sent_b, "match")[-1]
+    assert [frame["f"] for frame in again["frames"]] == list(range(1, closed + 1))
+    clock.advance(2.0)
+    assert match.state == "paused" and match.f == closed  # nobody's input is filled while the page rebuilds
+    b.fire("match_ready", {"type": "match_ready", "match_id": match.match_id})
+    assert match.state == "playing"
+
+
+def test_every_player_at_the_game_hears_how_the_match_ended(clock, lobby):
+    experiment = coop()
+    (a, sent_a), (b, _) = (participant(experiment, clock, lobby) for _ in range(2))
+    clock.advance(0.01)
+    match = a.match
+    for s in (a, b):
+        s.fire("match_ready", {"type": "match_ready", "match_id": match.match_id})
+    clock.advance(1.0)
+    a.fire("game_over", {"type": "game_over", "steps": 8, "frames": 8})
+    b.fire("game_over", {"type": "game_over", "steps": 8, "frames": 8})
+    assert of(sent_a, "match_end")[-1] == {**of(sent_a, "match_end")[-1], "outcome": "completed", "frames": 8}
+    assert a.groups == b.groups == {"coop": match.match_id}
