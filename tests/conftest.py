@@ -37,12 +37,15 @@ def browser():
 def config(request, tmp_path) -> Config:
     """The example study on the test server's port; `@pytest.mark.config(field=value)` changes fields for one test."""
     marker = request.node.get_closest_marker("config")
-    serving = "http_server" in request.fixturenames  # else no port is bound (an unused one would be left open)
+    port = Config.port
+    if "http_server" in request.fixturenames:  # else no port is bound (an unused one would be left open)
+        sock, port = request.getfixturevalue("_unused_port")
+        request.addfinalizer(sock.close)  # also when the server never took it (an app that failed to start)
     base = Config(
         experiment=example_study.experiment,
         experiment_file=Path(example_study.__file__),
         data_dir=tmp_path / "data",
-        port=request.getfixturevalue("_unused_port")[1] if serving else Config.port,
+        port=port,
     )
     return dataclasses.replace(base, **marker.kwargs) if marker else base
 

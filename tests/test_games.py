@@ -101,7 +101,8 @@ def test_the_readmes_study_is_played_to_the_end_and_its_export_replays(context, 
         assert page.inner_text("#completion-code") == "ABC123"
     rows = exported_steps(data, tmp_path / "export", "readme")
     assert len(rows) == 60 and {r["episode"] for r in rows} == {0, 1}
-    assert {r["action"] for r in rows[:5]} == {2} and rows[0]["keys"] == ["ArrowRight"]
+    held = [r for r in rows if r["keys"] == ["ArrowRight"]]  # the key may reach the loop a tick after it starts
+    assert len(held) >= 5 and {r["action"] for r in held} == {2}
     assert all(r["truncated"] for r in rows if r["step"] == 30)
     assert check_reproducible(rows, "my_env:make", {}, study, monkeypatch) == 60
     [over] = [r for r in records_of(data, "readme") if r["kind"] == "game_over"]
