@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import sys
+from typing import Any
 
 from .participant import walk
 from .replay_cli import add_replay_parser, run_replay
@@ -26,11 +27,20 @@ def main(argv: list[str] | None = None) -> int:
         default=1,
         help="participants to walk, one after another, each with its own id (default: %(default)s)",
     )
+    w.add_argument(
+        "--frames", type=int, default=30, help="frames to play in a multiplayer game scene (default: %(default)s)"
+    )
+    w.add_argument(
+        "--together",
+        type=_count,
+        default=1,
+        help="participants walked at once, so that a multiplayer game's group forms (default: %(default)s)",
+    )
     add_replay_parser(commands)
     args = parser.parse_args(argv)
     if args.command == "replay":
         return run_replay(args)
-    if args.count > 1:
+    if args.count > 1 or args.together > 1:
         return _walk_many(args)
 
     path: list[str] = ["connected"]
@@ -44,7 +54,12 @@ def main(argv: list[str] | None = None) -> int:
     try:
         end = asyncio.run(
             walk(
-                args.url, participant_id=args.participant_id, steps=args.steps, timeout=args.timeout, on_state=on_state
+                args.url,
+                participant_id=args.participant_id,
+                steps=args.steps,
+                frames=args.frames,
+                timeout=args.timeout,
+                on_state=on_state,
             )
         )
     except (TimeoutError, OSError, ConnectionError, RuntimeError) as exc:
@@ -66,16 +81,26 @@ def _count(text: str) -> int:
 
 
 def _walk_many(args: argparse.Namespace) -> int:
-    """Walk `--count` participants in turn; ids get a numeric suffix when one is given."""
+    """Walk `--count` participants, `--together` at a time; ids get a numeric suffix when one is given."""
     outcomes: dict[str, int] = {}
-    for n in range(args.count):
-        pid = f"{args.participant_id}-{n + 1}" if args.participant_id else None
+
+    async def batch(first: int, size: int) -> list[dict[str, Any]]:
+        ids = [f"{args.participant_id}-{n + 1}" if args.participant_id else None for n in range(first, first + size)]
+        walks = (
+            walk(args.url, participant_id=i, steps=args.steps, frames=args.frames, timeout=args.timeout) for i in ids
+        )
+        return list(await asyncio.gather(*walks))
+
+    for first in range(0, args.count, args.together):
         try:
-            end = asyncio.run(walk(args.url, participant_id=pid, steps=args.steps, timeout=args.timeout))
+            ends = asyncio.run(batch(first, min(args.together, args.count - first)))
         except (TimeoutError, OSError, ConnectionError, RuntimeError) as exc:
-            print(f"python -m client: error: participant {n + 1}: {type(exc).__name__}: {exc}", file=sys.stderr)
+            print(
+                f"python -m client: error: participants from {first + 1}: {type(exc).__name__}: {exc}", file=sys.stderr
+            )
             return 1
-        outcomes[end["outcome"]] = outcomes.get(end["outcome"], 0) + 1
+        for end in ends:
+            outcomes[end["outcome"]] = outcomes.get(end["outcome"], 0) + 1
     print(f"{args.count} participants: " + ", ".join(f"{k} {v}" for k, v in sorted(outcomes.items())))
     return 0 if set(outcomes) == {"completed"} else 1
 

@@ -4,7 +4,9 @@
         --run-time 5m --host ws://HOST:PORT/ws --traces data/ --speed 1
     locust -f client/locustfile.py --worker --master-host MASTER --traces data/ --speed 1   # on each load machine
 
-Each user replays one recorded session after another, each with a fresh participant id.
+Each user replays one recorded session after another, each with a fresh participant id. The players of a
+recorded match are replayed as a group: users take the group's places in turn from a shared in-process
+queue and start together once all have arrived (or after --reply-timeout), so the server matches them.
 Every timed reply is a `WS` request named after the message type; each session ends with a
 `session` request named `ok` or after its divergence (a failure with the detail).
 """
@@ -17,17 +19,42 @@ import time
 
 import gevent
 import websocket
+from gevent.event import Event
 from gevent.queue import Empty, Queue
 from locust import User, events, task
 
 from client import schedule, stats
 from client.participant import DESKTOP_CHROMIUM
 from client.replay import ReplaySession, Send, decode
-from client.trace import Trace, load
+from client.trace import Trace, groups, load
 
 _traces: dict[str, list[Trace]] = {}
 _run = schedule.run_id()
 _counter = itertools.count()
+_places: dict[str, Queue] = {}  # per traces option: (group instance, trace, size), one place per player, in turn
+_gathering: dict[int, tuple[list[int], Event]] = {}  # group instance -> players arrived, everyone-is-here
+_instances = itertools.count()
+
+
+def _take_place(key: str, traces: list[Trace]) -> tuple[int, int, int]:
+    """The next place to play: refilled with one round of every group (a single trace is a group of one)."""
+    queue = _places.setdefault(key, Queue())
+    if queue.empty():
+        for members in groups(traces):
+            instance = next(_instances)
+            for trace in members:
+                queue.put((instance, trace, len(members)))
+    return queue.get_nowait()
+
+
+def _gather(instance: int, size: int, timeout: float) -> None:
+    """Wait for the group's other players, so that all of them arrive in the waiting room together."""
+    arrived, everyone = _gathering.setdefault(instance, ([], Event()))
+    arrived.append(1)
+    if len(arrived) >= size:
+        everyone.set()
+        _gathering.pop(instance, None)
+    everyone.wait(timeout)
 
 
 @events.init_command_line_parser.add_listener
@@ -109,8 +136,11 @@ class ReplayUser(User):
     def replay_one(self) -> None:
         index = next(_counter)
         participant = schedule.participant_id(f"{_run}-{os.getpid()}", index)
+        instance, trace, size = _take_place(self.environment.parsed_options.traces, self.traces)
+        if size > 1:
+            _gather(instance, size, self.timeout)
         session = ReplaySession(
-            self.traces[index % len(self.traces)],
+            self.traces[trace],
             participant,
             start=time.monotonic(),
             speed=self.speed,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -10,6 +11,14 @@ from tornado.websocket import WebSocketClientConnection, websocket_connect
 
 from server import protocol
 from statemachine import FINAL_STATES, IN_GAME
+
+from .lockstep import Lockstep, Script, cycle
+
+ACK_EVERY = 0.2
+"""Seconds between acknowledgements of frames, as the page batches them."""
+MATCH_TOLERATED = frozenset({"not_allowed", "frame_closed"})
+"""Refusals a page in a match meets in normal play: an input that arrived after its frame closed (a resume),
+or after the match ended; the server filled the frame, as it would for a slow page."""
 
 DESKTOP_CHROMIUM = {
     "user_agent": (
@@ -149,15 +158,29 @@ async def walk(
     timeout: float = 10.0,
     on_state: Callable[[str], None] = lambda s: None,
     drop_after: int | None = None,
-    away: float = 0.0,
+    away: float | None = 0.0,
+    frames: int = 30,
+    script: Script = cycle,
+    salt: str = "",
+    drop_at_frame: int | None = None,
+    on_message: Callable[[dict[str, Any]], None] = lambda m: None,
 ) -> dict[str, Any]:
     """One simulated participant from `hello` to the end scene; returns the end scene's message.
 
     With `drop_after=n` the connection is cut without a goodbye after the n-th message received, and the
     participant comes back `away` seconds later with their token, as a flaky network or a reload would.
+
+    A multiplayer game scene is played in lockstep (`client/lockstep.py`): `frames` frames with the
+    `script`'s actions, then `game_over`; the result's `match` says what the player received. With
+    `drop_at_frame=f` the connection is cut on receiving frame f (that frame lost with it) and comes back
+    `away` seconds later; `away=None` never comes back.
     """
     client = await ProtocolClient.connect(url, timeout=timeout)
     sent_steps: set[tuple[str, int]] = set()
+    player: Lockstep | None = None
+    played: list[Lockstep] = []  # every match this participant played, in order
+    acked_at = 0.0
+    events: list[dict[str, Any]] = []  # partner_status and match_end, as they came
     try:
         hello: dict[str, Any] = {"type": "hello"}
         if participant_id:
@@ -177,20 +200,49 @@ async def walk(
             if message is None:
                 raise ConnectionError(f"closed by server ({client.conn.close_code} {client.conn.close_reason})")
             received += 1
-            if received == drop_after:
+            on_message(message)
+            lost_frame = message["type"] == "frame" and message["f"] == drop_at_frame
+            if received == drop_after or lost_frame:
+                if lost_frame:
+                    drop_at_frame = None
                 client.last_seq = seen  # this message is lost with the connection; the server must resend it
+                if away is None:
+                    client.conn.stream.close()
+                    return {**scene, "outcome": "gone", "match": player.summary() if player else None}
                 client = await _come_back(client, url, config["session_token"], timeout, away)
                 reported.clear()
+                continue
+            if message["type"] in ("match", "frame", "match_end", "partner_status"):
+                if message["type"] == "match" and (player is None or player.match_id != message["match_id"]):
+                    player = Lockstep(frames, script, salt=salt)
+                    played.append(player)
+                if message["type"] in ("partner_status", "match_end"):
+                    events.append(message)
+                if player is not None:
+                    await _play(client, player, message)
+                now = time.monotonic()
+                if message["type"] != "frame" or now - acked_at >= ACK_EVERY:  # frames: acked in batches, as a page
+                    acked_at = now
+                    await client.ack()
                 continue
             if message["type"] == "activate_scene":
                 scene = message
             elif message["type"] == "error":
-                if message["code"] != "not_allowed":  # a report the server already had, as the page ignores it
+                tolerated = MATCH_TOLERATED if player is not None else {"not_allowed"}
+                if message["code"] not in tolerated:  # a report the server already had, as the page ignores it
                     raise RuntimeError(f"server refused a message: {message}")
             elif message["type"] == "state":
                 on_state(message["state"])
                 if message["state"] in FINAL_STATES:
-                    return {**scene, "outcome": message["state"], "reason": message.get("reason")}
+                    end = {**scene, "outcome": message["state"], "reason": message.get("reason")}
+                    if player is None:
+                        return end
+                    return {
+                        **end,
+                        "match": player.summary(),
+                        "matches": [p.summary() for p in played],
+                        "events": events,
+                    }
                 regions = message.get("regions") or {}
                 if regions.get("screening") == "checking" and "screening" not in reported:
                     reported.add("screening")
@@ -204,7 +256,9 @@ async def walk(
                 if situation == acted_on:  # a resume confirms the state it resent: act once
                     continue
                 acted_on = situation
-                if message["state"] == IN_GAME:
+                if message["state"] == IN_GAME and scene.get("multiplayer"):
+                    pass  # the match's own messages drive a multiplayer game
+                elif message["state"] == IN_GAME:
                     batch = [
                         {"episode": 0, "step": step, "action": step % 4, "reward": -0.01, "terminated": False}
                         for step in range(1, steps + 1)
@@ -221,6 +275,16 @@ async def walk(
                 await client.ack()
     finally:
         await client.aclose()
+
+
+async def _play(client: ProtocolClient, player: Lockstep, message: dict[str, Any]) -> None:
+    """Hand a match message to the lockstep player and send what it answers, research data numbered."""
+    handler = {"match": player.on_match, "frame": player.on_frame, "match_end": player.on_end}.get(message["type"])
+    for out in handler(message) if handler else []:
+        if out["type"] in protocol.RESEARCH_TYPES:
+            await client.send_data(out)
+        else:
+            await client.send(out)
 
 
 async def _come_back(client: ProtocolClient, url: str, token: str, timeout: float, away: float) -> ProtocolClient:

@@ -9,6 +9,7 @@ client's own lateness is kept apart as scheduling lag.
 
 from __future__ import annotations
 
+from collections import deque
 from dataclasses import dataclass
 from typing import Any
 
@@ -16,8 +17,9 @@ import msgpack
 
 from server import protocol
 
+from .lockstep import Lockstep, replaying
 from .schedule import due
-from .trace import Expect, Trace
+from .trace import Expect, Trace, of_match
 
 ACK_EVERY = 0.2
 """Seconds between acknowledgements, as the page batches them (the first goes at once)."""
@@ -72,6 +74,9 @@ class ReplaySession:
         self._max_seq: int | None = None
         self._acked = 0
         self._acked_at = float("-inf")
+        self.player: Lockstep | None = None  # the match in progress, played live with the recorded actions
+        self.played: list[Lockstep] = []
+        self._outgoing: deque[dict[str, Any]] = deque()  # what the match's lockstep has to send, in order
 
     # -- what the driver reports ---------------------------------------------------------
 
@@ -99,13 +104,16 @@ class ReplaySession:
                     "disconnect", f"closed after {self.received_count} of {len(self.trace.expected)} messages"
                 )
             return
+        seq = message.get("seq")
+        if isinstance(seq, int) and not isinstance(seq, bool):
+            self._max_seq = max(seq, self._max_seq or 0)
+        if of_match(message):
+            self._progress = now
+            return self._in_match(message)
         index = self.received_count
         self.received_count += 1
         self._arrivals.append(now)
         self._progress = now
-        seq = message.get("seq")
-        if isinstance(seq, int) and not isinstance(seq, bool):
-            self._max_seq = max(seq, self._max_seq or 0)
         if message.get("type") == "experiment_config" and isinstance(message.get("session_token"), str):
             self.token = message["session_token"]
         got = Expect.of(message)
@@ -134,10 +142,13 @@ class ReplaySession:
         if self._max_seq is not None and self._max_seq > self._acked and now - self._acked_at >= ACK_EVERY:
             self._acked, self._acked_at = self._max_seq, now
             return Send(protocol.encode({"type": "ack", "seq": self._acked}), "ack")
+        if self._outgoing:
+            message = self._outgoing.popleft()
+            return Send(protocol.encode(message), str(message["type"]))
         steps = self.trace.steps
         if self._next < len(steps):
             step = steps[self._next]
-            if self.received_count >= step.after:
+            if self.received_count >= step.after and not self._in_play(step):
                 ready_at = self._arrivals[step.after - 1] if step.after else self._connected_at
                 when = due(self.start, step.offset, self.speed, ready_at)
                 if now < when:
@@ -161,6 +172,30 @@ class ReplaySession:
             return None
         return Wait(deadline)
 
+    # -- a multiplayer game: played live, in lockstep, with the recorded actions --------------
+
+    def _in_match(self, message: dict[str, Any]) -> None:
+        kind = message["type"]
+        if kind == "match" and (self.player is None or self.player.match_id != message.get("match_id")):
+            parts = self.trace.matches
+            part = parts[min(len(self.played), len(parts) - 1)] if parts else None
+            frames = part.frames if part is not None and part.frames > 0 else 10**6
+            self.player = Lockstep(frames, replaying(part.actions if part is not None else ()))
+            self.played.append(self.player)
+        if self.player is None:
+            return
+        handler = {"match": self.player.on_match, "frame": self.player.on_frame, "match_end": self.player.on_end}
+        for out in handler[kind](message) if kind in handler else []:
+            if out["type"] != "game_over":  # the recorded game over goes instead, numbered as it was
+                self._outgoing.append(out)
+
+    def _in_play(self, step: Any) -> bool:
+        """A recorded game over waits until the live match has played as many frames (or has ended)."""
+        message = step.message
+        if not (isinstance(message, dict) and message.get("type") == "game_over" and "frames" in message):
+            return False
+        return self.player is None or not self.player.done
+
     # -- helpers ------------------------------------------------------------------------
 
     def _prepare(self, message: dict[str, Any] | bytes | str) -> bytes | str:
@@ -181,6 +216,8 @@ class ReplaySession:
                     del out["resume_token"]
         if "session_token" in out and self.token:
             out["session_token"] = self.token
+        if out.get("type") == "game_over" and "frames" in out and self.player is not None:
+            out["frames"] = out["steps"] = self.player.reported or 0
         return protocol.encode(out)
 
     def _diverge(self, kind: str, detail: str) -> None:

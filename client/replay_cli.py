@@ -16,7 +16,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from . import stats
-from .runner import replay
+from .runner import planned_sessions, replay
 from .trace import TraceError, load
 
 
@@ -111,7 +111,7 @@ def run_replay(args: argparse.Namespace) -> int:
     except TraceError as exc:
         print(f"python -m client replay: error: {exc}", file=sys.stderr)
         return 2
-    sessions = args.sessions or len(traces)
+    sessions = planned_sessions(traces, args.sessions or len(traces))  # whole groups for recorded matches
     concurrency = args.concurrency or sessions
     if not args.url.startswith(("ws://", "wss://")):
         print(f"python -m client replay: error: --url must be a ws:// or wss:// URL, got {args.url}", file=sys.stderr)

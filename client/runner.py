@@ -15,6 +15,7 @@ from .participant import DESKTOP_CHROMIUM
 from .replay import ReplaySession, Send, decode
 from .stats import Collector
 from .trace import Trace
+from .trace import groups as trace_groups
 
 
 class Inbox:
@@ -91,6 +92,11 @@ def _closed_is_fine(written: asyncio.Future[None]) -> None:
         written.exception()
 
 
+def planned_sessions(traces: list[Trace], sessions: int) -> int:
+    """How many sessions a replay of `sessions` runs: recorded matches are replayed as whole groups."""
+    return len(schedule.plan_groups(sessions, trace_groups(traces), 0.0))
+
+
 async def replay(
     traces: list[Trace],
     url: str,
@@ -107,27 +113,40 @@ async def replay(
     """Replay `sessions` sessions (traces in turn) within `max_seconds`; returns the merged statistics and duration."""
     run = run or schedule.run_id()
     collector = Collector()
-    slots = asyncio.Semaphore(concurrency)
+    grouped = trace_groups(traces)
+    slots = asyncio.Semaphore(max(concurrency, *(len(g) for g in grouped)))  # a whole group fits at once
+    admitting = asyncio.Lock()  # a group takes its slots at once, so that two groups never wait on each other
     start = time.monotonic()
 
     async def one(planned: schedule.Planned) -> None:
-        await asyncio.sleep(max(0.0, start + planned.offset - time.monotonic()))
-        async with slots:
-            due = max(start + planned.offset, time.monotonic())
-            session = ReplaySession(
-                traces[planned.trace],
-                schedule.participant_id(run, planned.index),
-                start=due,
-                speed=speed,
-                timeout=timeout,
-            )
-            try:
-                await drive(session, url, connect_timeout=timeout)
-            finally:
-                collector.add(session)
-                on_done(collector, session)
+        due = max(start + planned.offset, time.monotonic())
+        session = ReplaySession(
+            traces[planned.trace],
+            schedule.participant_id(run, planned.index),
+            start=due,
+            speed=speed,
+            timeout=timeout,
+        )
+        try:
+            await drive(session, url, connect_timeout=timeout)
+        finally:
+            slots.release()
+            collector.add(session)
+            on_done(collector, session)
 
-    tasks = [asyncio.ensure_future(one(p)) for p in schedule.plan(sessions, len(traces), ramp)]
+    async def together(members: list[schedule.Planned]) -> None:
+        """A recorded match's players (or one single player): admitted at once, started at once."""
+        await asyncio.sleep(max(0.0, start + members[0].offset - time.monotonic()))
+        async with admitting:
+            for _ in members:
+                await slots.acquire()
+        await asyncio.gather(*(one(p) for p in members))
+
+    planned = schedule.plan_groups(sessions, grouped, ramp)
+    batches: dict[int, list[schedule.Planned]] = {}
+    for p in planned:
+        batches.setdefault(p.group if p.group >= 0 else -1 - p.index, []).append(p)
+    tasks = [asyncio.ensure_future(together(members)) for members in batches.values()]
     done, pending = await asyncio.wait(tasks, timeout=max_seconds)
     for task in pending:
         task.cancel()

@@ -21,6 +21,23 @@ from server.store import read_records
 
 SKIPPED_CLIENT_TYPES = frozenset({"ack"})
 """Recorded acknowledgements are not replayed: the replayer acknowledges what it receives itself."""
+MATCH_CLIENT_TYPES = frozenset({"match_ready", "input", "state_hash"})
+"""A page's part in a match: played live in lockstep with the recorded actions, not replayed at recorded times."""
+MATCH_SERVER_TYPES = frozenset({"match", "frame", "partner_status", "match_end"})
+"""What the match sends: its timing and partners are the replay's own, so none of it is compared."""
+MATCH_REFUSALS = frozenset({"frame_closed", "frame_ahead", "not_your_agent"})
+
+
+def of_match(message: dict[str, Any]) -> bool:
+    """A server message about the match: one of its own, or a refusal of a page's match message (an input that
+    came after its frame closed, or after the match ended), which depends on the timing of this very run."""
+    kind = message.get("type")
+    if kind in MATCH_SERVER_TYPES:
+        return True
+    if kind != "error":
+        return False
+    text = str(message.get("message", ""))
+    return message.get("code") in MATCH_REFUSALS or text.startswith(tuple(MATCH_CLIENT_TYPES))
 
 
 @dataclass(frozen=True)
@@ -52,10 +69,27 @@ class Expect:
 
 
 @dataclass(frozen=True)
+class MatchPart:
+    """One multiplayer game in a recorded session: the match it was, its group size and the player's actions."""
+
+    match_id: str
+    scene_id: str
+    players: int  # the group size (the game's human agents)
+    actions: tuple[Any, ...]  # the recorded input for frames 1, 2, ... (the first again where one is missing)
+    frames: int  # the frames the player reported in its game over (0: it never reported)
+
+
+@dataclass(frozen=True)
 class Trace:
     source: str
     steps: tuple[Step, ...]
     expected: tuple[Expect, ...]
+    matches: tuple[MatchPart, ...] = ()
+
+    @property
+    def group(self) -> tuple[str, int] | None:
+        """The recorded match that this session must be replayed together with (its id, its size), if any."""
+        return (self.matches[0].match_id, self.matches[0].players) if self.matches else None
 
     def as_echo(self) -> Trace:
         """The same client messages against an echo server: each is answered by itself."""
@@ -74,22 +108,45 @@ def from_records(records: Iterable[dict[str, Any]], source: str = "") -> Trace:
     expected: list[Expect] = []
     start: float | None = None
     pending: list[tuple[float, dict[str, Any] | bytes | str, int]] = []
+    games: list[dict[str, Any]] = []  # the matches played, as they were announced, with the inputs sent in them
     for frame in read_session(source, records).frames:
         if start is None:
             start = frame["t"]
         message = frame.get("message")
         if message is None:
             message = _raw(frame.get("raw", b""))
+        kind = message.get("type") if isinstance(message, dict) else None
         if frame.get("dir") == "in":
-            if isinstance(message, dict) and message.get("type") in SKIPPED_CLIENT_TYPES:
+            if kind in SKIPPED_CLIENT_TYPES:
                 continue
+            if kind in MATCH_CLIENT_TYPES:
+                assert isinstance(message, dict)
+                if kind == "input" and games and isinstance(message.get("f"), int):
+                    games[-1]["inputs"].setdefault(message["f"], message.get("action"))
+                continue
+            if kind == "game_over" and games and isinstance(message, dict) and "frames" in message:
+                games[-1]["frames"] = message["frames"] if isinstance(message["frames"], int) else 0
             pending.append((frame["t"] - start, message, len(expected)))
         elif isinstance(message, dict):
+            if kind == "match" and (not games or games[-1]["match_id"] != message.get("match_id")):
+                games.append({"message": message, "match_id": str(message.get("match_id")), "inputs": {}, "frames": 0})
+            if of_match(message):
+                continue
             expected.append(Expect.of(message))
     for i, (offset, message, after) in enumerate(pending):
         until = pending[i + 1][2] if i + 1 < len(pending) else len(expected)
         steps.append(Step(offset, message, after, until - after))
-    return Trace(source, tuple(steps), tuple(expected))
+    return Trace(source, tuple(steps), tuple(expected), tuple(_match_part(g) for g in games))
+
+
+def _match_part(game: dict[str, Any]) -> MatchPart:
+    announced = game["message"]
+    agents = announced.get("agents") if isinstance(announced.get("agents"), dict) else {}
+    humans = sum(1 for a in agents.values() if isinstance(a, dict) and a.get("kind") == "human")
+    inputs: dict[int, Any] = game["inputs"]
+    first = inputs[min(inputs)] if inputs else None
+    actions = tuple(inputs.get(f, first) for f in range(1, max(inputs, default=0) + 1))
+    return MatchPart(game["match_id"], str(announced.get("scene_id", "")), max(humans, 1), actions, game["frames"])
 
 
 def _raw(raw: bytes | str) -> dict[str, Any] | bytes | str:
@@ -126,3 +183,27 @@ def load(paths: Iterable[os.PathLike[str] | str]) -> list[Trace]:
     if not traces:
         raise TraceError(f"no recorded frames in {len(files)} file(s): record sessions with a server that keeps frames")
     return traces
+
+
+def groups(traces: list[Trace]) -> list[list[int]]:
+    """The traces as groups replayed together: the sessions of one recorded match (padded to its size with its
+    own members again, when not all of them were recorded), and every other trace on its own."""
+    by_match: dict[str, list[int]] = {}
+    sizes: dict[str, int] = {}
+    out: list[list[int]] = []
+    for i, trace in enumerate(traces):
+        group = trace.group
+        if group is None:
+            out.append([i])
+            continue
+        if group[0] not in by_match:
+            by_match[group[0]] = []
+            out.append(by_match[group[0]])
+        by_match[group[0]].append(i)
+        sizes[group[0]] = group[1]
+    for match_id, members in by_match.items():
+        recorded = list(members)
+        while len(members) < sizes[match_id]:
+            members.append(recorded[len(members) % len(recorded)])
+        del members[sizes[match_id] :]
+    return out

@@ -232,6 +232,8 @@ class ParticipantSocket(tornado.websocket.WebSocketHandler):
     def refuse(self, refusal: Refusal) -> None:
         state = top_state(self.session.state)[0] if self.session is not None else INITIAL
         self.send(protocol.error(refusal, state))
+        if refusal.code is Code.FRAME_CLOSED:
+            return  # a page behind its match (a stall, a burst of frames) is late, not abusive: never closed for it
         self.refusals += 1
         if self.refusals >= self.study.config.max_refusals:
             self.close(Close.POLICY, f"{self.refusals} refused messages in a row")

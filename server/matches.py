@@ -372,8 +372,13 @@ class Match:
         self.timers.cancel("tick")
 
     def _schedule(self) -> None:
+        now = self.lobby.clock.time()
         due = self.started_at + (self.f + 1) * self.period
-        self.timers.start("tick", max(0.0, due - self.lobby.clock.time()), self._tick)
+        if now - due > self.period:  # the loop was held (a stall): go on at the match's pace, not in a burst of
+            self.record("slip", f=self.f, behind_s=round(now - due, 3))  # frames whose inputs could not arrive
+            self.started_at = now - self.f * self.period
+            due = now + self.period
+        self.timers.start("tick", max(0.0, due - now), self._tick)
 
     def _tick(self) -> None:
         before = self.f

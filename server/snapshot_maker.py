@@ -52,13 +52,15 @@ class _Served:
     def __init__(self, config: Config) -> None:
         from .app import make_app  # app.py imports this module
 
-        self.app = make_app(config)
-        self.loop = asyncio.new_event_loop()
         self.sock = socket.socket()
         self.sock.bind(("127.0.0.1", 0))
         self.sock.listen(128)
         self.sock.setblocking(False)
-        self.origin = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
+        port = self.sock.getsockname()[1]
+        self.origin = f"http://127.0.0.1:{port}"
+        # The package index builds its URLs from the address the app is told it listens at: this very port.
+        self.app = make_app(dataclasses.replace(config, host="127.0.0.1", port=port))
+        self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self._run, name="snapshot-server", daemon=True)
 
     def _run(self) -> None:

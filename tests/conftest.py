@@ -34,14 +34,15 @@ def browser():
 
 
 @pytest.fixture
-def config(request, tmp_path, _unused_port) -> Config:
+def config(request, tmp_path) -> Config:
     """The example study on the test server's port; `@pytest.mark.config(field=value)` changes fields for one test."""
     marker = request.node.get_closest_marker("config")
+    serving = "http_server" in request.fixturenames  # else no port is bound (an unused one would be left open)
     base = Config(
         experiment=example_study.experiment,
         experiment_file=Path(example_study.__file__),
         data_dir=tmp_path / "data",
-        port=_unused_port[1],
+        port=request.getfixturevalue("_unused_port")[1] if serving else Config.port,
     )
     return dataclasses.replace(base, **marker.kwargs) if marker else base
 

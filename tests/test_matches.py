@@ -118,6 +118,24 @@ def test_two_arrivals_are_matched_and_play_frames_the_server_closes(clock, lobby
     assert [r["f"] for r in log if r["kind"] == "frame"] == list(range(1, 12))
 
 
+def test_a_stalled_tick_goes_on_at_the_matchs_pace_not_in_a_burst_of_filled_frames(clock, lobby):
+    experiment = coop()
+    (a, _), (b, _) = (participant(experiment, clock, lobby) for _ in range(2))
+    clock.advance(0.01)
+    match = a.match
+    for s in (a, b):
+        s.fire("match_ready", {"type": "match_ready", "match_id": match.match_id})
+    clock.advance(0.5)
+    before = match.f
+    clock.now += 3.0  # the event loop held for 3 s: 30 ticks are overdue
+    clock.advance(0.01)
+    assert match.f == before + 1  # the late tick closes one frame, then the pace is the match's again
+    clock.advance(0.1)
+    assert match.f == before + 2
+    slips = [r for r in lobby.logs[match.match_id] if r["kind"] == "slip"]
+    assert len(slips) == 1 and slips[0]["behind_s"] > 2.5
+
+
 def test_a_forged_or_late_input_is_refused_and_changes_nothing(clock, lobby):
     experiment = coop()
     (a, _), (b, _) = (participant(experiment, clock, lobby) for _ in range(2))
