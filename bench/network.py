@@ -1,13 +1,16 @@
 """Time to `ready` on a participant's network: today's path against the new one, three emulated networks, cold and warm.
 
-Run: python -m bench.network [--runs 3] [--profiles local,fast,typical,slow]
+Run: python -m bench.network [--runs 3] [--profiles local,fast,typical,slow] [--paths today,new,snapshot]
 
 Three `python -m server` processes (the built-in example) serve the paths side by side:
 
-* today: `--no-precompressed` and the page at `?preload=after-config`: the runtime's files as they are on disk
-  (Tornado gzips text on the fly, as before) and the download starting once `experiment_config` has arrived;
-* new: pre-compressed copies (brotli for Chromium) and the page's preload links plus its runtime started at page
-  load, so the downloads overlap the WebSocket handshake;
+* today: `--no-precompressed --micropip` and the page at `?preload=after-config`: the runtime's files as they are on
+  disk (Tornado gzips text on the fly, as before), the download starting once `experiment_config` has arrived, and
+  micropip installing the study's wheels from our index (the load before issue #17);
+* new: pre-compressed copies (brotli for Chromium; the stdlib repacked with stored members), the page's preload links
+  plus its runtime started at page load, so the downloads overlap the WebSocket handshake, and the wheels the server
+  resolved fetched while Python boots and unpacked without micropip;
+* micropip (only with `--paths`): new, but micropip installs the wheels, as before: what installing without it saves;
 * snapshot: new with `--memory-snapshot` (experimental, off by default): the runtime restored from the memory snapshot
   `python -m server snapshot` made (made here first if this runtime has none; about 2 min of brotli, once).
 
@@ -30,7 +33,8 @@ profile for the warm visit (nothing left in memory, the HTTP and code caches kep
 * the split, from the runtime's own marks (`python-load:*` in python.js): download, from the first request of a core
   file that crossed the wire to the last one's end (pyodide.mjs, pyodide.asm.mjs, pyodide.asm.wasm, python_stdlib.zip;
   none when all came from the cache); compile + bootstrap, from then (or from the runtime's start, if later) to
-  `loadPyodide` resolved; packages, from there to the runtime done (micropip, the game's wheel, the game contract).
+  `loadPyodide` resolved; packages, from there to the runtime done (the game's wheel, through micropip on today's path,
+  and the game contract).
 
 The physical limit for a profile is its cold bytes on the wire (the new path's, compressed) ÷ bandwidth + 2 round
 trips (the page, then the files it names) + this machine's CPU floor: the `local` profile's ready minus its download
@@ -57,12 +61,12 @@ from playwright.sync_api import BrowserContext, Page, Playwright, sync_playwrigh
 from playwright.sync_api import Error as PlaywrightError
 
 from client.harness import CHROMIUM, CHROMIUM_ARGS, ROOT, served
-from server.precompress import DEFAULT_CACHE_DIR, Precompressed
+from server.precompress import DEFAULT_CACHE_DIR, Precompressed, stored_stdlib
 from server.runtime import DEFAULT_PYODIDE_DIR, DEFAULT_WHEELHOUSE
 
 LOAD_TIMEOUT_MS = 180_000  # the slow profile's cold visit of today's path moves 12 MB at 5 Mbit/s
 CORE = ("pyodide.mjs", "pyodide.asm.mjs", "pyodide.asm.wasm", "python_stdlib.zip")
-RUNTIME_PATHS = ("/pyodide/", "/wheels/", "/memory-snapshot/")
+RUNTIME_PATHS = ("/pyodide/", "/stdlib/", "/wheels/", "/memory-snapshot/")
 
 
 @dataclass(frozen=True)
@@ -89,9 +93,14 @@ PROFILES = {
         Profile("slow", 5, 100),
     )
 }
-PATHS = ("today", "new", "snapshot")
-QUERY = {"today": "&preload=after-config", "new": "", "snapshot": ""}
-FLAGS = {"today": ("--no-precompressed",), "new": (), "snapshot": ("--memory-snapshot",)}
+PATHS = ("today", "new", "micropip", "snapshot")
+QUERY = {"today": "&preload=after-config", "new": "", "micropip": "", "snapshot": ""}
+FLAGS = {
+    "today": ("--no-precompressed", "--micropip"),
+    "new": (),
+    "micropip": ("--micropip",),
+    "snapshot": ("--memory-snapshot",),
+}
 
 # Runs before app.js: when the page handles experiment_config and the first `ready` at the start scene.
 INIT_SCRIPT = """
@@ -192,12 +201,13 @@ def visit(
     core = [
         r
         for r in resources
-        if ("/pyodide/" in r["url"] and r["url"].rsplit("/", 1)[-1] in CORE) or "/memory-snapshot/" in r["url"]
+        if (("/pyodide/" in r["url"] or "/stdlib/" in r["url"]) and r["url"].rsplit("/", 1)[-1] in CORE)
+        or "/memory-snapshot/" in r["url"]
     ]
     fetched = [r for r in core if r["bytes"] > 0]  # over the wire; the rest came from the cache (or joined a preload)
     download_start = min((r["start"] for r in fetched), default=marks["python-load:runtime"])
     download_end = max((r["end"] for r in fetched), default=marks["python-load:runtime"])
-    loaded = marks.get("python-load:micropip", marks["python-load:preparing"])  # a restore skips micropip
+    loaded = marks.get("python-load:core", marks["python-load:preparing"])  # loadPyodide resolved; a restore: none
     throughput = None
     if fetched and profile.mbit is not None:
         throughput = sum(r["bytes"] for r in fetched) * 8 / 1e3 / max(download_end - download_start, 1.0)
@@ -266,7 +276,7 @@ def limit_ms(visits: list[Visit], profile: Profile) -> float:
     return med(cold, "bytes") / profile.bytes_per_ms + 2 * profile.latency_ms + cpu
 
 
-def table(visits: list[Visit], profiles: list[Profile]) -> Iterator[str]:
+def table(visits: list[Visit], profiles: list[Profile], paths: list[str]) -> Iterator[str]:
     yield "Medians in seconds (bytes in MB); ratio: ready ÷ the profile's physical limit."
     yield ""
     yield (
@@ -277,7 +287,7 @@ def table(visits: list[Visit], profiles: list[Profile]) -> Iterator[str]:
     for profile in profiles:
         limit = limit_ms(visits, profile)
         for cache in ("cold", "warm"):
-            for path in PATHS:
+            for path in paths:
                 vs = [v for v in visits if (v.profile, v.path, v.cache) == (profile.name, path, cache)]
                 yield (
                     f"| {profile.name} | {cache} | {path} | {med(vs, 'config_ms') / 1000:.2f} "
@@ -286,12 +296,14 @@ def table(visits: list[Visit], profiles: list[Profile]) -> Iterator[str]:
                     f"| {med(vs, 'runtime_bytes') / 1e6:.3f} | {med(vs, 'download_ms') / 1000:.2f} "
                     f"| {med(vs, 'bootstrap_ms') / 1000:.2f} | {med(vs, 'packages_ms') / 1000:.2f} |"
                 )
+    others = [p for p in paths if p not in ("today", "new")]
     yield ""
     yield (
         "| profile | physical limit, s | today ÷ new, cold | today ÷ new, warm | new ÷ limit, cold "
-        "| today ÷ snapshot, cold | today ÷ snapshot, warm |"
+        + "".join(f"| today ÷ {p}, cold | today ÷ {p}, warm " for p in others)
+        + "|"
     )
-    yield "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"
+    yield "| --- | ---: | ---: | ---: | ---: " + "| ---: | ---: " * len(others) + "|"
     for profile in profiles:
         limit = limit_ms(visits, profile)
 
@@ -301,8 +313,11 @@ def table(visits: list[Visit], profiles: list[Profile]) -> Iterator[str]:
         yield (
             f"| {profile.name} | {limit / 1000:.2f} | **{ready('today', 'cold') / ready('new', 'cold'):.2f}** "
             f"| {ready('today', 'warm') / ready('new', 'warm'):.2f} | **{ready('new', 'cold') / limit:.2f}** "
-            f"| {ready('today', 'cold') / ready('snapshot', 'cold'):.2f} "
-            f"| {ready('today', 'warm') / ready('snapshot', 'warm'):.2f} |"
+            + "".join(
+                f"| {ready('today', 'cold') / ready(p, 'cold'):.2f} | {ready('today', 'warm') / ready(p, 'warm'):.2f} "
+                for p in others
+            )
+            + "|"
         )
 
 
@@ -336,7 +351,13 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=3, help="cold + warm pairs per profile and path (default: 3)")
     parser.add_argument("--profiles", default=",".join(PROFILES), help="comma-separated (default: %(default)s)")
+    parser.add_argument(
+        "--paths", default="today,new,snapshot", help=f"comma-separated among {', '.join(PATHS)} (default: %(default)s)"
+    )
     args = parser.parse_args()
+    paths = [p for p in PATHS if p in args.paths.split(",")]
+    if not {"today", "new"} <= set(paths) or not set(args.paths.split(",")) <= set(PATHS):
+        parser.error(f"--paths must include today and new, among {', '.join(PATHS)}")
     names = ["local", *(n for n in args.profiles.split(",") if n != "local")]  # local gives the CPU floor
     if args.runs < 1 or not set(names) <= set(PROFILES):
         parser.error(f"--runs must be at least 1 and --profiles among {', '.join(PROFILES)}")
@@ -347,20 +368,23 @@ def main() -> int:
     copies = Precompressed(DEFAULT_CACHE_DIR)  # made once; the new server would otherwise send plain files at first
     for directory in (DEFAULT_PYODIDE_DIR, DEFAULT_WHEELHOUSE):
         copies.add(directory)
+    if (stdlib := stored_stdlib(DEFAULT_PYODIDE_DIR, DEFAULT_CACHE_DIR)) is not None:
+        copies.add(stdlib)
     copies.index()
     copies.build()
     load_before = os.getloadavg()[0]
     with tempfile.TemporaryDirectory(prefix="preflight-network-") as tmp, ExitStack() as servers:
-        making = [sys.executable, "-m", "server", "snapshot", "--data-dir", str(Path(tmp) / "making")]
-        subprocess.run(making, cwd=ROOT, capture_output=True, check=True)  # made once per runtime, kept after
-        urls = {path: servers.enter_context(served(Path(tmp) / path, *FLAGS[path])) for path in PATHS}
+        if "snapshot" in paths:
+            making = [sys.executable, "-m", "server", "snapshot", "--data-dir", str(Path(tmp) / "making")]
+            subprocess.run(making, cwd=ROOT, capture_output=True, check=True)  # made once per runtime, kept after
+        urls = {path: servers.enter_context(served(Path(tmp) / path, *FLAGS[path])) for path in paths}
         playwright = servers.enter_context(sync_playwright())
-        for path in PATHS:  # the servers' and Chromium's first-use costs, unmeasured
+        for path in paths:  # the servers' and Chromium's first-use costs, unmeasured
             pair(playwright, urls, PROFILES["local"], path, f"warmup-{path}")
         visits: list[Visit] = []
         for profile in profiles:
             for k in range(args.runs):
-                for path in PATHS if k % 2 == 0 else PATHS[::-1]:  # neither path always goes first
+                for path in paths if k % 2 == 0 else paths[::-1]:  # neither path always goes first
                     done = pair(playwright, urls, profile, path, f"{profile.name}-{path}-{k}")
                     visits += done
                     print(
@@ -372,7 +396,7 @@ def main() -> int:
                     )
         compile_time = compile_ms(playwright, urls["new"])
     print("\n".join([*machine_lines(compile_time, (load_before, os.getloadavg()[0])), ""]))
-    print("\n".join(table(visits, profiles)))
+    print("\n".join(table(visits, profiles, paths)))
     print("\n".join(["", *emulation_lines(visits, profiles)]))
     return 0
 

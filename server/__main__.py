@@ -178,6 +178,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "in progress never may (default: completed; e.g. completed,excluded; 'none' for no lock)",
     )
     parser.add_argument(
+        "--micropip",
+        action="store_true",
+        help="have the page install the study's wheels with micropip from the package index, as before, instead of "
+        "unpacking the exact wheels the server resolved (slower; for comparison)",
+    )
+    parser.add_argument(
         "--memory-snapshot",
         action="store_true",
         help="offer pages a Pyodide memory snapshot of the runtime (experimental; made by `python -m server snapshot` "
@@ -259,6 +265,7 @@ def main(argv: list[str] | None = None) -> int:
         **({} if args.admin_token is None else {"admin_token": args.admin_token}),
         precompressed_dir=None if args.no_precompressed else args.precompressed_dir,
         memory_snapshot=args.memory_snapshot,
+        micropip=args.micropip,
         snapshot_dir=args.snapshot_dir,
     )
     if snapshot:

@@ -27,7 +27,7 @@ from .memory_snapshot import SNAPSHOT_URL, offered, wheel_digests
 from .packages import LOCAL_URL
 from .page_module import page_module
 from .partners import ONNX_DIR, ModelFiles
-from .precompress import EncodedFiles, Precompressed
+from .precompress import STDLIB_URL, EncodedFiles, Precompressed
 from .protocol import Close, Code, Refusal
 from .runtime import MSGPACK_DIR, IndexOrigin, SimpleIndex, VersionedFiles
 from .session import Session
@@ -336,6 +336,14 @@ def make_app(config: Config) -> tornado.web.Application:
         routes.append(
             (rf"{SNAPSHOT_URL}(.*)", VersionedFiles, {"path": str(snapshot.parent), "precompressed": precompressed})
         )
+    if study.stdlib is not None:
+        routes.append(
+            (
+                rf"{STDLIB_URL}(.*)",
+                VersionedFiles,
+                {"path": str(study.stdlib.parent.parent), "precompressed": precompressed},
+            )
+        )
     if study.runtime.pyodide_dir is not None:
         routes.append(
             (
@@ -365,6 +373,8 @@ def precompress(config: Config, study: Study, snapshot: Path | None) -> Precompr
         precompressed.add(study.runtime.pyodide_dir)
     if snapshot is not None:
         precompressed.add(snapshot)
+    if study.stdlib is not None:
+        precompressed.add(study.stdlib)
     precompressed.start()
     return precompressed
 

@@ -45,6 +45,7 @@ class Config:
     max_session_bytes: int = 256 * 1024 * 1024  # research data one session may send; beyond, quota_exceeded
     public_origin: str = ""  # e.g. "https://study.example.org": /simple's URLs use it, not the Host header
     lock_ids: tuple[str, ...] = ("completed",)  # outcomes after which a participant id may not start again
+    micropip: bool = False  # install the study's wheels with micropip in the page (the load before #17), not directly
     memory_snapshot: bool = False  # offer the runtime's memory snapshot from snapshot_dir, when one was made for it
     snapshot_dir: Path = Path(__file__).resolve().parent.parent / "build" / "memory-snapshots"
     admin_token: str = field(default_factory=new_admin_token, repr=False)  # never a default password

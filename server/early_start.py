@@ -37,6 +37,8 @@ def page_runtime(pyodide_config: dict[str, Any], snapshot_url: str | None = None
         return None
     base = pyodide_config["pyodide_url"]
     preloads = [base + name for name in PRELOADS]
+    if pyodide_config.get("stdlib_url"):  # the repacked stdlib the runtime will ask for (server/precompress.py)
+        preloads[PRELOADS.index("python_stdlib.zip")] = pyodide_config["stdlib_url"]
     if snapshot_url:
         pyodide_config = {**pyodide_config, "snapshot_url": snapshot_url}
         preloads.insert(1, snapshot_url)

@@ -2,11 +2,16 @@
 
 Three sources, checked in this order for what a scene lists in `packages_to_install`:
 the Pyodide distribution's lock (`pyodide.loadPackage`, for binary packages such as numpy),
-the wheelhouse (micropip, from our own index), and the researcher's own modules beside the
-experiment file, which are packed here into wheels named `preflight-local-<module>`. Each
-wheel's `Requires-Dist` is followed the way micropip follows it (our index first, then the
-lock). A scene whose packages or environment module cannot be found stops the server before
+the wheelhouse (our own index), and the researcher's own modules beside the experiment file,
+which are packed here into wheels named `preflight-local-<module>`. Each wheel's
+`Requires-Dist` is followed the way micropip follows it (our index first, then the lock).
+A scene whose packages or environment module cannot be found stops the server before
 anyone joins, with the command that fetches what is missing.
+
+Since every wheel is resolved here, the page needs no installer: it fetches the exact wheels listed
+(`wheels` in `pyodide_config`, fetched while Python boots) and unpacks each into site-packages. Only a
+study whose resolution could not be finished here (a distribution hosted elsewhere, whose lock cannot be
+read) or whose wheels are not pure Python is left to micropip in the page, as before.
 """
 
 from __future__ import annotations
@@ -180,10 +185,22 @@ class Packages:
     packages_to_install: tuple[str, ...]  # requirements micropip installs from our index, local projects included
     local: tuple[Wheel, ...] = ()
     cache: Path | None = None  # where `local` is, served at LOCAL_URL
+    wheels: tuple[Wheel, ...] | None = None  # every wheel the scenes need, resolved; None: left to micropip
 
-    def page_config(self) -> dict[str, Any]:
-        """The part of `pyodide_config` that says what to install; the page decides none of it."""
-        return {"pyodide_packages": list(self.pyodide_packages), "packages_to_install": list(self.packages_to_install)}
+    def page_config(self, micropip: bool = False) -> dict[str, Any]:
+        """The part of `pyodide_config` that says what to install; the page decides none of it.
+
+        `wheels` lists the exact files the page unpacks without micropip; it is None (and the page loads micropip
+        and installs `packages_to_install` from our index) when the resolution is not complete or `micropip` asks.
+        """
+        direct = None if micropip or self.wheels is None else self.wheels
+        return {
+            "pyodide_packages": list(self.pyodide_packages),
+            "packages_to_install": list(self.packages_to_install),
+            "wheels": None
+            if direct is None
+            else [{"name": w.project, "url": w.url, "sha256": w.sha256} for w in direct],
+        }
 
 
 def resolve_packages(experiment: Experiment, experiment_file: Path | None, runtime: Runtime) -> Packages:
@@ -206,12 +223,24 @@ def resolve_packages(experiment: Experiment, experiment_file: Path | None, runti
     resolver = _Resolver(runtime, local, experiment_file)
     for scene in _games(experiment):
         resolver.scene(scene)
+    wheels = {**resolver.wheels, **{w.filename: w for w in local.values()}}
+    projects = [w.project for w in wheels.values()]
+    direct = not resolver.unchecked and len(set(projects)) == len(projects) and all(map(_pure, wheels.values()))
     return Packages(
         tuple(sorted(resolver.from_lock)),
         tuple(sorted(resolver.from_index | {w.project for w in local.values()})),
         tuple(local[m] for m in sorted(local)),
         cache,
+        tuple(wheels[name] for name in sorted(wheels)) if direct else None,
     )
+
+
+def _pure(wheel: Wheel) -> bool:
+    """A wheel with no compiled code for the browser: unpacking it is all its install is (no dynamic libraries)."""
+    try:
+        return all(tag.platform == "any" for tag in parse_wheel_filename(wheel.filename)[3])
+    except (InvalidWheelFilename, InvalidVersion):
+        return False
 
 
 def _games(experiment: Experiment) -> list[GymScene]:
@@ -239,8 +268,10 @@ class _Resolver:
         self.local_modules = set(local)
         self.local_projects = {wheel.project for wheel in local.values()}
         self.experiment_file = experiment_file
-        self.from_lock: set[str] = set()
+        self.from_lock: set[str] = set()  # lock entries for pyodide.loadPackage, those wheels need included
         self.from_index: set[str] = set()
+        self.wheels: dict[str, Wheel] = {}  # by file name: every wheelhouse wheel some scene installs
+        self.unchecked = False  # some scene left a package to a distribution whose lock cannot be read
         python = runtime.python_version
         self.environment = {
             "python_version": ".".join(python.split(".")[:2]),
@@ -290,6 +321,7 @@ class _Resolver:
                 )
             else:
                 raise self._missing(scene, req, None)
+        self.unchecked |= walk.unchecked
         for module in scene.modules:
             if module in self.local_modules or module in walk.modules or walk.unchecked:
                 continue
@@ -300,6 +332,7 @@ class _Resolver:
             )
 
     def _walk_wheel(self, wheel: Wheel, req: Requirement, scene: GymScene, walk: _Walk) -> None:
+        self.wheels[wheel.filename] = wheel
         if wheel.path not in self.contents:
             self.contents[wheel.path] = wheel_contents(wheel.path)
         contents = self.contents[wheel.path]
@@ -317,6 +350,7 @@ class _Resolver:
             if (found := self._wheel(dep)) is not None:  # micropip asks our index first, then the lock
                 self._walk_wheel(found, dep, scene, walk)
             elif (entry := self._lock_entry(dep)) is not None:
+                self.from_lock.add(entry["name"])  # what micropip would have loaded; the page loads it directly
                 self._walk_lock(entry, scene, walk)
             elif self.runtime.distribution is None:
                 walk.unchecked = True

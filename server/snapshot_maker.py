@@ -87,7 +87,8 @@ def make(config: Config, chromium: str = CHROMIUM) -> tuple[Path, bool]:
     from playwright.sync_api import sync_playwright  # a build-time tool: installed with the [test] extra
 
     with tempfile.TemporaryDirectory(prefix="preflight-snapshot-") as tmp:
-        plain = dataclasses.replace(config, data_dir=Path(tmp), memory_snapshot=False, precompressed_dir=None)
+        # The same stdlib as the server will name (a snapshot holds zipimport's offsets into it), so the same cache.
+        plain = dataclasses.replace(config, data_dir=Path(tmp), memory_snapshot=False)
         with _Served(plain) as served, sync_playwright() as playwright:
             study = served.app.settings["study"]
             name = snapshot_name(config, study.pyodide_config, wheel_digests(study))

@@ -24,6 +24,7 @@ from .locations import study_wheelhouse
 from .matches import Lobby
 from .packages import resolve_packages
 from .partners import ONNX_URL, check_onnxruntime, check_policy_functions, resolve_models
+from .precompress import STDLIB_URL, stored_stdlib
 from .protocol import Close, Code, Refusal, Writer
 from .runtime import RuntimeSetupError, load_runtime
 from .session import Session, token_digest
@@ -111,11 +112,20 @@ class Study:
         check_policy_functions(config.experiment, config.experiment_file)
         self.pyodide_config = {
             **config.experiment.pyodide_config,
-            **self.packages.page_config(),
+            **self.packages.page_config(config.micropip),
             **self.runtime.page_config(),
             "models": [model.page_config() for model in self.models.values()],
             "onnxruntime_url": ONNX_URL,
+            "stdlib_url": None,
         }
+        # The stdlib repacked with stored members, which compressed copies shrink far better (server/precompress.py).
+        self.stdlib = (
+            stored_stdlib(runtime.pyodide_dir, config.precompressed_dir)
+            if config.precompressed_dir is not None and runtime.pyodide_dir is not None
+            else None
+        )
+        if self.stdlib is not None:
+            self.pyodide_config["stdlib_url"] = f"{STDLIB_URL}{self.stdlib.parent.name}/{self.stdlib.name}"
         self.machine = SessionMachine()
         self.store = DataStore(config.data_dir, on_failure=self._writes_failing)
         self.lobby = Lobby(IOLoop.current(), self.store.open_match)

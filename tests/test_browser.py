@@ -147,7 +147,7 @@ def test_a_participant_walks_from_the_url_to_the_completion_code_offline(server,
 
     records = records_of(server["data"], "pw-walker")
     preload = [r for r in records if r["kind"] == "preload"]
-    assert [r.get("stage", r["status"]) for r in preload] == ["runtime", "micropip", "packages", "preparing", "ready"]
+    assert [r.get("stage", r["status"]) for r in preload] == ["runtime", "packages", "preparing", "ready"]
     assert all(isinstance(r["elapsed_ms"], int) for r in preload)
     steps = played(records)
     assert [s["action"] for s in steps] == [1] * 4 + [2] * 4
@@ -174,7 +174,9 @@ def test_python_lives_in_one_worker_and_the_game_steps_through_it(server, contex
     # Pyodide was fetched (and so compiled and run) by the worker; the page only preloaded the core's files for it.
     assert any(u.endswith("/pyodide/314.0.7/pyodide.asm.wasm") for u in resources(worker))
     assert any("/local-wheels/preflight_local_gridworld_env-" in u for u in resources(worker))
-    assert {u.rsplit("/", 1)[-1] for u in resources(page) if "/pyodide/" in u} == set(PRELOADS)  # its preload links
+    preloaded = {u.rsplit("/", 1)[-1] for u in resources(page) if "/pyodide/" in u or "/stdlib/" in u}
+    assert preloaded == set(PRELOADS)  # its preload links (the stdlib the repacked one)
+    assert not [u for u in resources(worker) if "micropip" in u or "/simple/" in u]  # the wheel unpacked, no installer
     assert not [u for u in resources(page) if "wheels/" in u]
 
     page.click("#advance")

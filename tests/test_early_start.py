@@ -19,7 +19,7 @@ from tornado.httpclient import AsyncHTTPClient
 from client.harness import served
 from server.early_start import PRELOADS
 from server.experiment import EndScene, Experiment, StartScene
-from server.precompress import DEFAULT_CACHE_DIR, SUFFIXES, Precompressed
+from server.precompress import DEFAULT_CACHE_DIR, STDLIB_URL, SUFFIXES, Precompressed, stored_stdlib
 from server.runtime import DEFAULT_PYODIDE_DIR
 from server.store import read_records
 
@@ -85,6 +85,9 @@ def runtime_copies() -> Precompressed:
     """The real runtime's copies in build/precompressed, made now if `make` has not (about 40 s, once)."""
     cache = Precompressed(DEFAULT_CACHE_DIR)
     cache.add(DEFAULT_PYODIDE_DIR)
+    stdlib = stored_stdlib(DEFAULT_PYODIDE_DIR, DEFAULT_CACHE_DIR)
+    assert stdlib is not None
+    cache.add(stdlib)
     cache.index()
     cache.build()
     return cache
@@ -150,6 +153,10 @@ def server(tmp_path_factory, runtime_copies):
         yield {"url": url, "data": data}
 
 
+def runtime_file(url: str) -> bool:
+    return PYODIDE in url or STDLIB_URL in url
+
+
 def preload_records(data: Path, participant: str) -> list[dict]:
     for path in (data / "sessions").glob("*.msgpack"):
         records = list(read_records(path))
@@ -172,16 +179,17 @@ def test_the_runtime_downloads_with_the_page_and_reports_once_there_is_a_session
         origin = page.evaluate("performance.timeOrigin")
         config_at = page.evaluate("window.__configAt")
         [worker] = page.workers
-        on_page = {e["url"].rsplit("/", 1)[-1]: e for e in entries_at(page, origin) if PYODIDE in e["url"]}
-        in_worker = [e for e in entries_at(worker, origin) if PYODIDE in e["url"]]
+        on_page = {e["url"].rsplit("/", 1)[-1]: e for e in entries_at(page, origin) if runtime_file(e["url"])}
+        in_worker = [e for e in entries_at(worker, origin) if runtime_file(e["url"])]
     finally:
         context.close()
     # The page's preload links asked for the core's large files before the session existed ...
     assert set(on_page) == set(PRELOADS)
     assert all(e["start"] < config_at for e in on_page.values())
-    # ... compressed where it pays (the stdlib is a zip: as it is) ...
+    # ... compressed (the stdlib the one repacked with stored members, under its own URL) ...
     assert on_page["pyodide.asm.wasm"]["encoded"] < on_page["pyodide.asm.wasm"]["decoded"] / 3
-    assert on_page["python_stdlib.zip"]["encoded"] == on_page["python_stdlib.zip"]["decoded"]
+    assert STDLIB_URL in on_page["python_stdlib.zip"]["url"]
+    assert on_page["python_stdlib.zip"]["encoded"] < on_page["python_stdlib.zip"]["decoded"] / 4
     # ... and the runtime in the worker used those downloads: each crossed the wire once.
     assert {e["url"].rsplit("/", 1)[-1] for e in in_worker} >= set(PRELOADS)
     for name in on_page:
@@ -190,7 +198,6 @@ def test_the_runtime_downloads_with_the_page_and_reports_once_there_is_a_session
     records = preload_records(server["data"], "early")
     assert [r.get("stage", r["status"]) for r in records if r["kind"] == "preload"] == [
         "runtime",
-        "micropip",
         "packages",
         "preparing",
         "ready",
@@ -219,6 +226,7 @@ def test_the_page_still_loads_python_when_its_preload_links_fail(browser, server
     context = browser.new_context()
     try:
         context.route(f"**{PYODIDE}*", fail_links)
+        context.route(f"**{STDLIB_URL}**", fail_links)
         page = context.new_page()
         page.goto(server["url"] + "?PROLIFIC_PID=no-links")
         state_is(page, "ready", "start", LOAD_TIMEOUT_MS)

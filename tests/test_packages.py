@@ -287,6 +287,7 @@ def test_with_a_distribution_hosted_elsewhere_what_the_wheelhouse_lacks_is_left_
     runtime = load_runtime(None, DEFAULT_WHEELHOUSE, "https://cdn.example.org/pyodide/v314/full/")
     packages = resolve_packages(source.experiment, source.file, runtime)
     assert packages.pyodide_packages == ("numpy",) and packages.packages_to_install == ("packaging",)
+    assert packages.wheels is None and packages.page_config()["wheels"] is None  # unchecked: micropip in the page
 
 
 @pytest.mark.parametrize(
@@ -437,3 +438,82 @@ def test_a_full_distribution_package_loads_with_load_package_in_the_worker(tmp_p
     assert step["observation"] == {"value": 42} and step["reward"] == 1.0
     stages = [(r.get("package"), r.get("done"), r.get("total")) for r in records if r.get("stage") == "packages"]
     assert stages == [("fabricated_numeric", 0, 2), ("preflight-local-catch-env", 1, 2)]
+
+
+SCORER_ENV = """\
+import scorer
+
+
+class Catch:
+    def reset(self, seed=None):
+        return {"value": 0}, {}
+
+    def step(self, action):
+        return {"value": scorer.score()}, 1.0, True, False, {}
+
+    def render(self):
+        return {"width": 10, "height": 10, "shapes": []}
+
+
+def make():
+    return Catch()
+"""
+
+
+@pytest.mark.parametrize("installer", ["direct", "micropip"])
+def test_the_wheels_the_server_lists_are_installed_without_micropip_and_the_game_plays(tmp_path, browser, installer):
+    wheelhouse = tmp_path / "wheelhouse"
+    wheelhouse.mkdir()
+    for wheel in DEFAULT_WHEELHOUSE.glob("*.whl"):  # micropip (and what it needs), for the --micropip page
+        shutil.copy(wheel, wheelhouse / wheel.name)
+    make_wheel(wheelhouse, "scorebase", "1.0", {"scorebase.py": "BASE = 40\n"})
+    make_wheel(
+        wheelhouse,
+        "scorer",
+        "2.0",
+        {"scorer/__init__.py": "import scorebase\n\n\ndef score():\n    return scorebase.BASE + 2\n"},
+        requires=("scorebase>=1",),
+    )
+    study = write_study(
+        tmp_path / "study", packages=("scorer",), keys='{"ArrowRight": 1}', input='"turn"', record_observations=True
+    )
+    (study.parent / "catch_env.py").write_text(SCORER_ENV)
+    data = tmp_path / "data"
+    flags = ("--micropip",) if installer == "micropip" else ()
+    with served(data, "--wheelhouse", str(wheelhouse), "--experiment", str(study), *flags) as url:
+        context = browser.new_context()
+        requests: list[str] = []
+        context.on("request", lambda r: requests.append(r.url))
+        try:
+            page = context.new_page()
+            page.goto(url + "?PROLIFIC_PID=direct")
+            page.wait_for_function("['ready', 'error'].includes(window.__preflight?.runtime?.status)", timeout=90_000)
+            assert page.evaluate("window.__preflight.runtime.settled.status") == "ready"
+            page.wait_for_function("window.__preflight.state?.may_advance === true", timeout=30_000)
+            page.click("#advance")
+            page.wait_for_function("window.__preflight.firstFrameAt !== null", timeout=30_000)
+            page.keyboard.press("ArrowRight")
+            page.wait_for_function("window.__preflight.state?.state === 'ready'", timeout=30_000)
+            config = page.evaluate("window.__preflight.config.pyodide_config")
+        finally:
+            context.close()
+    [records] = [list(read_records(p)) for p in (data / "sessions").glob("*.msgpack")]
+    [step] = [s for r in records if r["kind"] == "steps" for s in r["steps"]]
+    assert step["observation"] == {"value": 42} and step["reward"] == 1.0  # scorer and scorebase, imported in the game
+    stages = [r.get("stage") for r in records if r["kind"] == "preload" and r["status"] == "loading"]
+    fetched = [u.rsplit("/", 1)[-1] for u in requests if "wheels/" in u or "/simple/" in u]
+    if installer == "direct":
+        listed = [w["url"].rsplit("/", 1)[-1] for w in config["wheels"]]
+        assert [w["name"] for w in config["wheels"]] == ["preflight-local-catch-env", "scorebase", "scorer"]
+        assert listed[1:] == ["scorebase-1.0-py3-none-any.whl", "scorer-2.0-py3-none-any.whl"]
+        assert sorted(fetched) == sorted(listed)  # each listed wheel once: no micropip, no index, no resolution
+        assert "micropip" not in stages
+        with_names = [
+            (r.get("package"), r.get("done"), r.get("total")) for r in records if r.get("stage") == "packages"
+        ]
+        assert [name for name, _, _ in with_names] == [w["name"] for w in config["wheels"]]
+    else:
+        assert config["wheels"] is None
+        assert any(u.startswith("micropip-") for u in fetched)
+        assert any("/simple/scorer/" in u for u in requests)  # micropip asked the index
+        assert stages[:2] == ["runtime", "micropip"]

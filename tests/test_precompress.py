@@ -7,6 +7,7 @@ import gzip
 import json
 import os
 import shutil
+import zipfile
 from pathlib import Path
 
 import brotli
@@ -15,7 +16,7 @@ from tornado.httpclient import AsyncHTTPClient, HTTPResponse
 
 from server.app import Config
 from server.examples.gridworld import study as example_study
-from server.precompress import Precompressed, choose, main
+from server.precompress import STDLIB, Precompressed, choose, main, stored_stdlib
 from server.runtime import DEFAULT_PYODIDE_DIR
 
 BROWSER = "gzip, deflate, br, zstd"  # what Chromium sends
@@ -242,3 +243,16 @@ async def test_without_precompression_everything_is_sent_as_it_is(http_server, h
     response = await get(http_port, WASM, **{"Accept-Encoding": BROWSER})
     assert response.code == 200 and "Content-Encoding" not in response.headers
     assert response.body == (config.pyodide_dir / "pyodide.asm.wasm").read_bytes()
+
+
+def test_the_stdlib_is_repacked_once_with_the_same_members_stored(tmp_path):
+    made = stored_stdlib(DEFAULT_PYODIDE_DIR, tmp_path)
+    assert made is not None and made.parent.parent == tmp_path / "stdlib"
+    with zipfile.ZipFile(DEFAULT_PYODIDE_DIR / STDLIB) as original, zipfile.ZipFile(made) as stored:
+        assert [i.filename for i in stored.infolist()] == [i.filename for i in original.infolist()]
+        assert {i.compress_type for i in stored.infolist()} == {zipfile.ZIP_STORED}
+        assert all(stored.read(name) == original.read(name) for name in original.namelist())
+    before = made.stat().st_mtime_ns
+    assert stored_stdlib(DEFAULT_PYODIDE_DIR, tmp_path) == made and made.stat().st_mtime_ns == before  # kept
+    (tmp_path / "blocked").write_text("")  # a cache that cannot be written: the distribution's own is used
+    assert stored_stdlib(DEFAULT_PYODIDE_DIR, tmp_path / "blocked") is None

@@ -16,11 +16,25 @@ const BATCH_STEPS = 64, BATCH_MS = 250;  // steps leave for the server in batche
 // Where loadPyodide finds the core, and the lock the server wrote for the wheels it serves.
 function coreOptions(config, origin) {
   const options = { indexURL: new URL(config.pyodide_url, origin).href };
+  if (config.stdlib_url) options.stdLibURL = new URL(config.stdlib_url, origin).href;  // repacked to compress better
   if (config.lock) {
     options.lockFileContents = config.lock;
     options.packageBaseUrl = new URL(config.wheel_base_url, origin).href;
   }
   return options;
+}
+
+// One wheel the server listed, checked against its SHA-256 (where the page may compute one: a secure context).
+async function fetchWheel({ url, sha256 }, origin) {
+  const response = await fetch(new URL(url, origin));
+  if (!response.ok) throw new Error(`${url} could not be fetched (HTTP ${response.status})`);
+  const bytes = await response.arrayBuffer();
+  if (crypto.subtle) {
+    const digest = new Uint8Array(await crypto.subtle.digest("SHA-256", bytes));
+    const hex = Array.from(digest, (b) => b.toString(16).padStart(2, "0")).join("");
+    if (hex !== sha256) throw new Error(`${url} is not the file the server listed (SHA-256 ${hex})`);
+  }
+  return bytes;
 }
 
 export class PythonHost {
@@ -57,13 +71,23 @@ export class PythonHost {
       performance.mark("python-load:done");
       return this.outcome();
     }
+    // The exact wheels the server resolved start downloading now, while Python boots; without a list (a runtime
+    // hosted elsewhere), micropip resolves and installs from our index as before.
+    const wheels = config.wheels ? config.wheels.map((wheel) => fetchWheel(wheel, origin)) : null;
+    const contract = fetch(new URL("/client/game_contract.py", origin));
+    [contract, ...wheels || []].forEach((download) => download.catch(() => {}));  // awaited below, failures too
     const pyodide = this.core ??= await this.loadCore(config, origin);
-    stage(STAGE.micropip);
-    await pyodide.loadPackage("micropip");
-    const micropip = pyodide.pyimport("micropip");
-    micropip.set_index_urls(new URL(config.index_url, origin).href.replace("%7B", "{").replace("%7D", "}"));
+    performance.mark("python-load:core");
+    let micropip = null;
+    if (!wheels) {
+      stage(STAGE.micropip);
+      await pyodide.loadPackage("micropip");
+      micropip = pyodide.pyimport("micropip");
+      micropip.set_index_urls(new URL(config.index_url, origin).href.replace("%7B", "{").replace("%7D", "}"));
+    }
     // The server decided where each package comes from: the Pyodide distribution's lock, or our index.
-    const fromLock = config.pyodide_packages || [], fromIndex = config.packages_to_install || [];
+    const fromLock = config.pyodide_packages || [];
+    const fromIndex = wheels ? config.wheels.map((wheel) => wheel.name) : config.packages_to_install || [];
     const total = fromLock.length + fromIndex.length;
     for (const [k, name] of fromLock.entries()) {
       stage(STAGE.packages, { package: name, done: k, total });
@@ -73,18 +97,21 @@ export class PythonHost {
         throw new Error(`could not load ${name}: ${errors.join(" ") || "no reason given"}`);
       }
     }
+    const sitePackages = wheels?.length ? pyodide.runPython("import site; site.getsitepackages()[0]") : null;
     for (const [k, name] of fromIndex.entries()) {
       stage(STAGE.packages, { package: name, done: fromLock.length + k, total });
-      await micropip.install(name);
+      if (wheels) pyodide.unpackArchive(await wheels[k], "wheel", { extractDir: sitePackages });
+      else await micropip.install(name);
     }
+    if (wheels?.length) pyodide.runPython("import importlib; importlib.invalidate_caches()");
     if (config.models?.length) {
       this.models = await loadModels(config, origin, (done, count) => stage(STAGE.models, { done, total: count }));
     }
     stage(STAGE.preparing, { done: total, total });
-    micropip.destroy();
-    const contract = await fetch(new URL("/client/game_contract.py", origin));
-    if (!contract.ok) throw new Error(`the game contract could not be fetched (HTTP ${contract.status})`);
-    pyodide.FS.writeFile(`${pyodide.FS.cwd()}/preflight_game_contract.py`, await contract.text());
+    micropip?.destroy();
+    const source = await contract;
+    if (!source.ok) throw new Error(`the game contract could not be fetched (HTTP ${source.status})`);
+    pyodide.FS.writeFile(`${pyodide.FS.cwd()}/preflight_game_contract.py`, await source.text());
     this.contract = pyodide.pyimport("preflight_game_contract");
     this.pyodide = pyodide;
     performance.mark("python-load:done");
