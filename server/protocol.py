@@ -195,10 +195,32 @@ def _facts(value: Any) -> str | None:
     return None
 
 
+_SCALAR_TYPES = frozenset((str, int, bool, float, type(None)))
+_NUMBER_TYPES = frozenset((int, bool, float))
+_STR_TYPE = frozenset((str,))
+
+
+def _string_keys(item: dict[Any, Any]) -> bool:
+    return _STR_TYPE.issuperset(map(type, item)) or all(isinstance(k, str) for k in item)
+
+
+def _finite(children: Any, kinds: set[type]) -> bool:
+    """Every float among `children` is finite (`kinds`: their types, all scalar)."""
+    if float not in kinds:
+        return True
+    if kinds <= _NUMBER_TYPES:
+        try:
+            return all(map(math.isfinite, children))
+        except OverflowError:  # an int beyond a float's range: look at the floats alone
+            pass
+    return all(math.isfinite(child) for child in children if type(child) is float)
+
+
 def _plain(value: Any) -> str | None:
     """Research data may be any JSON-like value, but not a bomb: bounded depth and size, no msgpack extensions.
 
     Scalars inside a map or list are checked where they are found, not pushed: a batch of steps is mostly scalars.
+    A map or list holding only plain scalars (a step) is checked by its children's types at once, in C.
     """
     stack, items = [(value, 0)], 0
     while stack:
@@ -210,18 +232,22 @@ def _plain(value: Any) -> str | None:
             if depth >= MAX_DEPTH:
                 return f"is nested deeper than {MAX_DEPTH} levels"
             if isinstance(item, dict):
-                if not all(isinstance(k, str) for k in item):
+                if not _string_keys(item):
                     return "must have string keys"
                 children: Any = item.values()
             else:
                 children = item
-            for child in children:
-                kind = type(child)
-                scalar = kind is str or kind is int or kind is bool or child is None
-                if scalar or (kind is float and math.isfinite(child)):
-                    items += 1
-                else:
-                    stack.append((child, depth + 1))
+            kinds = set(map(type, children))
+            if kinds <= _SCALAR_TYPES and _finite(children, kinds):
+                items += len(children)
+            else:
+                for child in children:
+                    kind = type(child)
+                    scalar = kind is str or kind is int or kind is bool or child is None
+                    if scalar or (kind is float and math.isfinite(child)):
+                        items += 1
+                    else:
+                        stack.append((child, depth + 1))
             if items > MAX_ITEMS:
                 return f"holds more than {MAX_ITEMS} values"
         elif isinstance(item, float) and not math.isfinite(item):
@@ -317,7 +343,7 @@ def decode(frame: bytes | str) -> dict[str, Any] | Refusal:
         message = msgpack.unpackb(frame, raw=False, strict_map_key=True)
     except Exception as exc:  # msgpack raises several unrelated types for broken input
         return Refusal(Code.BAD_MESSAGE, f"not a msgpack message ({type(exc).__name__})")
-    if not isinstance(message, dict) or not all(isinstance(k, str) for k in message):
+    if not isinstance(message, dict) or not _string_keys(message):
         return Refusal(Code.BAD_MESSAGE, "a message must be a map with string keys")
     kind = message.get("type")
     if not isinstance(kind, str):

@@ -64,6 +64,26 @@ class FilePool:
             self.pending.setdefault(path, []).append(data)
             self._failed(exc)
 
+    def create(self, path: str) -> bool:
+        """Create a new file to append to, in one system call; False if `path` exists already."""
+        if self.failure is not None:
+            if os.path.exists(path):
+                return False
+            self.pending.setdefault(path, []).append(b"")
+            return True
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_EXCL, 0o644)
+        except FileExistsError:
+            return False
+        except OSError as exc:
+            self.pending.setdefault(path, []).append(b"")
+            self._failed(exc)
+            return True
+        self._open[path] = fd
+        if len(self._open) > self.capacity:
+            os.close(self._open.popitem(last=False)[1])
+        return True
+
     def _write(self, path: str, data: bytes) -> None:
         """The whole record, or an OSError; a record cut short by one is skipped by readers and written again."""
         if path in self._kept:
@@ -175,11 +195,12 @@ class SessionLog:
 
     __slots__ = ("_closed", "_pool", "path")
 
-    def __init__(self, path: Path, pool: FilePool | None = None) -> None:
+    def __init__(self, path: Path, pool: FilePool | None = None, *, created: bool = False) -> None:
         self.path = str(path)
         self._pool = pool if pool is not None else FilePool(1)
         self._closed = False
-        self._pool.append(self.path, b"")
+        if not created:  # `FilePool.create` made it already
+            self._pool.append(self.path, b"")
 
     def __call__(self, record: dict[str, Any]) -> None:
         if not self._closed:
@@ -252,11 +273,13 @@ class DataStore:
 
     def open_session(self, session_id: str | None = None) -> tuple[str, SessionLog]:
         """A new session's log, or, given its id, the log of a session carried over from before a restart."""
-        while session_id is None:
+        if session_id is not None:
+            return session_id, SessionLog(self.sessions / f"{session_id}.msgpack", self.pool)
+        while True:  # created exclusively: no separate look for a file of the same name first
             candidate = secrets.token_hex(8)
-            if not (self.sessions / f"{candidate}.msgpack").exists():
-                session_id = candidate
-        return session_id, SessionLog(self.sessions / f"{session_id}.msgpack", self.pool)
+            path = self.sessions / f"{candidate}.msgpack"
+            if self.pool.create(str(path)):
+                return candidate, SessionLog(path, self.pool, created=True)
 
     def open_match(self, match_id: str) -> SessionLog:
         """A match's canonical log: every frame the server closed, written before it is sent."""

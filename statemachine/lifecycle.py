@@ -8,11 +8,17 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, NamedTuple
 
 from transitions import MachineError
 from transitions.core import EventData
-from transitions.extensions.nesting import HierarchicalMachine, NestedState
+from transitions.extensions.nesting import (
+    HierarchicalMachine,
+    NestedEventData,
+    NestedState,
+    _build_state_list,
+    resolve_order,
+)
 
 SEPARATOR = "."
 """Joins nested state names; `_` (the library default) would split `in_game` in two."""
@@ -327,6 +333,33 @@ class _State(NestedState):
     separator = SEPARATOR
 
 
+class Step(NamedTuple):
+    """One transition of a compiled plan, with everything the library would otherwise resolve on every trigger."""
+
+    transition: Any
+    source: Any  # the state whose transition this is (the library's `event.state` while it runs)
+    before: tuple[Any, ...]  # the machine's before_state_change, then the transition's before
+    exits: tuple[Any, ...]  # on_exit callbacks of the states left, innermost first
+    dest: Any  # the model's configuration afterwards; None for an internal transition
+    enters: tuple[Any, ...]  # on_enter callbacks of the states entered, outermost first
+    after: tuple[Any, ...]  # the transition's after, then the machine's after_state_change
+
+
+class _Probe:
+    """A stand-in model the compiler moves through the table."""
+
+    def __init__(self, state: Any = None) -> None:
+        self.state = state
+
+
+_UNSEEN: Any = object()
+
+
+def _copy(state: Any) -> Any:
+    """A configuration of the model's own: a name, or a fresh (nested) list of leaves."""
+    return state if isinstance(state, str) else [_copy(item) for item in state]
+
+
 class TableMachine(HierarchicalMachine):
     """One machine for every model of a table: models attach and detach in O(1), by identity.
 
@@ -336,7 +369,15 @@ class TableMachine(HierarchicalMachine):
 
     state_cls = _State
 
-    def __init__(self, states: list[Any], transitions: list[dict[str, Any]], initial: str, **callbacks: Any) -> None:
+    def __init__(
+        self,
+        states: list[Any],
+        transitions: list[dict[str, Any]],
+        initial: str,
+        *,
+        compiled: bool = True,
+        **callbacks: Any,
+    ) -> None:
         super().__init__(
             model=None,
             states=states,
@@ -349,6 +390,10 @@ class TableMachine(HierarchicalMachine):
         self.initial_name = initial
         self._attached: dict[int, Any] = {}
         self._candidates: dict[tuple[str, Any], tuple[Any, ...]] = {}
+        self.compiled = compiled and self._compilable()
+        self._plans: dict[tuple[str, Any], tuple[Step, ...] | None] = {}
+        if self.compiled:
+            self.compile()
 
     def add_model(self, model: Any, initial: Any = None) -> None:
         """Attach `model` in the initial state; attaching the same object twice is a no-op."""
@@ -367,6 +412,17 @@ class TableMachine(HierarchicalMachine):
 
     def fire(self, model: Any, trigger: str, *args: Any) -> Fired:
         """Fire `trigger` on `model` and say what came of it."""
+        if self.compiled:
+            state = model.state
+            plan = self._plans.get((trigger, state if isinstance(state, str) else tuple(_flatten(state))), _UNSEEN)
+            if plan is _UNSEEN:
+                plan = self._plan(trigger, state)
+            if plan is not None:
+                return self._run(plan, model, trigger, args)
+        return self.fire_nested(model, trigger, *args)
+
+    def fire_nested(self, model: Any, trigger: str, *args: Any) -> Fired:
+        """Fire `trigger` through the library's hierarchical resolution (what compiled plans are checked against)."""
         candidates = self.candidates(trigger, model.state)
         if not candidates:
             return Fired.NOT_ACCEPTED
@@ -382,6 +438,117 @@ class TableMachine(HierarchicalMachine):
         except MachineError:
             return Fired.NOT_ACCEPTED
         return Fired.ACCEPTED if moved else Fired.HELD_BACK
+
+    # -- the flat machine: the table compiled into one plan per state configuration and trigger --------------
+
+    def _compilable(self) -> bool:
+        """Whether the plans can run everything the library would: no hooks a plan does not replay."""
+        if self.prepare_event or self.finalize_event or self.on_exception or self.on_final or self.has_queue:
+            return False
+        return not any(state.on_final for state in self._all_states())
+
+    def _all_states(self) -> Iterator[Any]:
+        stack = list(self.states.values())
+        while stack:
+            state = stack.pop()
+            yield state
+            stack.extend(state.states.values())
+
+    def compile(self) -> int:
+        """Plan every trigger from every state configuration reachable from the initial one; returns how many.
+
+        A configuration is a product of the regions' states (a name, or the leaves of a parallel state); from
+        each, a trigger's plan lists the transitions the library would try, in its order, each with the exit
+        and enter callbacks it would run and the configuration it would leave the model in. Guards are not
+        evaluated here: every transition that could pass is followed.
+        """
+        probe = _Probe()
+        self.set_state(self.initial_name, probe)
+        seen: dict[Any, Any] = {}
+        queue = [probe.state]
+        while queue:
+            state = queue.pop()
+            key = state if isinstance(state, str) else tuple(_flatten(state))
+            if key in seen:
+                continue
+            seen[key] = state
+            for trigger in self.events:
+                for step in self._plan(trigger, state) or ():
+                    if step.dest is not None:
+                        queue.append(step.dest)
+        return len(seen)
+
+    def _plan(self, trigger: str, state: Any) -> tuple[Step, ...] | None:
+        """The plan for `trigger` from `state` (None: leave it to the library), made once per configuration."""
+        key = (trigger, state if isinstance(state, str) else tuple(_flatten(state)))
+        if key in self._plans:
+            return self._plans[key]
+        plan: tuple[Step, ...] | None = ()
+        event = self.events.get(trigger)
+        if event is not None:
+            tree = self.build_state_tree(_copy(state), SEPARATOR)
+            sources = [name for path in resolve_order(tree) if (name := SEPARATOR.join(path)) in event.transitions]
+            # The library goes on to the other regions after one has moved; a plan stops at the first transition
+            # that runs, so it is only the same when every source lies on one branch (a leaf and its parents).
+            if all(
+                a.startswith(b + SEPARATOR) or b.startswith(a + SEPARATOR) for a in sources for b in sources if a != b
+            ):
+                plan = tuple(self._step(event, name, t, state) for name in sources for t in event.transitions[name])
+            else:
+                plan = None
+        self._plans[key] = plan
+        return plan
+
+    def _step(self, event: Any, source: str, transition: Any, state: Any) -> Step:
+        """One transition as the library would run it from `state`: its exits, the new configuration, its enters."""
+        before = (*self.before_state_change, *transition.before)
+        after = (*transition.after, *self.after_state_change)
+        source_state = self.get_state(source)
+        if transition.dest is None:
+            return Step(transition, source_state, before, (), None, (), after)
+        probe = _Probe(_copy(state))
+        data = NestedEventData(source_state, event, self, probe, (), {})
+        data.source_name, data.source_path, data.transition = source, source.split(SEPARATOR), transition
+        with self():
+            tree, exits, enters = transition._resolve_transition(data)
+            self.set_state(_build_state_list(tree, SEPARATOR), probe)
+        return Step(
+            transition,
+            source_state,
+            before,
+            tuple(cb for part in exits for cb in part.func.__self__.on_exit),
+            probe.state,
+            tuple(cb for part in enters for cb in part.func.__self__.on_enter),
+            after,
+        )
+
+    def _run(self, plan: tuple[Step, ...], model: Any, trigger: str, args: tuple[Any, ...]) -> Fired:
+        """Run a plan: prepare, conditions, before, exits, the new state, enters, after (the library's order)."""
+        if not plan:
+            return Fired.NOT_ACCEPTED
+        event = EventData(None, self.events[trigger], self, model, args, {})
+        callback = self.callback
+        for step in plan:
+            transition = event.transition = step.transition
+            event.state = step.source
+            for func in transition.prepare:
+                callback(func, event)
+            for condition in transition.conditions:
+                if not condition.check(event):
+                    break
+            else:
+                for func in step.before:
+                    callback(func, event)
+                if step.dest is not None:
+                    for func in step.exits:
+                        callback(func, event)
+                    model.state = _copy(step.dest)
+                    for func in step.enters:
+                        callback(func, event)
+                for func in step.after:
+                    callback(func, event)
+                return Fired.ACCEPTED
+        return Fired.HELD_BACK
 
     def allows(self, model: Any, trigger: str) -> bool:
         """Whether `trigger` would pass its guards now (no side effects run)."""
@@ -417,11 +584,12 @@ class TableMachine(HierarchicalMachine):
 class SessionMachine(TableMachine):
     """The participant lifecycle's machine: every session of the study is one of its models."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, compiled: bool = True) -> None:
         super().__init__(
             STATES,
             TRANSITIONS,
             INITIAL,
+            compiled=compiled,
             before_state_change="record_transition",
             after_state_change="publish_state",
         )

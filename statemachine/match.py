@@ -92,5 +92,7 @@ MATCH_TRIGGER_LABELS: dict[str, str] = {
 class MatchMachine(TableMachine):
     """The match lifecycle's machine: every match in progress is one of its models."""
 
-    def __init__(self) -> None:
-        super().__init__(MATCH_STATES, MATCH_TRANSITIONS, MATCH_INITIAL, after_state_change="record_transition")
+    def __init__(self, *, compiled: bool = True) -> None:
+        super().__init__(
+            MATCH_STATES, MATCH_TRANSITIONS, MATCH_INITIAL, compiled=compiled, after_state_change="record_transition"
+        )
