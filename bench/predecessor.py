@@ -6,7 +6,9 @@ The predecessor (Flask-SocketIO on eventlet) runs from its own venv, which this 
 without it the benchmark says how to make it and stops (VENV_COMMAND). Each participant, on both servers:
 page GET, connect, register (`hello` / `register_subject`), screening and preload reported (the predecessor's page
 reports neither; its only check is a `ping` round trip), one advance timed until the next scene arrives, close.
-Preflight runs the built-in example (`python -m server`), walked by `ProtocolClient` in this process; the predecessor
+Preflight runs the built-in example without its round-trip-time rule (`python -m server --experiment
+bench/experiment.py`: on a loaded machine some participants measure over the example's 1 s and are rightly
+excluded), walked by `ProtocolClient` in this process; the predecessor
 runs `bench/predecessor_server.py` (a start scene, one static scene, an end scene), walked by
 `bench/predecessor_client.py` over Socket.IO's WebSocket transport in a process of its own.
 Every round starts a fresh server of each kind (the order alternates), pinned to one core with the clients on the
@@ -126,7 +128,7 @@ async def preflight_participant(base: str, timeout: float, round_trips: list[flo
                     )
                     await client.send_data({"type": "preload", "status": "ready", "elapsed_ms": 1})
                 if message["state"] != "preflight" and message["state"] != "ready":
-                    raise RuntimeError(f"unexpected state {message['state']}")
+                    raise RuntimeError(f"unexpected state {message['state']} ({message.get('reason')})")
                 if message["may_advance"] and advanced_at is None:
                     advanced_at = time.perf_counter()
                     await client.send({"type": "advance"})
@@ -218,6 +220,8 @@ def measure(kind: str, args: argparse.Namespace, participants: int, tmp: Path, p
             str(port),
             "--data-dir",
             str(workdir / "data"),
+            "--experiment",
+            str(ROOT / "bench" / "experiment.py"),
             *ONE_ADDRESS_IS_MANY,
             "--grace",
             str(GRACE),
