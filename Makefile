@@ -33,6 +33,7 @@ bench: $(VENV)/.installed $(RUNTIME) browser graphviz
 	$(PY) -m bench.crash
 	$(PY) -m bench.network
 	$(PY) -m bench.snapshot
+	$(PY) -m bench.predecessor  # skips, naming the command, without the predecessor's venv
 
 wheelhouse: $(WHEELHOUSE)/.done
 
