@@ -34,6 +34,7 @@ bench: $(VENV)/.installed $(RUNTIME) browser graphviz
 	$(PY) -m bench.network
 	$(PY) -m bench.snapshot
 	$(PY) -m bench.multiplayer
+	$(PY) -m bench.predecessor  # skips, naming the command, without the predecessor's venv
 
 wheelhouse: $(WHEELHOUSE)/.done
 
