@@ -93,6 +93,15 @@ def of(sent, kind):
     return [m for m in sent if m["type"] == kind]
 
 
+def playing(experiment, clock, lobby):
+    """Two participants matched, both pages ready: the match is playing from frame 0."""
+    (a, sent_a), (b, sent_b) = (participant(experiment, clock, lobby) for _ in range(2))
+    clock.advance(0.01)
+    for session in (a, b):
+        session.fire("match_ready", {"type": "match_ready", "match_id": a.match.match_id})
+    return (a, sent_a), (b, sent_b), a.match
+
+
 def test_two_arrivals_are_matched_and_play_frames_the_server_closes(clock, lobby):
     experiment = coop()
     (a, sent_a), (b, sent_b) = (participant(experiment, clock, lobby) for _ in range(2))
@@ -120,11 +129,7 @@ def test_two_arrivals_are_matched_and_play_frames_the_server_closes(clock, lobby
 
 def test_a_stalled_tick_goes_on_at_the_matchs_pace_not_in_a_burst_of_filled_frames(clock, lobby):
     experiment = coop()
-    (a, _), (b, _) = (participant(experiment, clock, lobby) for _ in range(2))
-    clock.advance(0.01)
-    match = a.match
-    for s in (a, b):
-        s.fire("match_ready", {"type": "match_ready", "match_id": match.match_id})
+    (_a, _), (_b, _), match = playing(experiment, clock, lobby)
     clock.advance(0.5)
     before = match.f
     clock.now += 3.0  # the event loop held for 3 s: 30 ticks are overdue
@@ -178,11 +183,7 @@ def test_three_players_form_one_group(clock, lobby):
 
 def test_a_dropped_partner_pauses_the_match_and_resumes_it(clock, lobby):
     experiment = coop()
-    (a, sent_a), (b, sent_b) = (participant(experiment, clock, lobby) for _ in range(2))
-    clock.advance(0.01)
-    match = a.match
-    for s in (a, b):
-        s.fire("match_ready", {"type": "match_ready", "match_id": match.match_id})
+    (_a, sent_a), (b, sent_b), match = playing(experiment, clock, lobby)
     clock.advance(0.5)
     b.connection_lost()
     assert match.state == "paused" and of(sent_a, "partner_status")[-1]["status"] == "reconnecting"
@@ -198,11 +199,7 @@ def test_a_dropped_partner_pauses_the_match_and_resumes_it(clock, lobby):
 @pytest.mark.parametrize("loss, a_state", [("bot", "in_game"), ("end_scene", "ready"), ("end", "partner_lost")])
 def test_a_partner_who_never_returns(clock, lobby, loss, a_state):
     experiment = coop(on_partner_loss=loss)
-    (a, sent_a), (b, _) = (participant(experiment, clock, lobby) for _ in range(2))
-    clock.advance(0.01)
-    match = a.match
-    for s in (a, b):
-        s.fire("match_ready", {"type": "match_ready", "match_id": match.match_id})
+    (a, sent_a), (b, _), match = playing(experiment, clock, lobby)
     clock.advance(0.5)
     b.connection_lost()
     clock.advance(5.5)
@@ -218,11 +215,7 @@ def test_a_partner_who_never_returns(clock, lobby, loss, a_state):
 
 def test_different_state_hashes_end_the_match_as_desync(clock, lobby):
     experiment = coop()
-    (a, sent_a), (b, _) = (participant(experiment, clock, lobby) for _ in range(2))
-    clock.advance(0.01)
-    match = a.match
-    for s in (a, b):
-        s.fire("match_ready", {"type": "match_ready", "match_id": match.match_id})
+    (a, sent_a), (b, _), match = playing(experiment, clock, lobby)
     clock.advance(0.5)
     a.fire("state_hash", {"type": "state_hash", "f": 3, "hash": "aaaa"})
     b.fire("state_hash", {"type": "state_hash", "f": 3, "hash": "bbbb"})
@@ -232,11 +225,7 @@ def test_different_state_hashes_end_the_match_as_desync(clock, lobby):
 
 def test_equal_game_over_reports_complete_the_match(clock, lobby):
     experiment = coop()
-    (a, _), (b, _) = (participant(experiment, clock, lobby) for _ in range(2))
-    clock.advance(0.01)
-    match = a.match
-    for s in (a, b):
-        s.fire("match_ready", {"type": "match_ready", "match_id": match.match_id})
+    (a, _), (b, _), match = playing(experiment, clock, lobby)
     clock.advance(1.0)
     a.fire("game_over", {"type": "game_over", "steps": 8, "frames": 8})
     clock.advance(1.0)
@@ -314,11 +303,7 @@ def test_a_turn_closes_when_every_human_has_moved_or_its_time_is_up(clock, lobby
         multiplayer=Multiplayer(turn_timeout_s=10),
     )
     experiment = Experiment("turns", [StartScene(), scene, EndScene()])
-    (a, _), (b, sent_b) = (participant(experiment, clock, lobby) for _ in range(2))
-    clock.advance(0.01)
-    match = a.match
-    for s in (a, b):
-        s.fire("match_ready", {"type": "match_ready", "match_id": match.match_id})
+    (a, _), (b, sent_b), match = playing(experiment, clock, lobby)
     a.fire("input", {"type": "input", "f": 1, "action": 1})
     clock.advance(5.0)
     assert match.f == 0  # p1 has not moved
@@ -331,11 +316,7 @@ def test_a_turn_closes_when_every_human_has_moved_or_its_time_is_up(clock, lobby
 
 def test_a_reloaded_page_holds_the_match_until_it_has_rebuilt_the_game(clock, lobby):
     experiment = coop()
-    (a, _), (b, sent_b) = (participant(experiment, clock, lobby) for _ in range(2))
-    clock.advance(0.01)
-    match = a.match
-    for s in (a, b):
-        s.fire("match_ready", {"type": "match_ready", "match_id": match.match_id})
+    (_a, _), (b, sent_b), match = playing(experiment, clock, lobby)
     clock.advance(0.5)
     b.connection_lost()
     closed = match.f
@@ -351,11 +332,7 @@ def test_a_reloaded_page_holds_the_match_until_it_has_rebuilt_the_game(clock, lo
 
 def test_every_player_at_the_game_hears_how_the_match_ended(clock, lobby):
     experiment = coop()
-    (a, sent_a), (b, _) = (participant(experiment, clock, lobby) for _ in range(2))
-    clock.advance(0.01)
-    match = a.match
-    for s in (a, b):
-        s.fire("match_ready", {"type": "match_ready", "match_id": match.match_id})
+    (a, sent_a), (b, _), match = playing(experiment, clock, lobby)
     clock.advance(1.0)
     a.fire("game_over", {"type": "game_over", "steps": 8, "frames": 8})
     b.fire("game_over", {"type": "game_over", "steps": 8, "frames": 8})
