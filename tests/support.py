@@ -3,10 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import json
+import subprocess
 import threading
+from pathlib import Path
+from typing import Any
 
 from client.participant import DESKTOP_CHROMIUM, ProtocolClient
 from statemachine import INITIAL, SEPARATOR
+
+PYODIDE = Path(__file__).resolve().parent.parent / "node_modules" / "pyodide"
 
 HELLO = {"type": "hello"}
 SMALL_SCREEN = {"type": "screening", "facts": {**DESKTOP_CHROMIUM, "screen_width": 320, "screen_height": 240}}
@@ -85,3 +91,59 @@ class Crowd:
         self.loop.call_soon_threadsafe(self.loop.stop)
         self.thread.join(timeout=10)
         self.loop.close()
+
+
+class TimeClock:
+    """Timers that fire when the test moves time on, in the order they are due."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+        self.pending: dict[int, tuple[float, object]] = {}
+        self._next = 0
+
+    def time(self) -> float:
+        return self.now
+
+    def call_later(self, delay, callback):
+        self._next += 1
+        self.pending[self._next] = (self.now + max(0.0, delay), callback)
+        return self._next
+
+    def remove_timeout(self, handle):
+        self.pending.pop(handle, None)
+
+    def advance(self, seconds: float) -> None:
+        until = self.now + seconds
+        while True:
+            due = [(t, h) for h, (t, _) in self.pending.items() if t <= until]
+            if not due:
+                break
+            t, handle = min(due)
+            self.now = max(self.now, t)
+            _, callback = self.pending.pop(handle)
+            callback()
+        self.now = until
+
+
+IN_PYODIDE = """
+import {{ loadPyodide }} from {module};
+import fs from "node:fs";
+const py = await loadPyodide({{ indexURL: {index} }});
+for (const [source, name] of {files}) py.FS.writeFile(`/home/pyodide/${{name}}`, fs.readFileSync(source));
+console.log(py.runPython({code}));
+"""
+
+
+def run_in_pyodide(tmp_path: Path, files: list[tuple[str, str]], code: str) -> Any:
+    """Run `code` in the npm Pyodide under Node, the files given copied beside it; its last line, as JSON."""
+    script = tmp_path / "in_pyodide.mjs"
+    script.write_text(
+        IN_PYODIDE.format(
+            module=json.dumps(str(PYODIDE / "pyodide.mjs")),
+            index=json.dumps(f"{PYODIDE}/"),
+            files=json.dumps(files),
+            code=json.dumps(code),
+        )
+    )
+    done = subprocess.run(["node", str(script)], capture_output=True, text=True, timeout=120, check=True)
+    return json.loads(done.stdout.strip().splitlines()[-1])

@@ -26,7 +26,7 @@ from server.session import Session, Timeouts
 from statemachine import STATES, TRANSITIONS, SessionMachine, top_state
 from statemachine.lifecycle import _flatten
 from statemachine.match import MATCH_STATES, MATCH_TRANSITIONS, MatchMachine
-from tests.support import ADVANCE, FAILED, GAME_OVER, HELLO, LOADING, READY, SCREENING, SMALL_SCREEN
+from tests.support import ADVANCE, FAILED, GAME_OVER, HELLO, LOADING, READY, SCREENING, SMALL_SCREEN, TimeClock
 
 
 def _names(value: Any) -> list[str]:
@@ -89,24 +89,6 @@ class _Recording:
 
 class RecordedSession(_Recording, Session):
     _callbacks = SESSION_CALLBACKS
-
-
-class TimeClock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-        self.pending: dict[int, tuple[float, object]] = {}
-        self._next = 0
-
-    def time(self) -> float:
-        return self.now
-
-    def call_later(self, delay, callback):
-        self._next += 1
-        self.pending[self._next] = (self.now + delay, callback)
-        return self._next
-
-    def remove_timeout(self, handle):
-        self.pending.pop(handle, None)
 
 
 def multiplayer(**rules: Any) -> Experiment:

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import ast
-import json
 import random
-import subprocess
 import sys
 import textwrap
 from pathlib import Path
@@ -16,6 +14,7 @@ from server import game_contract
 from server.experiment import GymScene
 from server.game_contract import ContractError, Game, check_drawing, load, replay
 from server.loader import load_experiment
+from tests.support import run_in_pyodide
 
 EXAMPLES = Path(game_contract.__file__).parent / "examples"
 PYODIDE = EXAMPLES.parent.parent / "node_modules" / "pyodide"
@@ -523,13 +522,6 @@ def replay_module(make, seed: int) -> list[dict]:
     return [game.step(a % 2) for a in range(5)]
 
 
-IN_PYODIDE = """
-import {{ loadPyodide }} from {module};
-import fs from "node:fs";
-const py = await loadPyodide({{ indexURL: {index} }});
-for (const [source, name] of {files}) py.FS.writeFile(`/home/pyodide/${{name}}`, fs.readFileSync(source));
-console.log(py.runPython({code}));
-"""
 REPLAYED = [
     ("catch_env:make", {"balls": 3}, 7, [i % 3 for i in range(300)]),
     ("pixels_env:make", {}, 3, [1, 2, 3, 4] * 5),
@@ -547,17 +539,7 @@ def test_the_contract_runs_in_pyodide_and_replays_as_cpython_does(examples, tmp_
         "game = gc.load('pixels_env:make', {}); game.reset(3); frame = game.frame()\n"
         "json.dumps({'runs': runs, 'frame': frame['data'].hex()})"
     )
-    script = tmp_path / "contract.mjs"
-    script.write_text(
-        IN_PYODIDE.format(
-            module=json.dumps(str(PYODIDE / "pyodide.mjs")),
-            index=json.dumps(f"{PYODIDE}/"),
-            files=json.dumps(files),
-            code=json.dumps(code),
-        )
-    )
-    done = subprocess.run(["node", str(script)], capture_output=True, text=True, timeout=120, check=True)
-    pyodide = json.loads(done.stdout.strip().splitlines()[-1])
+    pyodide = run_in_pyodide(tmp_path, files, code)
     game = load("pixels_env:make", {})
     game.reset(3)
     assert pyodide["frame"] == game.frame()["data"].hex()

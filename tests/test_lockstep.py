@@ -3,8 +3,6 @@
 
 from __future__ import annotations
 
-import json
-import subprocess
 from pathlib import Path
 
 import pytest
@@ -12,6 +10,7 @@ import pytest
 from server import game_contract
 from server.agents import Bot, Human, PythonPolicy
 from server.game_contract import ContractError, Team, load_team, replay_match
+from tests.support import run_in_pyodide
 
 COOP = Path(game_contract.__file__).parent / "examples" / "coop"
 PYODIDE = COOP.parent.parent.parent / "node_modules" / "pyodide"
@@ -90,15 +89,6 @@ def test_episodes_end_at_max_steps_and_frames_past_the_last_episode_are_not_appl
     assert replay_match("kitchen_env:make", {}, HUMANS, [3, 4], shuffled, episodes=2, max_steps=10) == run
 
 
-IN_PYODIDE = """
-import {{ loadPyodide }} from {module};
-import fs from "node:fs";
-const py = await loadPyodide({{ indexURL: {index} }});
-for (const [source, name] of {files}) py.FS.writeFile(`/home/pyodide/${{name}}`, fs.readFileSync(source));
-console.log(py.runPython({code}));
-"""
-
-
 def test_the_page_s_pyodide_gives_the_same_hashes_as_cpython(tmp_path):
     """The hash every page sends is compared with the others' and with the export's CPython replay."""
     played = frames(40)[:20] + frames(40, bots=["chef_0"])[20:]
@@ -108,16 +98,6 @@ def test_the_page_s_pyodide_gives_the_same_hashes_as_cpython(tmp_path):
         "import sys, json; sys.path.insert(0, '/home/pyodide'); import game_contract as gc\n"
         f"json.dumps(gc.replay_match(*{args!r}, episodes=2, max_steps=15, bot={BOT!r}))"
     )
-    script = tmp_path / "match.mjs"
-    script.write_text(
-        IN_PYODIDE.format(
-            module=json.dumps(str(PYODIDE / "pyodide.mjs")),
-            index=json.dumps(f"{PYODIDE}/"),
-            files=json.dumps(files),
-            code=json.dumps(code),
-        )
-    )
-    done = subprocess.run(["node", str(script)], capture_output=True, text=True, timeout=120, check=True)
-    in_pyodide = json.loads(done.stdout.strip().splitlines()[-1])
+    in_pyodide = run_in_pyodide(tmp_path, files, code)
     assert in_pyodide == replay_match(*args, episodes=2, max_steps=15, bot=BOT)
     assert len({r["hash"] for r in in_pyodide}) > 10

@@ -21,8 +21,7 @@ from server.session import Session, Timeouts
 from server.store import DataStore, framed, read_records
 from statemachine import Fired, SessionMachine
 from statemachine.match import MatchMachine
-from tests.support import READY, SCREENING
-from tests.test_matches import TimeClock
+from tests.support import READY, SCREENING, TimeClock
 
 ENV = '''
 import random

@@ -12,41 +12,9 @@ from server.multiplayer import FIFO, Latency, Multiplayer, Reunion, Waiter
 from server.session import Session, Timeouts
 from statemachine import Fired, SessionMachine
 from statemachine.match import MATCH_OUTCOMES, MATCH_STATES, MATCH_TRANSITIONS, MatchMachine
-from tests.support import HELLO, READY, SCREENING
+from tests.support import HELLO, READY, SCREENING, TimeClock
 
 KEYS = {"ArrowLeft": 0, "ArrowRight": 1}
-
-
-class TimeClock:
-    """Timers that fire when the test moves time on, in the order they are due."""
-
-    def __init__(self) -> None:
-        self.now = 1000.0
-        self.pending: dict[int, tuple[float, object]] = {}
-        self._next = 0
-
-    def time(self) -> float:
-        return self.now
-
-    def call_later(self, delay, callback):
-        self._next += 1
-        self.pending[self._next] = (self.now + max(0.0, delay), callback)
-        return self._next
-
-    def remove_timeout(self, handle):
-        self.pending.pop(handle, None)
-
-    def advance(self, seconds: float) -> None:
-        until = self.now + seconds
-        while True:
-            due = [(t, h) for h, (t, _) in self.pending.items() if t <= until]
-            if not due:
-                break
-            t, handle = min(due)
-            self.now = max(self.now, t)
-            _, callback = self.pending.pop(handle)
-            callback()
-        self.now = until
 
 
 def coop(players: int = 2, **rules) -> Experiment:
