@@ -17,7 +17,6 @@ from server.loader import load_experiment
 from tests.support import run_in_pyodide
 
 EXAMPLES = Path(game_contract.__file__).parent / "examples"
-PYODIDE = EXAMPLES.parent.parent / "node_modules" / "pyodide"
 RESET_SHAPE = r"expected \(observation, info\)"
 STEP_SHAPE = r"expected \(observation, reward, terminated, truncated, info\)"
 RENDER_SHAPE = r"expected a drawing \{width, height, shapes\} or an RGB image \(H×W×3\)"

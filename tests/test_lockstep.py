@@ -13,7 +13,6 @@ from server.game_contract import ContractError, Team, load_team, replay_match
 from tests.support import run_in_pyodide
 
 COOP = Path(game_contract.__file__).parent / "examples" / "coop"
-PYODIDE = COOP.parent.parent.parent / "node_modules" / "pyodide"
 HUMANS = {"chef_0": Human(default_action=4).payload(), "chef_1": Human(default_action=4).payload()}
 BOT = Bot(PythonPolicy("kitchen_env:toward_pass")).payload()
 
