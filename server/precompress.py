@@ -15,6 +15,7 @@ members *stored* make a 9.7 MB zip that brotli packs to 1.6 MB. So the cache als
 from __future__ import annotations
 
 import argparse
+import contextlib
 import fcntl
 import gzip
 import hashlib
@@ -31,6 +32,7 @@ from pathlib import Path
 
 import brotli
 
+from . import bytecode
 from .locations import PYODIDE_DIR, WHEELHOUSE
 from .static import StaticFiles
 
@@ -57,25 +59,47 @@ STDLIB_URL = "/stdlib/"
 
 
 def stored_stdlib(pyodide_dir: Path, cache_dir: Path) -> Path | None:
-    """The distribution's `python_stdlib.zip` with every member stored, made once in the cache (None if it cannot be:
-    the page then loads the distribution's own). Same members, names, dates and order; only the compression differs."""
+    """The stdlib the page loads, made once in the cache (None if it cannot be: the page then loads the
+    distribution's own): the distribution's `python_stdlib.zip` with every member stored, and with the bytecode of
+    the modules imported at start-up beside their sources when Node can compile it (`server/bytecode.py`)."""
     source = pyodide_dir / STDLIB
     try:
         data = source.read_bytes()
-        target = cache_dir / STDLIB_DIR / hashlib.sha256(data).hexdigest()[:16] / STDLIB
-        if target.is_file():
-            return target
-        target.parent.mkdir(parents=True, exist_ok=True)
-        partial = target.with_name(f"{STDLIB}.{os.getpid()}.partial")
-        with zipfile.ZipFile(source) as original, zipfile.ZipFile(partial, "w", zipfile.ZIP_STORED) as stored:
-            for info in original.infolist():
-                member = zipfile.ZipInfo(info.filename, info.date_time)
-                member.external_attr = info.external_attr
-                stored.writestr(member, original.read(info))
-        os.replace(partial, target)
+        digest = hashlib.sha256(data).hexdigest()[:16]
+        stored = cache_dir / STDLIB_DIR / digest / STDLIB
+        if not stored.is_file():
+            stored.parent.mkdir(parents=True, exist_ok=True)
+            partial = stored.with_name(f"{STDLIB}.{os.getpid()}.partial")
+            with zipfile.ZipFile(source) as original, zipfile.ZipFile(partial, "w", zipfile.ZIP_STORED) as repacked:
+                for info in original.infolist():
+                    member = zipfile.ZipInfo(info.filename, info.date_time)
+                    member.external_attr = info.external_attr
+                    repacked.writestr(member, original.read(info))
+            os.replace(partial, stored)
     except (OSError, zipfile.BadZipFile) as exc:
         log.warning("the stdlib is sent as the distribution has it: %s", exc)
         return None
+    return with_bytecode(pyodide_dir, stored, cache_dir / STDLIB_DIR / f"{digest}-{bytecode.RECIPE}") or stored
+
+
+def with_bytecode(pyodide_dir: Path, stored: Path, directory: Path) -> Path | None:
+    """The stored stdlib with start-up bytecode, made now if it is not yet; None (and why, once) if it cannot be."""
+    target, failed = directory / STDLIB, directory / "failed"
+    if target.is_file():
+        return target
+    if failed.is_file():
+        return None
+    started = time.monotonic()
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        count = bytecode.compile_startup(pyodide_dir, stored, target)
+    except (OSError, bytecode.BytecodeError) as exc:
+        log.warning("the stdlib is sent without start-up bytecode (the page compiles it, about 1 s more): %s", exc)
+        if not isinstance(exc, bytecode.NoNode):
+            with contextlib.suppress(OSError):
+                failed.write_text(f"{exc}\n")
+        return None
+    log.info("start-up bytecode for %d stdlib modules made in %.1f s", count, time.monotonic() - started)
     return target
 
 
