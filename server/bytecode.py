@@ -74,15 +74,15 @@ class BytecodeError(Exception):
     """The bytecode could not be made; the page then compiles the stdlib itself, as Pyodide does by default."""
 
 
-class NoNode(BytecodeError):
-    """No Node to run Pyodide in: not a lasting failure, so it is tried again at the next start."""
+class NotNow(BytecodeError):
+    """No Node to run Pyodide in, or it ran out of time: not a lasting failure, so the next start tries again."""
 
 
 def compile_startup(pyodide_dir: Path, stdlib: Path, target: Path) -> int:
     """Write `stdlib` with bytecode beside the sources of the modules imported at start-up to `target`; how many."""
     node = shutil.which("node")
     if node is None:
-        raise NoNode("node is not on PATH")
+        raise NotNow("node is not on PATH")
     with tempfile.TemporaryDirectory(prefix="preflight-bytecode-") as tmp:
         script = Path(tmp) / "compile.mjs"
         script.write_text(
@@ -109,7 +109,9 @@ def compile_startup(pyodide_dir: Path, stdlib: Path, target: Path) -> int:
                 if made.testzip() is not None or count < 1:
                     raise BytecodeError("the zip node wrote is damaged or holds no bytecode")
             os.replace(partial, target)
-        except (OSError, ValueError, IndexError, zipfile.BadZipFile, subprocess.TimeoutExpired) as exc:
+        except subprocess.TimeoutExpired as exc:
+            raise NotNow(f"node took more than {TIMEOUT_S:.0f} s") from exc
+        except (OSError, ValueError, IndexError, zipfile.BadZipFile) as exc:
             raise BytecodeError(str(exc)) from exc
         finally:
             partial.unlink(missing_ok=True)

@@ -95,7 +95,7 @@ def with_bytecode(pyodide_dir: Path, stored: Path, directory: Path) -> Path | No
         count = bytecode.compile_startup(pyodide_dir, stored, target)
     except (OSError, bytecode.BytecodeError) as exc:
         log.warning("the stdlib is sent without start-up bytecode (the page compiles it, about 1 s more): %s", exc)
-        if not isinstance(exc, bytecode.NoNode):
+        if not isinstance(exc, bytecode.NotNow):
             with contextlib.suppress(OSError):
                 failed.write_text(f"{exc}\n")
         return None
