@@ -7,7 +7,8 @@ Three `python -m server` processes (the built-in example) serve the paths side b
 * today: `--no-precompressed --micropip` and the page at `?preload=after-config`: the runtime's files as they are on
   disk (Tornado gzips text on the fly, as before), the download starting once `experiment_config` has arrived, and
   micropip installing the study's wheels from our index (the load before issue #17);
-* new: pre-compressed copies (brotli for Chromium; the stdlib repacked with stored members), the page's preload links
+* new: pre-compressed copies (brotli for Chromium; the stdlib repacked with stored members and the start-up modules'
+  bytecode, server/bytecode.py), the page's preload links
   plus its runtime started at page load, so the downloads overlap the WebSocket handshake, and the wheels the server
   resolved fetched while Python boots and unpacked without micropip;
 * micropip (only with `--paths`): new, but micropip installs the wheels, as before: what installing without it saves;

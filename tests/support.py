@@ -147,3 +147,49 @@ def run_in_pyodide(tmp_path: Path, files: list[tuple[str, str]], code: str) -> A
     )
     done = subprocess.run(["node", str(script)], capture_output=True, text=True, timeout=120, check=True)
     return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def run_locust(
+    traces: Path, url: str, out: Path, *, users: int, run_time: str, extra: tuple[str, ...] = ()
+) -> tuple[subprocess.CompletedProcess[str], dict[tuple[str, str], dict[str, str]]]:
+    """A Locust master and one worker replaying `traces` against `url` (a ws:// URL), headless; the master's
+    result and its stats rows by (type, name). The worker's output goes to `out`/worker.log."""
+    import csv
+    import sys
+
+    from client.harness import ROOT, free_port
+
+    port = free_port()
+    common = [sys.executable, "-m", "locust", "-f", str(ROOT / "client" / "locustfile.py")]
+    common += ["--traces", str(traces), "--speed", "0", *extra]
+    with open(out / "worker.log", "w") as log:
+        worker = subprocess.Popen(
+            [*common, "--worker", "--master-host", "127.0.0.1", "--master-port", str(port)],
+            cwd=ROOT,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        try:
+            master = subprocess.run(
+                [
+                    *common,
+                    *("--master", "--headless", "--master-bind-host", "127.0.0.1", "--master-bind-port", str(port)),
+                    *("--expect-workers", "1", "--users", str(users), "--spawn-rate", str(users)),
+                    *("--run-time", run_time, "--host", url, "--csv", str(out / "locust"), "--only-summary"),
+                ],
+                cwd=ROOT,
+                capture_output=True,
+                text=True,
+                timeout=90,
+            )
+        finally:
+            try:
+                worker.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                worker.kill()
+                worker.wait()
+    rows: dict[tuple[str, str], dict[str, str]] = {}
+    if master.returncode == 0:
+        with open(out / "locust_stats.csv") as f:
+            rows = {(r["Type"], r["Name"]): r for r in csv.DictReader(f)}
+    return master, rows

@@ -17,7 +17,7 @@ from server.examples.partners import study as partners_study
 from server.experiment import EndScene, Experiment, GymScene, StartScene
 from server.multiplayer import Latency, Multiplayer
 from server.store import read_records
-from tests.support import HELLO, READY, SCREENING
+from tests.support import HELLO, READY, SCREENING, run_locust
 
 KEYS = {"ArrowLeft": 0, "ArrowRight": 1, "ArrowUp": 2}
 STUDY_FILE = Path(partners_study.__file__)  # its folder holds coop_env, the module the game names
@@ -247,11 +247,10 @@ async def test_recorded_matches_are_replayed_as_groups_that_play_their_recorded_
 
 @pytest.mark.gen_test(timeout=120)
 async def test_locust_users_replay_a_recorded_match_as_a_group(tmp_path):
-    import csv
     import subprocess
     import sys
 
-    from client.harness import ROOT, free_port, served
+    from client.harness import ROOT, served
 
     experiment = ["--experiment", str(ROOT / "bench" / "multiplayer_experiment.py")]
     with served(tmp_path / "recorded", *experiment) as url:  # a pair recorded with the command line
@@ -260,38 +259,16 @@ async def test_locust_users_replay_a_recorded_match_as_a_group(tmp_path):
             [sys.executable, *walk_cli, "--together", "2", "--frames", "10"], cwd=ROOT, capture_output=True, text=True
         )
     assert walked.returncode == 0 and "2 participants: completed 2" in walked.stdout, walked.stderr
-    port = free_port()
-    common = [sys.executable, "-m", "locust", "-f", str(ROOT / "client" / "locustfile.py")]
-    common += ["--traces", str(tmp_path / "recorded"), "--speed", "0", "--reply-timeout", "10"]
-    with served(tmp_path / "replayed", *experiment) as url, open(tmp_path / "worker.log", "w") as log:
-        worker = subprocess.Popen(
-            [*common, "--worker", "--master-host", "127.0.0.1", "--master-port", str(port)],
-            cwd=ROOT,
-            stdout=log,
-            stderr=subprocess.STDOUT,
+    with served(tmp_path / "replayed", *experiment) as url:
+        master, rows = run_locust(
+            tmp_path / "recorded",
+            url.replace("http", "ws") + "ws",
+            tmp_path,
+            users=2,
+            run_time="6s",
+            extra=("--reply-timeout", "10"),
         )
-        try:
-            master = subprocess.run(
-                [
-                    *common,
-                    *("--master", "--headless", "--master-bind-host", "127.0.0.1", "--master-bind-port", str(port)),
-                    *("--expect-workers", "1", "--users", "2", "--spawn-rate", "2", "--run-time", "6s"),
-                    *("--host", url.replace("http", "ws") + "ws", "--csv", str(tmp_path / "locust"), "--only-summary"),
-                ],
-                cwd=ROOT,
-                capture_output=True,
-                text=True,
-                timeout=90,
-            )
-        finally:
-            try:
-                worker.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                worker.kill()
-                worker.wait()
     assert master.returncode == 0, master.stdout + master.stderr
-    with open(tmp_path / "locust_stats.csv") as f:
-        rows = {(r["Type"], r["Name"]): r for r in csv.DictReader(f)}
     assert int(rows[("session", "ok")]["Request Count"]) >= 2, rows
     assert all(int(r["Failure Count"]) == 0 for r in rows.values()), (tmp_path / "locust_failures.csv").read_text()
     logs = [list(read_records(p)) for p in (tmp_path / "replayed" / "matches").glob("*.msgpack")]

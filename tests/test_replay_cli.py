@@ -12,10 +12,11 @@ import sys
 
 import pytest
 
-from client.harness import ROOT, free_port, served, server_process
+from client.harness import ROOT, served, server_process
 from client.runner import replay
 from client.trace import Expect, load
 from server.store import read_records
+from tests.support import run_locust
 
 
 def run(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
@@ -222,48 +223,9 @@ def test_kill_9_during_a_replay_loses_nothing_a_participant_received(recorded, t
 
 
 def test_locust_master_and_one_worker_replay_the_recording(recorded, tmp_path):
-    master_port = free_port()
-    common = ["-m", "locust", "-f", str(ROOT / "client" / "locustfile.py"), "--traces", str(recorded), "--speed", "0"]
-    with served(tmp_path / "locust-data") as url, open(tmp_path / "worker.log", "w") as log:
-        worker = subprocess.Popen(
-            [sys.executable, *common, "--worker", "--master-host", "127.0.0.1", "--master-port", str(master_port)],
-            cwd=ROOT,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-        try:
-            master = run(
-                *common,
-                "--master",
-                "--headless",
-                "--master-bind-host",
-                "127.0.0.1",
-                "--master-bind-port",
-                str(master_port),
-                "--expect-workers",
-                "1",
-                "--users",
-                "3",
-                "--spawn-rate",
-                "3",
-                "--run-time",
-                "3s",
-                "--host",
-                ws(url),
-                "--csv",
-                str(tmp_path / "locust"),
-                "--only-summary",
-                timeout=90,
-            )
-        finally:
-            try:
-                worker.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                worker.kill()
-                worker.wait()
+    with served(tmp_path / "locust-data") as url:
+        master, rows = run_locust(recorded, ws(url), tmp_path, users=3, run_time="3s")
     assert master.returncode == 0, master.stdout + master.stderr
-    with open(tmp_path / "locust_stats.csv") as f:
-        rows = {(r["Type"], r["Name"]): r for r in csv.DictReader(f)}
     assert int(rows[("session", "ok")]["Request Count"]) >= 1
     assert int(rows[("WS", "hello")]["Request Count"]) >= 1 and int(rows[("WS", "advance")]["Request Count"]) >= 3
     assert all(int(r["Failure Count"]) == 0 for r in rows.values())
