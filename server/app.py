@@ -126,10 +126,12 @@ class ParticipantSocket(tornado.websocket.WebSocketHandler):
 
     def on_message(self, frame: bytes | str) -> None:
         self.corked = []
+        due = self.study.store.pool.hold()  # written below, or before the first frame leaves
         try:
             self.handle(frame)
         finally:
             self.uncork()
+            self.study.store.pool.unhold(due)
 
     def handle(self, frame: bytes | str) -> None:
         if not self.limit.take():
@@ -253,8 +255,9 @@ class ParticipantSocket(tornado.websocket.WebSocketHandler):
             self.write_frames([binary_frame(payload)])
 
     def close(self, code: int | None = None, reason: str | None = None) -> None:
-        """What was said before the close goes out before it."""
+        """What was said before the close goes out before it, and what was recorded is on disk before either."""
         self.uncork()
+        self.study.store.flush()
         super().close(code, reason)
 
     def uncork(self) -> None:
@@ -265,6 +268,7 @@ class ParticipantSocket(tornado.websocket.WebSocketHandler):
     def write_frames(self, frames: list[bytes]) -> None:
         """Frames straight to the stream: no compression is negotiated (`get_compression_options` is None), so
         these are the bytes `write_message` would send, in one system call and without a task per frame."""
+        self.study.store.flush()  # what these frames and the event that made them record is on disk first
         connection = self.ws_connection
         if connection is None or connection.is_closing() or connection.stream is None:
             return
@@ -272,6 +276,13 @@ class ParticipantSocket(tornado.websocket.WebSocketHandler):
             connection.stream.write(frames[0] if len(frames) == 1 else b"".join(frames))
 
     def on_close(self) -> None:
+        due = self.study.store.pool.hold()
+        try:
+            self.closed()
+        finally:
+            self.study.store.pool.unhold(due)
+
+    def closed(self) -> None:
         if self.hello_timer is not None:
             IOLoop.current().remove_timeout(self.hello_timer)
             self.hello_timer = None

@@ -127,7 +127,7 @@ class Study:
         if self.stdlib is not None:
             self.pyodide_config["stdlib_url"] = f"{STDLIB_URL}{self.stdlib.parent.name}/{self.stdlib.name}"
         self.machine = SessionMachine()
-        self.store = DataStore(config.data_dir, on_failure=self._writes_failing)
+        self.store = DataStore(config.data_dir, on_failure=self._writes_failing, defer=IOLoop.current().add_callback)
         self.lobby = Lobby(IOLoop.current(), self.store.open_match)
         self._retrying = False
         self.limits = Limits(config)
