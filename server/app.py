@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import struct
 import time
 import urllib.parse
@@ -391,9 +392,17 @@ def precompress(config: Config, study: Study, snapshot: Path | None) -> Precompr
 
 
 def log_request(handler: tornado.web.RequestHandler) -> None:
-    """Tornado's access log line, with the value of any parameter that decodes to `token` blanked out."""
+    """Tornado's access log line, with the value of any parameter that decodes to `token` blanked out.
+
+    A WebSocket upgrade (101, one per participant connection, whose session's own file records it) is logged at
+    DEBUG, not INFO: at INFO the line cost a few per cent of the server's CPU per participant."""
     status = handler.get_status()
-    log = access_log.info if status < 400 else access_log.warning if status < 500 else access_log.error
+    if status == 101:
+        if not access_log.isEnabledFor(logging.DEBUG):
+            return
+        log = access_log.debug
+    else:
+        log = access_log.info if status < 400 else access_log.warning if status < 500 else access_log.error
     log(
         "%d %s %s (%s) %.2fms",
         status,
