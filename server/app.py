@@ -166,8 +166,7 @@ class ParticipantSocket(tornado.websocket.WebSocketHandler):
         if refusal is not None:
             return self.refuse(refusal)
         fired = self.session.fire(message["type"], message)
-        if numbered:
-            self.session.save(self.session)  # the highest `n` survives a restart with the snapshot
+        if numbered:  # no snapshot for it: a restart reads the highest `n` (and the game's steps) from the log
             self.acknowledge()
         if fired is Fired.NOT_ACCEPTED:
             return self.refuse(Refusal(Code.NOT_ALLOWED, f"{message['type']} is not accepted now"))

@@ -274,7 +274,9 @@ class Study:
                 log.warning("not resuming session %s: %s", saved.get("session_id"), exc)
                 sink.close()
                 continue
-            session.received_n = max(session.received_n, delivery.highest_logged(sink.path))
+            highest, steps = delivery.logged(sink.path)
+            session.received_n = max(session.received_n, highest)
+            session.game_steps = max(session.game_steps, steps)
             self._track(session)
             self.participants[session.participant_id or ""] = ""
         if self.sessions:
