@@ -199,6 +199,7 @@ class ParticipantSocket(tornado.websocket.WebSocketHandler):
             self.record_in(frame, message)
             self.session.fire("hello", message)
             self.study.admitted(self.session)
+        self.cancel_hello_timer()  # said: an idle participant holds no timer of the connection's
         self.refusals = 0
 
     def within_quota(self, message: dict[str, Any], size: int) -> bool:
@@ -282,10 +283,13 @@ class ParticipantSocket(tornado.websocket.WebSocketHandler):
         finally:
             self.study.store.pool.unhold(due)
 
-    def closed(self) -> None:
+    def cancel_hello_timer(self) -> None:
         if self.hello_timer is not None:
             IOLoop.current().remove_timeout(self.hello_timer)
             self.hello_timer = None
+
+    def closed(self) -> None:
+        self.cancel_hello_timer()
         if self.address is not None:
             self.study.limits.disconnect(self.address)
             self.address = None

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Protocol
+from typing import Any, Protocol
 
 
 class Clock(Protocol):
@@ -16,6 +16,19 @@ class Clock(Protocol):
     def time(self) -> float: ...
 
 
+class _Expiry:
+    """What the clock calls when a named timer is due: one small object, not a closure and its cells."""
+
+    __slots__ = ("args", "callback", "name", "timers")
+
+    def __init__(self, timers: Timers, name: str, callback: Callable[..., object], args: tuple[Any, ...]) -> None:
+        self.timers, self.name, self.callback, self.args = timers, name, callback, args
+
+    def __call__(self) -> None:
+        self.timers.handles.pop(self.name, None)
+        self.callback(*self.args)
+
+
 class Timers:
     """Named one-shot timers on a clock; starting a name again replaces its timer."""
 
@@ -25,14 +38,10 @@ class Timers:
         self.clock = clock
         self.handles: dict[str, object] = {}
 
-    def start(self, name: str, delay: float, callback: Callable[[], object]) -> None:
+    def start(self, name: str, delay: float, callback: Callable[..., object], *args: Any) -> None:
+        """Call `callback(*args)` after `delay` seconds, unless cancelled or started again first."""
         self.cancel(name)
-
-        def expire() -> None:
-            self.handles.pop(name, None)
-            callback()
-
-        self.handles[name] = self.clock.call_later(delay, expire)
+        self.handles[name] = self.clock.call_later(delay, _Expiry(self, name, callback, args))
 
     def cancel(self, name: str) -> None:
         handle = self.handles.pop(name, None)
