@@ -12,7 +12,6 @@ from typing import Any
 
 import tornado.web
 import tornado.websocket
-from tornado.ioloop import IOLoop
 from tornado.iostream import StreamClosedError
 from tornado.log import access_log
 
@@ -103,7 +102,7 @@ class ParticipantSocket(tornado.websocket.WebSocketHandler):
             return
         self.address = address
         self.set_nodelay(True)  # each event's frames leave in one write: nothing to gain from waiting for more
-        self.hello_timer = IOLoop.current().call_later(self.study.config.hello_timeout, self.no_hello)
+        self.hello_timer = self.study.clock.call_later(self.study.config.hello_timeout, self.no_hello)
         self.ping(struct.pack("!d", time.monotonic()))
 
     def no_hello(self) -> None:
@@ -285,7 +284,7 @@ class ParticipantSocket(tornado.websocket.WebSocketHandler):
 
     def cancel_hello_timer(self) -> None:
         if self.hello_timer is not None:
-            IOLoop.current().remove_timeout(self.hello_timer)
+            self.study.clock.remove_timeout(self.hello_timer)
             self.hello_timer = None
 
     def closed(self) -> None:
