@@ -1,8 +1,9 @@
 """Research data from the page arrives once: numbered by the page, deduplicated here, gaps recorded, receipt told back.
 
 The page numbers each research message (`n`: 1, 2, ...) and keeps it until the server's `received` covers it,
-resending what is uncovered after every reconnect. The session keeps the highest `n` stored (in its snapshot);
-at a restart the session's own log is read for a higher one, because a frame is logged before the snapshot is.
+resending what is uncovered after every reconnect. The session keeps the highest `n` stored; a numbered message
+saves no snapshot of its own (a batch of steps changes nothing else), so at a restart the session's own log is
+read for it, and for the steps of the game in progress: the log always holds at least what the snapshot does.
 """
 
 from __future__ import annotations
@@ -31,16 +32,22 @@ def is_new(session: Session, message: dict[str, Any]) -> bool:
     return True
 
 
-def highest_logged(path: os.PathLike[str] | str) -> int:
-    """The highest research `n` among the frames a session's log holds: what it had received before a kill."""
-    highest = 0
+def logged(path: os.PathLike[str] | str) -> tuple[int, int]:
+    """What a session's log says it had received before a kill: the highest research `n` among its frames, and
+    the steps recorded since its last scene began (the game in progress)."""
+    highest = steps = 0
     try:
         for record in read_records(path):
-            message = record.get("message") if isinstance(record, dict) and record.get("dir") == "in" else None
+            kind = record.get("kind") if isinstance(record, dict) else None
+            if kind == "scene":
+                steps = 0
+            elif kind == "steps" and isinstance(record.get("steps"), list):
+                steps += len(record["steps"])
+            message = record.get("message") if kind == "frame" and record.get("dir") == "in" else None
             if isinstance(message, dict) and message.get("type") in RESEARCH_TYPES:
                 n = message.get("n")
                 if isinstance(n, int) and not isinstance(n, bool) and n > highest:
                     highest = n
     except OSError:
-        return highest
-    return highest
+        pass
+    return highest, steps

@@ -355,6 +355,8 @@ class Experiment:
     name: str
     scenes: Sequence[Node]  # kept as a tuple
     screening: ScreeningRules = field(default_factory=ScreeningRules)
+    # every participant's plan holds the same few `Placed` (immutable): one each, not one per participant
+    _placed: dict[tuple[str, int], Placed] = field(default_factory=dict, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "scenes", tuple(self.scenes))
@@ -404,8 +406,17 @@ class Experiment:
         for scene in scenes:
             seen[scene.scene_id] = seen.get(scene.scene_id, 0) + 1
             n = seen[scene.scene_id]
-            placed.append(Placed(scene.scene_id if n == 1 else f"{scene.scene_id}#{n}", scene))
+            instance_id = scene.scene_id if n == 1 else f"{scene.scene_id}#{n}"
+            shared = self._placed.get((instance_id, id(scene)))
+            if shared is None:
+                shared = self._placed[instance_id, id(scene)] = Placed(instance_id, scene)
+            placed.append(shared)
         return tuple(placed)
+
+    @cached_property
+    def screening_shown(self) -> dict[str, Any]:
+        """The screening rules as every participant's `experiment_config` shows them: one map, shared, never changed."""
+        return self.screening.describe()
 
     def describe(self) -> dict[str, Any]:
         """The definition as plain data, stored with the participants' records."""

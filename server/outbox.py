@@ -23,7 +23,7 @@ class Outbox:
         self.deliver = deliver
         self.shown: dict[str, Any] | None = None
 
-    def post(self, message: dict[str, Any]) -> None:
+    def post(self, message: dict[str, Any]) -> dict[str, Any]:
         self.seq += 1
         numbered = {**message, "seq": self.seq}
         self.unacked.append(numbered)
@@ -31,12 +31,18 @@ class Outbox:
             del self.unacked[0]
         if self.deliver is not None:
             self.deliver(numbered)
+        return numbered
 
     def show(self, state: dict[str, Any]) -> None:
-        """Post a `state` message to a connected participant unless it is exactly what they were last shown."""
-        if self.deliver is not None and state != self.shown:
-            self.shown = state
-            self.post(state)
+        """Post a `state` message to a connected participant unless it is exactly what they were last shown.
+
+        What was shown is kept as it was posted (with its `seq`, the same map the outbox holds): no second copy."""
+        if self.deliver is None:
+            return
+        shown = self.shown
+        if shown is not None and len(shown) == len(state) + 1 and state.items() <= shown.items():
+            return
+        self.shown = self.post(state)
 
     def ack(self, seq: int) -> None:
         while self.unacked and self.unacked[0]["seq"] <= seq:

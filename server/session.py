@@ -437,7 +437,7 @@ class Session(RegionGuards):
         self.outbox.post(views.scene_message(self))
 
     def _start(self, name: str, delay: float, trigger: str) -> None:
-        self.timers.start(name, delay, lambda: self.fire(trigger))
+        self.timers.start(name, delay, self.fire, trigger)
 
 
 def _message(event: EventData) -> dict[str, Any]:

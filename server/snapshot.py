@@ -37,6 +37,31 @@ def capture(session: Session) -> dict[str, Any]:
     }
 
 
+def _values(session: Session) -> tuple[Any, ...]:
+    """What `capture` is made of, as references: what a snapshot is compared by, cheaper to keep than a map."""
+    return (
+        session.session_id,
+        session.digest,
+        session.participant_id,
+        session.params,
+        session.seed,
+        session.plan,  # the order, as the (shared) scenes placed
+        session.index,
+        session.facts,
+        session.verdict,
+        session.preload_result,
+        session.game_steps,
+        session.outcome,
+        session.state,
+        session.place,
+        session.outbox.seq,
+        session.received_n,
+        session.user_agent,
+        session.rtt_ms,
+        session.groups,
+    )
+
+
 class SnapshotWriter:
     """Hands a session's snapshot to storage whenever it differs from the last one written."""
 
@@ -44,13 +69,13 @@ class SnapshotWriter:
 
     def __init__(self, write: Writer) -> None:
         self.write = write
-        self.last: dict[str, Any] | None = None
+        self.last: tuple[Any, ...] | None = None
 
     def __call__(self, session: Session) -> None:
-        saved = capture(session)
-        if saved != self.last:
-            self.last = saved
-            self.write(saved)
+        values = _values(session)
+        if values != self.last:
+            self.last = values
+            self.write(capture(session))
 
 
 def restore(

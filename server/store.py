@@ -1,9 +1,12 @@
 """Participant data on disk: one append-only stream of framed msgpack records per session.
 
-Each record is written straight to the OS as it happens, so a killed server
-loses at most the record it was writing. Every record is framed (a marker byte
-msgpack never uses, the length, a CRC-32), so `read_records` skips a torn or
-damaged record wherever it is and still reads everything after it.
+Records reach the OS with `os.write`, never through a user-space file buffer. In the server, what one
+event (a message, a timer, a close) records waits in memory only until that event is done: it is
+written, one `os.write` per file, before anything is sent to a socket, and at the latest on the next
+turn of the event loop. So whatever a participant was sent, or told was stored, is on disk, and a
+killed server loses at most the records of the event it was handling, none of whose effects had left
+it. Every record is framed (a marker byte msgpack never uses, the length, a CRC-32), so `read_records`
+skips a torn or damaged record wherever it is and still reads everything after it.
 Frames in both directions are recorded next to the session's own records, so a
 session can be analysed, and replayed, from its file alone.
 
@@ -40,13 +43,26 @@ MAX_OPEN_FILES = 1024
 class FilePool:
     """Append-only descriptors for session files, least recently written closed first.
 
+    Given `defer` (the server passes `IOLoop.add_callback`), appended records are gathered per file and
+    written by `flush`, one `os.write` per file, which `defer` schedules when the first record is gathered;
+    whoever sends anything calls `flush` first. Without it every record is written as it is appended.
+
     A write that fails leaves the pool `failing`: from then on every record waits in memory, in
     order per file, until `retry` has written all of them.
     """
 
-    def __init__(self, capacity: int = MAX_OPEN_FILES, on_failure: Callable[[], None] | None = None) -> None:
+    def __init__(
+        self,
+        capacity: int = MAX_OPEN_FILES,
+        on_failure: Callable[[], None] | None = None,
+        defer: Callable[[Callable[[], None]], object] | None = None,
+    ) -> None:
         self.capacity = capacity
         self.on_failure = on_failure  # told when writes start failing, so someone schedules `retry`
+        self.defer = defer
+        self._gathered: dict[str, list[bytes]] = {}  # path -> records of the current event, not written yet
+        self._flush_due = False  # a flush is scheduled
+        self._progress = 0  # bytes of the current `_write` already written, for a write cut short
         self._open: OrderedDict[str, int] = OrderedDict()
         self._released: set[str] = set()  # files closed while records for them still waited
         self._kept: dict[str, int | None] = {}  # files kept open outside the LRU (the snapshot journal)
@@ -57,6 +73,16 @@ class FilePool:
     def append(self, path: str, data: bytes) -> None:
         if self.failure is not None:
             self.pending.setdefault(path, []).append(data)
+            return
+        if self.defer is not None:
+            gathered = self._gathered.get(path)
+            if gathered is not None:
+                gathered.append(data)
+                return
+            self._gathered[path] = [data]
+            if not self._flush_due:
+                self._flush_due = True
+                self.defer(self._scheduled_flush)
             return
         try:
             self._write(path, data)
@@ -84,6 +110,52 @@ class FilePool:
             os.close(self._open.popitem(last=False)[1])
         return True
 
+    def hold(self) -> bool:
+        """Gather without scheduling a flush: the caller handles an event and calls `unhold` when it is done."""
+        due, self._flush_due = self._flush_due, True
+        return due
+
+    def unhold(self, due: bool) -> None:
+        """The event `hold` began is done: write what it gathered."""
+        self.flush()
+        self._flush_due = due
+
+    def _scheduled_flush(self) -> None:
+        self._flush_due = False
+        self.flush()
+
+    def flush(self) -> None:
+        """Write every gathered record, one `os.write` per file; files kept open (the snapshot journal) last, so
+        a snapshot on disk never runs ahead of the session records that led to it."""
+        if not self._gathered:
+            return
+        gathered, self._gathered = self._gathered, {}
+        kept = []
+        for path, records in gathered.items():
+            if path in self._kept:
+                kept.append((path, records))
+            else:
+                self._write_gathered(path, records)
+        for path, records in kept:
+            self._write_gathered(path, records)
+
+    def _write_gathered(self, path: str, records: list[bytes]) -> None:
+        """Records of one file in one write; if it fails, the records not wholly written wait, the torn one whole."""
+        if self.failure is not None:
+            self.pending.setdefault(path, []).extend(records)
+            return
+        self._progress = 0
+        try:
+            self._write(path, records[0] if len(records) == 1 else b"".join(records))
+        except OSError as exc:
+            written, done = self._progress, 0
+            if written:  # the file was open: records wholly before the cut are on disk
+                while done < len(records) and len(records[done]) <= written:
+                    written -= len(records[done])
+                    done += 1
+            self.pending.setdefault(path, []).extend(records[done:])
+            self._failed(exc)
+
     def _write(self, path: str, data: bytes) -> None:
         """The whole record, or an OSError; a record cut short by one is skipped by readers and written again."""
         if path in self._kept:
@@ -99,7 +171,9 @@ class FilePool:
             self._open.move_to_end(path)
         view = memoryview(data)
         while view:
-            view = view[os.write(fd, view) :]
+            written = os.write(fd, view)
+            self._progress += written
+            view = view[written:]
 
     def _failed(self, exc: OSError) -> None:
         """Log a failure once per cause (errno), not once per record."""
@@ -112,6 +186,9 @@ class FilePool:
         first = self.failure is None
         if first:
             self.failed_at = time.time()
+            for path, records in self._gathered.items():  # from now on everything waits, in order
+                self.pending.setdefault(path, []).extend(records)
+            self._gathered.clear()
         self.failure = exc
         if first and self.on_failure is not None:
             self.on_failure()
@@ -149,6 +226,9 @@ class FilePool:
         self._kept.setdefault(path, None)
 
     def release(self, path: str) -> None:
+        gathered = self._gathered.pop(path, None)
+        if gathered:
+            self._write_gathered(path, gathered)
         if path in self.pending:
             self._released.add(path)  # closed once `retry` has written what waits for it
         fd = self._open.pop(path, None)
@@ -156,6 +236,7 @@ class FilePool:
             os.close(fd)
 
     def close_all(self) -> None:
+        self.flush()
         while self._open:
             os.close(self._open.popitem()[1])
         for path, fd in self._kept.items():
@@ -253,13 +334,17 @@ class DataStore:
     """The data directory: `study.msgpack` describes the study, `sessions/` holds one file per session."""
 
     def __init__(
-        self, root: Path, max_open_files: int = MAX_OPEN_FILES, on_failure: Callable[[], None] | None = None
+        self,
+        root: Path,
+        max_open_files: int = MAX_OPEN_FILES,
+        on_failure: Callable[[], None] | None = None,
+        defer: Callable[[Callable[[], None]], object] | None = None,
     ) -> None:
         self.root = root
         self.sessions = root / "sessions"
         self.sessions.mkdir(parents=True, exist_ok=True)
         self.matches = root / "matches"
-        self.pool = FilePool(max_open_files, on_failure)
+        self.pool = FilePool(max_open_files, on_failure, defer)
         self.journal = root / "snapshots.msgpack"
         self._journal_path = str(self.journal)
         self.pool.keep_open(self._journal_path)
@@ -289,6 +374,10 @@ class DataStore:
     def save_snapshot(self, saved: dict[str, Any]) -> None:
         """Append a session's latest snapshot to the journal: one `os.write`, cheap enough for every state change."""
         self.pool.append(self._journal_path, framed(_PACK(saved)))
+
+    def flush(self) -> None:
+        """Write what the current event recorded: called before anything is sent to a participant."""
+        self.pool.flush()
 
     @property
     def failing(self) -> OSError | None:

@@ -18,6 +18,7 @@ from tornado.ioloop import IOLoop
 from statemachine import SessionMachine, triggers
 
 from . import __version__, delivery
+from .clock import SharedClock
 from .config import Config
 from .limits import Limits
 from .locations import study_wheelhouse
@@ -127,8 +128,9 @@ class Study:
         if self.stdlib is not None:
             self.pyodide_config["stdlib_url"] = f"{STDLIB_URL}{self.stdlib.parent.name}/{self.stdlib.name}"
         self.machine = SessionMachine()
-        self.store = DataStore(config.data_dir, on_failure=self._writes_failing)
+        self.store = DataStore(config.data_dir, on_failure=self._writes_failing, defer=IOLoop.current().add_callback)
         self.lobby = Lobby(IOLoop.current(), self.store.open_match)
+        self.clock = SharedClock(IOLoop.current())  # the sessions' timers: one loop timer for all of them
         self._retrying = False
         self.limits = Limits(config)
         self.outcomes: Counter[str] = Counter()  # what retired sessions added up to
@@ -190,7 +192,7 @@ class Study:
         session = Session(
             self.machine,
             self.config.experiment,
-            IOLoop.current(),
+            self.clock,
             link.send,
             user_agent=link.user_agent,
             session_id=session_id,
@@ -269,12 +271,14 @@ class Study:
                 continue
             _, sink = self.store.open_session(saved["session_id"])
             try:
-                session = restore(saved, self.machine, self.config.experiment, IOLoop.current(), **self._wiring(sink))
+                session = restore(saved, self.machine, self.config.experiment, self.clock, **self._wiring(sink))
             except (KeyError, TypeError, ValueError) as exc:
                 log.warning("not resuming session %s: %s", saved.get("session_id"), exc)
                 sink.close()
                 continue
-            session.received_n = max(session.received_n, delivery.highest_logged(sink.path))
+            highest, steps = delivery.logged(sink.path)
+            session.received_n = max(session.received_n, highest)
+            session.game_steps = max(session.game_steps, steps)
             self._track(session)
             self.participants[session.participant_id or ""] = ""
         if self.sessions:

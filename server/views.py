@@ -55,7 +55,7 @@ def config_message(session: Session) -> dict[str, Any]:
     return protocol.experiment_config(
         session_token=session.token,
         participant_id=session.participant_id or "",
-        entry_screening=session.experiment.screening.describe(),
+        entry_screening=session.experiment.screening_shown,
         pyodide_config=session.pyodide_config,
         scene_count=len(session.plan),
     )

@@ -677,15 +677,25 @@ class RegionGuards:
         ]
 
 
+_TOP_STATES: dict[tuple[str, ...], tuple[str, dict[str, str]]] = {}
+
+
 def top_state(state: str | list[Any]) -> tuple[str, dict[str, str]]:
-    """The top-level state and, inside the parallel preflight, each region's own state."""
+    """The top-level state and, inside the parallel preflight, each region's own state.
+
+    The regions of a configuration are worked out once and shared by every caller (and every participant's
+    `state` message holding them): read them, never change them."""
     if isinstance(state, str):
         return state.split(SEPARATOR, 1)[0], {}
-    regions = {}
-    for leaf in _flatten(state):
-        parts = leaf.split(SEPARATOR)
-        regions[parts[1]] = SEPARATOR.join(parts[2:])
-    return leaf.split(SEPARATOR, 1)[0], regions
+    key = tuple(_flatten(state))
+    found = _TOP_STATES.get(key)
+    if found is None:
+        regions = {}
+        for leaf in key:
+            parts = leaf.split(SEPARATOR)
+            regions[parts[1]] = SEPARATOR.join(parts[2:])
+        found = _TOP_STATES[key] = (key[-1].split(SEPARATOR, 1)[0], regions)
+    return found
 
 
 def active_states(state: str | list[Any]) -> set[str]:

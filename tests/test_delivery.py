@@ -126,6 +126,42 @@ def test_after_kill_9_resent_steps_are_stored_once(tmp_path):
     assert steps_exported(data, tmp_path, "killed-1") == [1, 2, 3, 4]
 
 
+def test_after_kill_9_the_game_in_progress_still_counts_every_step_it_received(tmp_path):
+    """A batch of steps saves no snapshot of its own: the restarted server counts the game's steps from the log."""
+    data = tmp_path / "data"
+    proc, url = start_server(data)
+    ws = url.replace("http", "ws") + "ws"
+
+    async def story():
+        nonlocal proc
+        client = await ProtocolClient.connect(ws)
+        token = await to_game(client, "killed-2")
+        await client.send_data(batch(1, 2))
+        await client.send_data(batch(3))
+        await client.until_confirmed()
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=10)
+        client.close()
+        proc, _ = start_server(data, port=int(url.rsplit(":", 1)[1].strip("/")))
+
+        back = await ProtocolClient.connect(ws)
+        back.carry_over(client)
+        await back.send({"type": "hello", "resume_token": token, "last_seq": back.last_seq})
+        await back.until_state("in_game")
+        await back.send_data(batch(4))
+        await back.send_data({"type": "game_over", "steps": 4})
+        await back.until_confirmed()
+        back.close()
+
+    try:
+        asyncio.run(story())
+    finally:
+        proc.kill()
+        proc.wait(timeout=10)
+    [over] = [r for r in all_records(data) if r.get("kind") == "game_over"]
+    assert over["check"] == {"reported_steps": 4, "received_steps": 4, "complete": True}
+
+
 def all_records(data) -> list[dict]:
     return [r for log in (data / "sessions").glob("*.msgpack") for r in read_records(log)]
 

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import itertools
+import random
 
 import pytest
 
 from client.participant import DESKTOP_CHROMIUM
+from server.clock import SharedClock
 from server.examples.gridworld.study import experiment as example
 from server.session import Session, Timeouts
 from server.snapshot import SnapshotWriter, restore
@@ -21,7 +23,7 @@ from statemachine import (
     triggers,
 )
 from statemachine.lifecycle import top_state
-from tests.support import HELLO, LOADING, READY, SCREENING, SITUATIONS
+from tests.support import HELLO, LOADING, READY, SCREENING, SITUATIONS, TimeClock
 
 CHROME_UA = DESKTOP_CHROMIUM["user_agent"]
 CLIENT_TRIGGERS = [
@@ -372,3 +374,35 @@ def test_steps_are_refused_outside_a_game(machine, clock):
     session, _ = new_session(machine, clock)
     drive(session, SITUATIONS["ready/instructions"])
     assert session.fire("steps", msg("steps", steps=[{"episode": 0, "step": 1}])) is Fired.NOT_ACCEPTED
+
+
+def test_timers_on_one_shared_loop_timer_fire_as_each_on_its_own_would():
+    """The server's sessions keep their timers in one heap on one loop timer: same callbacks, same order."""
+    rng = random.Random(7)
+    own, shared_loop = TimeClock(), TimeClock()
+    shared = SharedClock(shared_loop)
+    fired: dict[str, list[tuple[float, int]]] = {"own": [], "shared": []}
+    handles: dict[str, list[object]] = {"own": [], "shared": []}
+
+    def start(name: str, clock, delay: float, n: int) -> None:
+        def callback() -> None:
+            fired[name].append((clock.time(), n))
+            if n % 5 == 0 and n < 1000:  # a timer that starts another, as a timeout moving the lifecycle on does
+                start(name, clock, 0.5, n + 1000)
+
+        handles[name].append(clock.call_later(delay, callback))
+
+    for n in range(400):
+        delay, cancel = rng.choice([0.0, 1.0, 2.5, 60.0, 300.0]), rng.random() < 0.6
+        start("own", own, delay, n)
+        start("shared", shared, delay, n)
+        if cancel:
+            own.remove_timeout(handles["own"][-1])
+            shared.remove_timeout(handles["shared"][-1])
+        if n % 50 == 0:
+            own.advance(1.0)
+            shared_loop.advance(1.0)
+    own.advance(400.0)
+    shared_loop.advance(400.0)
+    assert fired["shared"] == fired["own"] and len(fired["own"]) > 100
+    assert shared.pending == 0 and not shared_loop.pending  # nothing left, not even the loop's own timer

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import math
+import random
+from typing import Any
+
 import msgpack
 import pytest
 
@@ -63,3 +67,64 @@ def test_deeply_nested_frames_are_refused_not_crashing():
 def test_game_events_keep_their_research_fields():
     msg = {"type": "game_event", "step": 3, "action": [1, 0], "reward": 0.5}
     assert protocol.decode(protocol.encode(msg)) == msg
+
+
+def _random_batch(rng: random.Random) -> list[Any]:
+    """Steps as pages send them (an `info`, the keys held, now and then nested deeper), some with one defect."""
+
+    def value(depth: int) -> Any:
+        r = rng.random()
+        if r < 0.1 and depth < 9:
+            return {rng.choice("abc"): value(depth + 1) for _ in range(rng.randint(0, 3))}
+        if r < 0.2 and depth < 9:
+            return [value(depth + 1) for _ in range(rng.randint(0, 3))]
+        return rng.choice([0, 1, 2.5, -0.01, True, None, "k", 2**40])
+
+    batch = [
+        {
+            "episode": rng.randint(0, 3),
+            "step": rng.randint(0, 10**6),
+            "action": rng.randint(0, 4),
+            "reward": rng.random(),
+            "terminated": False,
+            **({"info": value(1)} if rng.random() < 0.5 else {}),
+            **({"keys": [rng.choice("wasd") for _ in range(rng.randint(0, 3))]} if rng.random() < 0.5 else {}),
+        }
+        for _ in range(rng.choice([1, 8, 8, 16, 256]))
+    ]
+    if rng.random() < 0.4:
+        defects = [
+            ("reward", math.nan),
+            ("reward", -math.inf),
+            ("info", {1: 2}),
+            ("keys", [math.nan]),
+            ("info", {"a": b"x"}),
+            ("info", [[[[[[[[[1]]]]]]]]]),
+            ("keys", list(range(5000))),
+            ("step", -1),
+            ("episode", 2**31),
+            ("step", True),
+            ("step", 1.0),
+            ("t", b"x"),
+            (3, 1),
+        ]
+        key, bad = rng.choice(defects)
+        victim = rng.choice(batch)
+        victim[key] = bad
+        if rng.random() < 0.2:
+            del victim["step"]
+    return batch
+
+
+def test_the_whole_batch_check_of_steps_accepts_only_what_the_step_by_step_check_accepts():
+    rng = random.Random(16)
+    taken = 0
+    for _ in range(3000):
+        batch = _random_batch(rng)
+        if protocol._flat_steps(batch):
+            taken += 1
+            assert protocol._each_step(batch) is None, batch
+        assert protocol._steps(batch) == protocol._each_step(batch)
+    assert taken > 1000  # most batches are taken whole; the rest say exactly what is wrong, as before
+    step = {"episode": 0, "step": 1, "action": 2, "reward": -0.01, "terminated": False, "t": 0.5}
+    assert protocol._flat_steps([step, {**step, "info": {}, "keys": ["ArrowUp"]}])

@@ -114,6 +114,73 @@ async def test_completed_participants_stay_completed_after_a_torn_journal_and_re
     assert {r["session_id"]: r["torn_bytes"] for r in rows}[session_file.stem] == str(torn)
 
 
+def test_what_one_event_records_is_written_once_per_file_the_journal_last(tmp_path, monkeypatch):
+    scheduled: list = []
+    store = DataStore(tmp_path, defer=scheduled.append)
+    writes: list[tuple[str, bytes]] = []
+    real_write = os.write
+
+    def write(fd: int, data: bytes) -> int:
+        writes.append((os.readlink(f"/proc/self/fd/{fd}"), bytes(data)))
+        return real_write(fd, data)
+
+    monkeypatch.setattr("server.store.os.write", write)
+    _, log = store.open_session()
+    log({"kind": "n", "i": 0})
+    store.save_snapshot({"session_id": "s", "i": 0})
+    log({"kind": "n", "i": 1})
+    store.save_snapshot({"session_id": "s", "i": 1})
+    assert writes == [] and len(scheduled) == 1  # one flush scheduled, nothing written yet
+    scheduled.pop()()
+    assert [Path(path).name for path, _ in writes] == [Path(log.path).name, "snapshots.msgpack"]
+    assert [r["i"] for r in read_records(log.path)] == [0, 1]
+    assert [r["i"] for r in read_records(store.journal)] == [0, 1]
+
+    due = store.pool.hold()  # an event the caller flushes itself: nothing scheduled
+    log({"kind": "n", "i": 2})
+    assert scheduled == []
+    store.pool.unhold(due)
+    assert [r["i"] for r in read_records(log.path)] == [0, 1, 2] and scheduled == []
+
+    log({"kind": "n", "i": 3})
+    log.close()  # a closed file gets what was gathered for it first, and keeps no descriptor
+    assert [r["i"] for r in read_records(log.path)] == [0, 1, 2, 3] and store.pool.open_files == 0
+    scheduled.pop()()
+    assert store.pool.open_files == 0
+
+
+def test_a_gathered_write_cut_short_leaves_exactly_the_unwritten_records_waiting(tmp_path, monkeypatch):
+    scheduled: list = []
+    pool = FilePool(defer=scheduled.append)
+    path = tmp_path / "s.msgpack"
+    log = SessionLog(path, pool)
+    pool.flush()
+    records = [framed(msgpack.packb({"kind": "n", "i": i, "pad": "x" * 20})) for i in range(5)]
+    for i in range(5):
+        log({"kind": "n", "i": i, "pad": "x" * 20})
+    real_write = os.write
+    cut = len(records[0]) + len(records[1]) + 7  # two records whole, the third torn
+
+    def full_disk(fd: int, data: bytes) -> int:
+        nonlocal cut
+        if cut == 0:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        written = real_write(fd, bytes(data[:cut]))
+        cut -= written
+        return written
+
+    monkeypatch.setattr("server.store.os.write", full_disk)
+    pool.flush()
+    assert pool.failure is not None and pool.pending_records == 3
+    log({"kind": "n", "i": 5, "pad": "x" * 20})  # while failing, records wait behind those
+    assert pool.pending_records == 4
+    monkeypatch.setattr("server.store.os.write", real_write)
+    assert pool.retry() and pool.pending_records == 0
+    log.close()
+    assert [r["i"] for r in read_records(path)] == list(range(6))
+    assert torn_bytes(path) == 7
+
+
 class FailingDisk:
     """The pool's writer, failing with `errno` while `full` is set."""
 
