@@ -304,7 +304,10 @@ async def _serve(config: Config, generated_token: bool) -> int:
         print(f"Admin view: http://{config.host}:{config.port}/admin?token={config.admin_token}", flush=True)
     else:
         print(f"Admin view: http://{config.host}:{config.port}/admin (token from --admin-token)", flush=True)
-    await asyncio.Event().wait()
+    try:
+        await asyncio.Event().wait()
+    finally:  # stopped (Ctrl-C): what the last event recorded is written before the loop goes
+        app.settings["study"].store.flush()
     return 0
 
 
