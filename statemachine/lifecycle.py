@@ -528,6 +528,8 @@ class TableMachine(HierarchicalMachine):
             return Fired.NOT_ACCEPTED
         event = EventData(None, self.events[trigger], self, model, args, {})
         callback = self.callback
+        # A callback named by a string that is a method of the model (all of the table's) is called directly, as
+        # the library's `resolve_callable` would find it; anything else goes through the library.
         for step in plan:
             transition = event.transition = step.transition
             event.state = step.source
@@ -538,15 +540,27 @@ class TableMachine(HierarchicalMachine):
                     break
             else:
                 for func in step.before:
-                    callback(func, event)
+                    if func.__class__ is str and callable(method := getattr(model, func, None)):
+                        method(event)
+                    else:
+                        callback(func, event)
                 if step.dest is not None:
                     for func in step.exits:
-                        callback(func, event)
+                        if func.__class__ is str and callable(method := getattr(model, func, None)):
+                            method(event)
+                        else:
+                            callback(func, event)
                     model.state = _copy(step.dest)
                     for func in step.enters:
-                        callback(func, event)
+                        if func.__class__ is str and callable(method := getattr(model, func, None)):
+                            method(event)
+                        else:
+                            callback(func, event)
                 for func in step.after:
-                    callback(func, event)
+                    if func.__class__ is str and callable(method := getattr(model, func, None)):
+                        method(event)
+                    else:
+                        callback(func, event)
                 return Fired.ACCEPTED
         return Fired.HELD_BACK
 
