@@ -193,3 +193,21 @@ def run_locust(
         with open(out / "locust_stats.csv") as f:
             rows = {(r["Type"], r["Name"]): r for r in csv.DictReader(f)}
     return master, rows
+
+
+def coop(players: int = 2, **rules: Any) -> Any:
+    """A two-(or more-)player game of the partners example's `coop_env`, with the multiplayer rules given."""
+    from server.agents import Human
+    from server.experiment import EndScene, Experiment, GymScene, StartScene
+    from server.multiplayer import Multiplayer
+
+    keys = {"ArrowLeft": 0, "ArrowRight": 1}
+    agents = {f"p{i}": Human(keys=keys, default_action=0) for i in range(players)}
+    scene = GymScene(
+        "coop",
+        environment="coop_env:make",
+        agents=agents,
+        fps=10,
+        multiplayer=Multiplayer(**{"wait_timeout_s": 30, "reconnect_timeout_s": 5, **rules}),
+    )
+    return Experiment("mp", [StartScene(), scene, EndScene(completion_code="DONE")])

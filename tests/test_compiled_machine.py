@@ -17,16 +17,14 @@ from typing import Any, ClassVar
 import pytest
 
 from client.participant import DESKTOP_CHROMIUM
-from server.agents import Human
 from server.examples.gridworld.study import experiment as example
-from server.experiment import EndScene, Experiment, GymScene, StartScene
+from server.experiment import Experiment
 from server.matches import Lobby
-from server.multiplayer import Multiplayer
 from server.session import Session, Timeouts
 from statemachine import STATES, TRANSITIONS, SessionMachine, top_state
 from statemachine.lifecycle import _flatten
 from statemachine.match import MATCH_STATES, MATCH_TRANSITIONS, MatchMachine
-from tests.support import ADVANCE, FAILED, GAME_OVER, HELLO, LOADING, READY, SCREENING, SMALL_SCREEN, TimeClock
+from tests.support import ADVANCE, FAILED, GAME_OVER, HELLO, LOADING, READY, SCREENING, SMALL_SCREEN, TimeClock, coop
 
 
 def _names(value: Any) -> list[str]:
@@ -91,23 +89,11 @@ class RecordedSession(_Recording, Session):
     _callbacks = SESSION_CALLBACKS
 
 
-def multiplayer(**rules: Any) -> Experiment:
-    agents = {"p0": Human(keys={"ArrowUp": 1}, default_action=0), "p1": Human(keys={"ArrowUp": 1}, default_action=0)}
-    scene = GymScene(
-        "coop",
-        environment="coop_env:make",
-        agents=agents,
-        fps=10,
-        multiplayer=Multiplayer(**{"wait_timeout_s": 30, "reconnect_timeout_s": 5, **rules}),
-    )
-    return Experiment("mp", [StartScene(), scene, EndScene(completion_code="DONE")])
-
-
 EXPERIMENTS = {
     "example": example,
-    "multiplayer, bots when unmatched": multiplayer(on_no_match="bot"),
-    "multiplayer, the end when unmatched": multiplayer(on_no_match="end", on_partner_loss="end"),
-    "multiplayer, skipped when unmatched": multiplayer(on_no_match="skip"),
+    "multiplayer, bots when unmatched": coop(on_no_match="bot"),
+    "multiplayer, the end when unmatched": coop(on_no_match="end", on_partner_loss="end"),
+    "multiplayer, skipped when unmatched": coop(on_no_match="skip"),
 }
 
 REACHED = {

@@ -86,6 +86,18 @@ async def test_a_bad_number_is_refused(connect, n):
     assert error["code"] == "bad_message" and "steps: n must be a positive integer" in error["message"]
 
 
+async def killed_and_back(proc, data, url: str, client: ProtocolClient, token: str):
+    """`kill -9` the server, start it again on the same data and port, and resume `client`'s session there."""
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=10)
+    client.close()
+    proc, _ = start_server(data, port=int(url.rsplit(":", 1)[1].strip("/")))
+    back = await ProtocolClient.connect(url.replace("http", "ws") + "ws")
+    back.carry_over(client)
+    await back.send({"type": "hello", "resume_token": token, "last_seq": back.last_seq})
+    return proc, back
+
+
 def test_after_kill_9_resent_steps_are_stored_once(tmp_path):
     """Steps the server logged just before a kill -9 but never confirmed come again; the restarted server knows them."""
     data = tmp_path / "data"
@@ -105,14 +117,7 @@ def test_after_kill_9_resent_steps_are_stored_once(tmp_path):
             if any(r.get("kind") == "steps" and r["steps"][0]["step"] == 3 for r in all_records(data)):
                 break
             await asyncio.sleep(0.05)
-        proc.send_signal(signal.SIGKILL)
-        proc.wait(timeout=10)
-        client.close()
-        proc, _ = start_server(data, port=int(url.rsplit(":", 1)[1].strip("/")))
-
-        back = await ProtocolClient.connect(ws)
-        back.carry_over(client)
-        await back.send({"type": "hello", "resume_token": token, "last_seq": back.last_seq})
+        proc, back = await killed_and_back(proc, data, url, client, token)
         await back.resend()
         await back.send_data(batch(4))
         await back.until_confirmed()
@@ -139,14 +144,7 @@ def test_after_kill_9_the_game_in_progress_still_counts_every_step_it_received(t
         await client.send_data(batch(1, 2))
         await client.send_data(batch(3))
         await client.until_confirmed()
-        proc.send_signal(signal.SIGKILL)
-        proc.wait(timeout=10)
-        client.close()
-        proc, _ = start_server(data, port=int(url.rsplit(":", 1)[1].strip("/")))
-
-        back = await ProtocolClient.connect(ws)
-        back.carry_over(client)
-        await back.send({"type": "hello", "resume_token": token, "last_seq": back.last_seq})
+        proc, back = await killed_and_back(proc, data, url, client, token)
         await back.until_state("in_game")
         await back.send_data(batch(4))
         await back.send_data({"type": "game_over", "steps": 4})

@@ -12,21 +12,9 @@ from server.multiplayer import FIFO, Latency, Multiplayer, Reunion, Waiter
 from server.session import Session, Timeouts
 from statemachine import Fired, SessionMachine
 from statemachine.match import MATCH_OUTCOMES, MATCH_STATES, MATCH_TRANSITIONS, MatchMachine
-from tests.support import HELLO, READY, SCREENING, TimeClock
+from tests.support import HELLO, READY, SCREENING, TimeClock, coop
 
 KEYS = {"ArrowLeft": 0, "ArrowRight": 1}
-
-
-def coop(players: int = 2, **rules) -> Experiment:
-    agents = {f"p{i}": Human(keys=KEYS, default_action=0) for i in range(players)}
-    scene = GymScene(
-        "coop",
-        environment="coop_env:make",
-        agents=agents,
-        fps=10,
-        multiplayer=Multiplayer(**{"wait_timeout_s": 30, "reconnect_timeout_s": 5, **rules}),
-    )
-    return Experiment("mp", [StartScene(), scene, EndScene(completion_code="DONE")])
 
 
 @pytest.fixture
