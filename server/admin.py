@@ -46,7 +46,7 @@ def counts(study: StudyView) -> dict[str, Any]:
     for session in live:
         for name in active_states(session.state):
             states[name] = states.get(name, 0) + 1
-        outcomes.update(tally(session))
+        tally(session, outcomes)
     return {
         "live": len(live),
         "states": states,

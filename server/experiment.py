@@ -357,6 +357,7 @@ class Experiment:
     screening: ScreeningRules = field(default_factory=ScreeningRules)
     # every participant's plan holds the same few `Placed` (immutable): one each, not one per participant
     _placed: dict[tuple[str, int], Placed] = field(default_factory=dict, init=False, repr=False, compare=False)
+    _one_order: list[tuple[Placed, ...]] = field(default_factory=list, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "scenes", tuple(self.scenes))
@@ -397,8 +398,20 @@ class Experiment:
         rng = random.Random(f"{seed}:{index}")
         return [rng.randrange(2**31) for _ in range(episodes)]
 
+    @cached_property
+    def _fixed(self) -> bool:
+        """No scene is shuffled or repeated at random: every participant gets the one order, made once."""
+        return not any(isinstance(node, WRAPPERS) for node in self.scenes)
+
     def plan(self, seed: int) -> tuple[Placed, ...]:
         """This participant's scene order; the same seed always gives the same order."""
+        if not self._fixed:
+            return self._plan(seed)
+        if not self._one_order:
+            self._one_order.append(self._plan(seed))
+        return self._one_order[0]
+
+    def _plan(self, seed: int) -> tuple[Placed, ...]:
         rng = random.Random(seed)
         scenes = [scene for node in self.scenes for scene in _unfold(node, rng)]
         seen: dict[str, int] = {}

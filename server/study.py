@@ -38,20 +38,21 @@ RETRY_S = 1.0  # how often records kept in memory are offered to the disk again
 TIMEOUT_TRIGGERS = tuple(t for t in triggers() if t.endswith("_timeout"))
 
 
-def tally(session: Session) -> Counter[str]:
-    """What a session contributes to the outcome counts, so far; the study adds it up when the session retires."""
-    counts: Counter[str] = Counter()
+def tally(session: Session, counts: Counter[str]) -> None:
+    """Add what a session contributes to the outcome counts, so far; the study adds it up when the session retires."""
     if session.outcome:
         counts[f"outcome:{session.outcome}"] += 1
         if session.verdict:
             counts.update(f"excluded:{reason}" for reason in session.verdict)
     if session.preload_result == "error":
         counts["preload_error"] += 1
-    timeouts = [event for _, event, _, _ in session.history if event in TIMEOUT_TRIGGERS]
-    counts.update(f"timeout:{event}" for event in timeouts)
-    if timeouts:
+    timed_out = False
+    for _, event, _, _ in session.history:
+        if event in TIMEOUT_TRIGGERS:
+            counts[f"timeout:{event}"] += 1
+            timed_out = True
+    if timed_out:
         counts["timed_out"] += 1
-    return counts
 
 
 class Link(Protocol):
@@ -241,7 +242,7 @@ class Study:
                 self.participants.pop(session.participant_id, None)
             else:
                 self.participants[session.participant_id] = session.outcome or ""
-        self.outcomes.update(tally(session))
+        tally(session, self.outcomes)
         if isinstance(session.log, SessionLog):
             session.log.close()
 

@@ -388,6 +388,9 @@ class TableMachine(HierarchicalMachine):
             **callbacks,
         )
         self.initial_name = initial
+        probe = _Probe()
+        self.set_state(initial, probe)
+        self._initial_state = probe.state  # a name: every new model is given it as it is, without resolving it again
         self._attached: dict[int, Any] = {}
         self._candidates: dict[tuple[str, Any], tuple[Any, ...]] = {}
         self.compiled = compiled and self._compilable()
@@ -399,7 +402,10 @@ class TableMachine(HierarchicalMachine):
         """Attach `model` in the initial state; attaching the same object twice is a no-op."""
         for mod in model if isinstance(model, list) else [model]:
             if id(mod) not in self._attached:
-                self.set_state(self.initial_name, mod)
+                if isinstance(self._initial_state, str):
+                    setattr(mod, self.model_attribute, self._initial_state)
+                else:
+                    self.set_state(self.initial_name, mod)
                 self._attached[id(mod)] = mod
 
     def remove_model(self, model: Any) -> None:
