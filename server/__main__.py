@@ -16,7 +16,7 @@ from statemachine import OUTCOMES
 from . import __version__
 from .app import make_app
 from .config import Config
-from .limits import AcceptGuard, guarded, raise_descriptor_limit, server_options
+from .limits import AcceptGuard, guarded, raise_descriptor_limit, server_options, settle_collector
 from .loader import DEFAULT, ExperimentError, load_study
 from .precompress import DEFAULT_CACHE_DIR
 from .runtime import WILDCARD_HOSTS, RuntimeSetupError
@@ -284,6 +284,7 @@ async def _serve(config: Config, generated_token: bool) -> int:
     except RuntimeSetupError as exc:
         print(f"python -m server: error: {exc}", file=sys.stderr)
         return 2
+    settle_collector()
     soft, hard = raise_descriptor_limit()
     logging.getLogger("preflight").info("open-file limit: %s (hard %s)", soft, hard)
     try:

@@ -5,9 +5,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
+import subprocess
+import sys
 
 import pytest
 
+from client.harness import ROOT
 from client.participant import DESKTOP_CHROMIUM
 from server.store import read_records
 
@@ -229,3 +232,13 @@ def test_accept_errors_for_want_of_descriptors_are_logged_once_and_accepting_res
     assert during.count("cannot accept connections (EMFILE") == 1, during[-3000:]
     assert "Traceback" not in during and "Exception in callback" not in during, during[-3000:]
     assert after.count("accepting connections again") == 1
+
+
+def test_the_server_freezes_what_start_up_built_and_collects_cycles_less_often():
+    """Run in a process of its own: the collector's settings are the whole interpreter's."""
+    code = (
+        "import gc; from server.limits import COLLECT_EVERY, settle_collector; settle_collector(); "
+        "assert gc.get_threshold()[0] == COLLECT_EVERY > 700 and gc.get_freeze_count() > 1000, gc.get_threshold()"
+    )
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
