@@ -392,6 +392,7 @@ class TableMachine(HierarchicalMachine):
         self.set_state(initial, probe)
         self._initial_state = probe.state  # a name: every new model is given it as it is, without resolving it again
         self._attached: dict[int, Any] = {}
+        self._preparing: set[int] = set()  # found candidates (by id: each is kept) among which one has `prepare`
         self._candidates: dict[tuple[str, Any], tuple[Any, ...]] = {}
         self.compiled = compiled and self._compilable()
         self._plans: dict[tuple[str, Any], tuple[Step, ...] | None] = {}
@@ -420,7 +421,7 @@ class TableMachine(HierarchicalMachine):
         """Fire `trigger` on `model` and say what came of it."""
         if self.compiled:
             state = model.state
-            plan = self._plans.get((trigger, state if isinstance(state, str) else tuple(_flatten(state))), _UNSEEN)
+            plan = self._plans.get((trigger, _key(state)), _UNSEEN)
             if plan is _UNSEEN:
                 plan = self._plan(trigger, state)
             if plan is not None:
@@ -474,7 +475,7 @@ class TableMachine(HierarchicalMachine):
         queue = [probe.state]
         while queue:
             state = queue.pop()
-            key = state if isinstance(state, str) else tuple(_flatten(state))
+            key = _key(state)
             if key in seen:
                 continue
             seen[key] = state
@@ -486,7 +487,7 @@ class TableMachine(HierarchicalMachine):
 
     def _plan(self, trigger: str, state: Any) -> tuple[Step, ...] | None:
         """The plan for `trigger` from `state` (None: leave it to the library), made once per configuration."""
-        key = (trigger, state if isinstance(state, str) else tuple(_flatten(state)))
+        key = (trigger, _key(state))
         if key in self._plans:
             return self._plans[key]
         plan: tuple[Step, ...] | None = ()
@@ -542,7 +543,7 @@ class TableMachine(HierarchicalMachine):
             for func in transition.prepare:
                 callback(func, event)
             for condition in transition.conditions:
-                if not condition.check(event):
+                if not _holds(condition, model, event):
                     break
             else:
                 for func in step.before:
@@ -575,18 +576,21 @@ class TableMachine(HierarchicalMachine):
         candidates = self.candidates(trigger, model.state)
         if not candidates:
             return False
-        if self.prepare_event or any(t.prepare for t in candidates):
+        if self.prepare_event or id(candidates) in self._preparing:
             return bool(self._can_trigger(model, trigger))
         event = EventData(None, self.events[trigger], self, model, (), {})
         for transition in candidates:
             event.transition = transition
-            if all(c.check(event) for c in transition.conditions):
+            for condition in transition.conditions:
+                if not _holds(condition, model, event):
+                    break
+            else:
                 return True
         return False
 
     def candidates(self, trigger: str, state: Any) -> tuple[Any, ...]:
         """The transitions for `trigger` from the active states and their parents, found once per configuration."""
-        key = (trigger, state if isinstance(state, str) else tuple(_flatten(state)))
+        key = (trigger, _key(state))
         found = self._candidates.get(key)
         if found is None:
             event = self.events.get(trigger)
@@ -598,6 +602,8 @@ class TableMachine(HierarchicalMachine):
                         if transition not in ordered:
                             ordered.append(transition)
             found = self._candidates[key] = tuple(ordered)
+            if any(t.prepare for t in found):  # it runs before the guards: `allows` leaves those to the library
+                self._preparing.add(id(found))
         return found
 
 
@@ -707,7 +713,7 @@ def top_state(state: str | list[Any]) -> tuple[str, dict[str, str]]:
     `state` message holding them): read them, never change them."""
     if isinstance(state, str):
         return state.split(SEPARATOR, 1)[0], {}
-    key = tuple(_flatten(state))
+    key = _key(state)
     found = _TOP_STATES.get(key)
     if found is None:
         regions = {}
@@ -725,6 +731,24 @@ def active_states(state: str | list[Any]) -> set[str]:
         parts = leaf.split(SEPARATOR)
         names.update(SEPARATOR.join(parts[:i]) for i in range(1, len(parts) + 1))
     return names
+
+
+def _key(state: Any) -> Any:
+    """A configuration as a dict key: its name, or its leaves in order (a parallel state's list is flat here)."""
+    if state.__class__ is str:
+        return state
+    leaves = tuple(state)
+    if all(leaf.__class__ is str for leaf in leaves):
+        return leaves
+    return tuple(_flatten(state))
+
+
+def _holds(condition: Any, model: Any, event: EventData) -> bool:
+    """A guard as `Condition.check` evaluates it; one the model names (all of the table's) is called directly."""
+    func = condition.func
+    if func.__class__ is str and callable(method := getattr(model, func, None)):
+        return bool(method(event) == condition.target)
+    return bool(condition.check(event))
 
 
 def _flatten(state: Any) -> Iterator[str]:
