@@ -233,7 +233,7 @@ class ParticipantSocket(tornado.websocket.WebSocketHandler):
         if isinstance(message, Refusal):
             return record_frame(self.session.log, "in", frame, False)
         stored = protocol.redacted(message)
-        record_frame(self.session.log, "in", frame if stored is message else protocol.encode(stored))
+        record_frame(self.session.log, "in", frame if stored is message else protocol.encode(stored), True, message)
 
     def refuse(self, refusal: Refusal) -> None:
         state = top_state(self.session.state)[0] if self.session is not None else INITIAL
