@@ -417,18 +417,22 @@ def decode(frame: bytes | str) -> dict[str, Any] | Refusal:
     return message
 
 
-SECRETS = ("session_token", "resume_token")
+SECRETS = frozenset(("session_token", "resume_token"))
 
 
 def redacted(message: Mapping[str, Any]) -> Mapping[str, Any]:
     """The message as it may be stored: a token on disk would let anyone holding the data act as the participant."""
-    if not any(key in message for key in SECRETS):
+    if SECRETS.isdisjoint(message):
         return message
     return {k: ("<redacted>" if k in SECRETS else v) for k, v in message.items()}
 
 
+_PACK = msgpack.Packer(use_bin_type=True).pack
+"""One packer for every message: `packb` makes (and frees) a packer and its buffer for each."""
+
+
 def encode(message: Mapping[str, Any]) -> bytes:
-    return bytes(msgpack.packb(message, use_bin_type=True))
+    return bytes(_PACK(message))
 
 
 def error(refusal: Refusal, state: str) -> dict[str, Any]:
