@@ -61,11 +61,15 @@ class RateLimit:
         return True
 
 
+_SHORT_HEADS = tuple(bytes((0x82, size)) for size in range(126))
+"""The two-byte head of each binary frame shorter than 126 bytes (a `received`, a `state`), made once."""
+
+
 def binary_frame(payload: bytes) -> bytes:
     """One unmasked, unfragmented binary WebSocket frame (RFC 6455 5.2), as a server sends it without compression."""
     size = len(payload)
     if size < 126:
-        return bytes((0x82, size)) + payload
+        return _SHORT_HEADS[size] + payload
     if size <= 0xFFFF:
         return struct.pack("!BBH", 0x82, 126, size) + payload
     return struct.pack("!BBQ", 0x82, 127, size) + payload
@@ -239,7 +243,7 @@ class ParticipantSocket(tornado.websocket.WebSocketHandler):
         if isinstance(message, Refusal):
             return record_frame(self.session.log, "in", frame, False)
         stored = protocol.redacted(message)
-        record_frame(self.session.log, "in", frame if stored is message else protocol.encode(stored))
+        record_frame(self.session.log, "in", frame if stored is message else protocol.encode(stored), True, message)
 
     def refuse(self, refusal: Refusal) -> None:
         state = top_state(self.session.state)[0] if self.session is not None else INITIAL

@@ -211,8 +211,9 @@ def _finite(children: Any, kinds: set[type]) -> bool:
     if float not in kinds:
         return True
     if kinds <= _NUMBER_TYPES:
-        try:
-            return all(map(math.isfinite, children))
+        try:  # a NaN or an infinity makes the sum one too; finite numbers whose sum overflows are looked at one by one
+            if math.isfinite(sum(children)):
+                return True
         except OverflowError:  # an int beyond a float's range: look at the floats alone
             pass
     return all(math.isfinite(child) for child in children if type(child) is float)
@@ -265,7 +266,8 @@ MAX_STEPS = 256
 _DICT_TYPE = frozenset((dict,))
 _INT_TYPE = frozenset((int,))
 _CONTAINER_TYPES = frozenset((dict, list))
-_STEP_NUMBER = operator.itemgetter("episode", "step")
+_EPISODE = operator.itemgetter("episode")
+_STEP = operator.itemgetter("step")
 
 
 def _flat_steps(steps: list[Any]) -> bool:
@@ -275,7 +277,7 @@ def _flat_steps(steps: list[Any]) -> bool:
     if not _DICT_TYPE.issuperset(map(type, steps)):
         return False
     try:
-        numbers = list(chain.from_iterable(map(_STEP_NUMBER, steps)))
+        numbers = [*map(_EPISODE, steps), *map(_STEP, steps)]
     except KeyError:
         return False
     if not _INT_TYPE.issuperset(map(type, numbers)) or min(numbers) < 0 or max(numbers) >= 2**31:
@@ -415,18 +417,22 @@ def decode(frame: bytes | str) -> dict[str, Any] | Refusal:
     return message
 
 
-SECRETS = ("session_token", "resume_token")
+SECRETS = frozenset(("session_token", "resume_token"))
 
 
 def redacted(message: Mapping[str, Any]) -> Mapping[str, Any]:
     """The message as it may be stored: a token on disk would let anyone holding the data act as the participant."""
-    if not any(key in message for key in SECRETS):
+    if SECRETS.isdisjoint(message):
         return message
     return {k: ("<redacted>" if k in SECRETS else v) for k, v in message.items()}
 
 
+_PACK = msgpack.Packer(use_bin_type=True).pack
+"""One packer for every message: `packb` makes (and frees) a packer and its buffer for each."""
+
+
 def encode(message: Mapping[str, Any]) -> bytes:
-    return bytes(msgpack.packb(message, use_bin_type=True))
+    return bytes(_PACK(message))
 
 
 def error(refusal: Refusal, state: str) -> dict[str, Any]:

@@ -27,7 +27,7 @@ import time
 import weakref
 import zlib
 from collections import OrderedDict
-from collections.abc import Callable, Generator, Iterator
+from collections.abc import Callable, Generator, Iterator, Mapping
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -272,25 +272,38 @@ def _float(value: float) -> bytes:
 
 
 class SessionLog:
-    """The sink a session writes its records to."""
+    """The sink a session writes its records to.
 
-    __slots__ = ("_closed", "_pool", "path")
+    A `steps` record whose steps are those of the `in` frame recorded last is written without them, marked
+    `in_frame`: the batch is on disk once, in the frame, and `read_records` puts it back into the record.
+    """
+
+    __slots__ = ("_closed", "_in_steps", "_pool", "path")
 
     def __init__(self, path: Path | str, pool: FilePool | None = None, *, created: bool = False) -> None:
         self.path = str(path)
         self._pool = pool if pool is not None else FilePool(1)
         self._closed = False
+        self._in_steps: object = None  # the `steps` of the last `in` frame, until a record names them
         if not created:  # `FilePool.create` made it already
             self._pool.append(self.path, b"")
 
     def __call__(self, record: dict[str, Any]) -> None:
-        if not self._closed:
-            self._pool.append(self.path, framed(_PACK(record)))
-
-    def frame(self, direction: str, frame: bytes | str, valid: bool) -> None:
-        """Record one WebSocket frame; a valid msgpack frame is spliced in as it is, never encoded twice."""
         if self._closed:
             return
+        steps = record.get("steps")
+        if steps is not None and steps is self._in_steps:
+            self._in_steps = None
+            record = {key: value for key, value in record.items() if key != "steps"}
+            record["in_frame"] = True
+        self._pool.append(self.path, framed(_PACK(record)))
+
+    def frame(self, direction: str, frame: bytes | str, valid: bool, message: Mapping[str, Any] | None = None) -> None:
+        """Record one WebSocket frame; a valid msgpack frame is spliced in as it is, never encoded twice. Given the
+        `message` a valid `in` frame decodes to, a `steps` record of its steps refers to the frame instead."""
+        if self._closed:
+            return
+        self._in_steps = message.get("steps") if message is not None and direction == "in" and valid else None
         head = _FRAME_HEAD[direction] + _T + _float(time.monotonic()) + _WALL + _float(time.time())
         if valid and isinstance(frame, bytes):
             self._pool.append(self.path, framed(head + _MESSAGE + frame))
@@ -304,11 +317,16 @@ class SessionLog:
 
 
 def record_frame(
-    sink: Callable[[dict[str, Any]], None], direction: str, frame: bytes | str, valid: bool = True
+    sink: Callable[[dict[str, Any]], None],
+    direction: str,
+    frame: bytes | str,
+    valid: bool = True,
+    message: Mapping[str, Any] | None = None,
 ) -> None:
-    """Record a frame `in` (as received; `valid` once it decoded) or `out` (as sent) if the sink keeps frames."""
+    """Record a frame `in` (as received; `valid` once it decoded, to `message`) or `out` (as sent) if the sink keeps
+    frames."""
     if isinstance(sink, SessionLog):
-        sink.frame(direction, frame, valid)
+        sink.frame(direction, frame, valid, message)
 
 
 def server_environment() -> dict[str, Any]:
@@ -454,6 +472,7 @@ class Reader:
             pos = yield from self._plain(data)
         end = len(data)
         size = _HEAD.size
+        in_steps: Any = None  # the `steps` of the last `in` frame read, for the `steps` record that refers to it
         while pos < end:
             if data[pos] == MARK and pos + size <= end:
                 _, length, crc = _HEAD.unpack_from(data, pos)
@@ -466,6 +485,16 @@ class Reader:
                         except (msgpack.ExtraData, msgpack.FormatError, msgpack.StackError, ValueError):
                             pass
                         else:
+                            kind = record.get("kind") if isinstance(record, dict) else None
+                            if kind == "frame" and record.get("dir") == "in":
+                                message = record.get("message")
+                                in_steps = message.get("steps") if isinstance(message, dict) else None
+                            elif kind == "steps" and record.get("in_frame") is True and "steps" not in record:
+                                if isinstance(in_steps, list):  # else its frame was damaged: the steps are lost
+                                    del record["in_frame"]
+                                    record["steps"], in_steps = in_steps, None
+                                else:
+                                    record["steps"] = []
                             yield record
                             pos = stop
                             continue

@@ -128,3 +128,12 @@ def test_the_whole_batch_check_of_steps_accepts_only_what_the_step_by_step_check
     assert taken > 1000  # most batches are taken whole; the rest say exactly what is wrong, as before
     step = {"episode": 0, "step": 1, "action": 2, "reward": -0.01, "terminated": False, "t": 0.5}
     assert protocol._flat_steps([step, {**step, "info": {}, "keys": ["ArrowUp"]}])
+
+
+def test_the_whole_batch_check_of_steps_looks_again_when_finite_numbers_overflow_their_sum():
+    step = {"episode": 0, "step": 1, "action": 2, "reward": 1.7e308, "terminated": False}
+    big = [step, {**step, "step": 2}, {**step, "step": 3, "action": 2**1100}]
+    assert protocol._steps(big) is None
+    for bad in (math.inf, -math.inf, math.nan):
+        batch = [*big, {**step, "step": 4, "reward": bad}, {**step, "step": 5, "reward": -bad}]
+        assert protocol._steps(batch) == protocol._each_step(batch) is not None

@@ -85,6 +85,52 @@ def test_a_torn_last_record_is_skipped_and_nothing_before_it_is_lost(tmp_path):
     assert torn_bytes(path) == len(whole) - 3 - complete > 0
 
 
+def _raw_records(path) -> list[dict]:
+    """Each record's own payload, as written (no steps put back)."""
+    data, pos, out = path.read_bytes(), 0, []
+    while pos < len(data):
+        length = int.from_bytes(data[pos + 1 : pos + 5], "big")
+        out.append(msgpack.unpackb(data[pos + 9 : pos + 9 + length], raw=False))
+        pos += 9 + length
+    return out
+
+
+def test_a_batch_of_steps_is_on_disk_once_in_its_frame_and_read_back_into_its_steps_record(tmp_path):
+    path = tmp_path / "s.msgpack"
+    log = SessionLog(path)
+    steps = [{"episode": 0, "step": i, "reward": -0.01} for i in (1, 2)]
+    message = {"type": "steps", "n": 4, "steps": steps}
+    log.frame("in", msgpack.packb(message), True, message)
+    log({"kind": "gap", "first": 2, "last": 3})
+    log({"kind": "steps", "scene_id": "game", "steps": steps})
+    log({"kind": "steps", "scene_id": "game", "steps": steps})  # not the frame's any more: written whole
+    older = [{"episode": 0, "step": 0}]
+    log({"kind": "steps", "scene_id": "game", "steps": older})  # as every steps record was written before
+    log.close()
+    raw = _raw_records(path)
+    assert [("steps" in r, r.get("in_frame")) for r in raw if r["kind"] == "steps"] == [
+        (False, True),
+        (True, None),
+        (True, None),
+    ]
+    records = [r for r in read_records(path) if r["kind"] == "steps"]
+    assert [r["steps"] for r in records] == [steps, steps, older] and not any("in_frame" in r for r in records)
+
+
+def test_a_steps_record_whose_frame_is_damaged_reads_as_an_empty_batch_and_says_so(tmp_path):
+    path = tmp_path / "s.msgpack"
+    log = SessionLog(path)
+    message = {"type": "steps", "n": 1, "steps": [{"episode": 0, "step": 1}]}
+    log.frame("in", msgpack.packb(message), True, message)
+    log({"kind": "steps", "scene_id": "game", "steps": message["steps"]})
+    log.close()
+    data = bytearray(path.read_bytes())
+    data[20] ^= 0xFF  # inside the frame record: its checksum no longer holds
+    path.write_bytes(bytes(data))
+    [record] = read_records(path)
+    assert record["kind"] == "steps" and record["steps"] == [] and record["in_frame"] is True
+
+
 def test_sessions_beyond_the_descriptor_pool_still_get_every_record(tmp_path):
     pool = FilePool(capacity=2)
     logs = [SessionLog(tmp_path / f"{i}.msgpack", pool) for i in range(5)]
