@@ -89,7 +89,7 @@ class ParticipantSocket(tornado.websocket.WebSocketHandler):
 
     # Kept in slots, not in the instance's dict: Tornado's own attributes fill a dict that shares its keys with
     # every other handler's up to 30; eight more made each connection's a table of its own (~1.3 KB more).
-    __slots__ = ("address", "corked", "hello_timer", "limit", "refusals", "rtt_ms", "session", "study")
+    __slots__ = ("ack_due", "address", "corked", "hello_timer", "limit", "refusals", "rtt_ms", "session", "study")
 
     def initialize(self, study: Study) -> None:
         self.study = study
@@ -100,6 +100,7 @@ class ParticipantSocket(tornado.websocket.WebSocketHandler):
         self.address: str | None = None  # counted against the per-address limit while open
         self.hello_timer: object | None = None
         self.corked: list[bytes] | None = None  # frames held while a message is handled, written together after
+        self.ack_due = False  # a `received` is on its way, once the loop is done with the frames it read
 
     @property
     def user_agent(self) -> str:
@@ -234,7 +235,16 @@ class ParticipantSocket(tornado.websocket.WebSocketHandler):
         return False
 
     def acknowledge(self) -> None:
-        """Tell the page up to which `n` its research data is stored, so it may forget it (not logged: derived)."""
+        """Tell the page up to which `n` its research data is stored, so it may forget it (not logged: derived).
+
+        `received` is cumulative: the numbered messages of one read (a burst the page sends after a stall, or its
+        batches as they come) are confirmed once, after the last of them is stored, in one write instead of many."""
+        if self.session is not None and not self.ack_due:
+            self.ack_due = True
+            self.study.soon(self.acknowledged)
+
+    def acknowledged(self) -> None:
+        self.ack_due = False
         if self.session is not None:
             self.write_frame(protocol.encode(protocol.received(self.session.received_n)))
 

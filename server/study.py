@@ -129,7 +129,8 @@ class Study:
         if self.stdlib is not None:
             self.pyodide_config["stdlib_url"] = f"{STDLIB_URL}{self.stdlib.parent.name}/{self.stdlib.name}"
         self.machine = SessionMachine()
-        self.store = DataStore(config.data_dir, on_failure=self._writes_failing, defer=IOLoop.current().add_callback)
+        self.soon = IOLoop.current().add_callback  # runs a callback once the loop is done with what it is doing now
+        self.store = DataStore(config.data_dir, on_failure=self._writes_failing, defer=self.soon)
         self.lobby = Lobby(IOLoop.current(), self.store.open_match)
         self.clock = SharedClock(IOLoop.current())  # the sessions' timers: one loop timer for all of them
         self._retrying = False
