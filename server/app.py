@@ -75,11 +75,6 @@ def binary_frame(payload: bytes) -> bytes:
     return struct.pack("!BBQ", 0x82, 127, size) + payload
 
 
-def rtt_ping(now: float) -> bytes:
-    """A WebSocket ping carrying the time it was sent, which its pong brings back: the round trip screening reads."""
-    return b"\x89\x08" + struct.pack("!d", now)
-
-
 class ParticipantSocket(tornado.websocket.WebSocketHandler):
     """`/ws`: decode, validate, trigger; everything else is the session's and the machine's.
 
@@ -117,6 +112,9 @@ class ParticipantSocket(tornado.websocket.WebSocketHandler):
         self.address = address
         self.set_nodelay(True)  # each event's frames leave in one write: nothing to gain from waiting for more
         self.hello_timer = self.study.clock.call_later(self.study.config.hello_timeout, self.no_hello)
+        # Now, not with the replies to `hello`: a client that sends `screening` right behind its `hello` must still
+        # find the round trip measured when the facts are judged (the pong has to beat it).
+        self.ping(struct.pack("!d", time.monotonic()))
 
     def no_hello(self) -> None:
         """A connection that never says hello holds a socket for nothing: close it."""
@@ -213,8 +211,6 @@ class ParticipantSocket(tornado.websocket.WebSocketHandler):
             self.study.admitted(self.session)
         self.cancel_hello_timer()  # said: an idle participant holds no timer of the connection's
         self.refusals = 0
-        if self.corked is not None:  # ahead of the replies, so its pong comes back before any answer to them
-            self.corked.insert(0, rtt_ping(time.monotonic()))
 
     def within_quota(self, message: dict[str, Any], size: int) -> bool:
         """Count research bytes against the session's quota; past it the message is refused with a trace (a

@@ -48,7 +48,7 @@ async def test_full_walk_reaches_the_completion_code(ws_url, config):
     records = list(read_records(log))
     kinds = {r["kind"] for r in records}
     assert {"begin", "screening", "preload", "scene", "transition", "steps", "game_over"} <= kinds
-    # the RTT ping leaves with the replies to `hello`, ahead of them: its pong is back before the facts are judged
+    # the RTT ping leaves when the socket opens: its pong is back before the facts are judged
     [screening] = [r for r in records if r["kind"] == "screening"]
     assert screening["rtt_ms"] is not None and screening["verdict"] == []
 
