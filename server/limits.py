@@ -60,8 +60,8 @@ def settle_collector() -> None:
     What start-up built (the study, its compiled machine, the runtime's file tables, Tornado) lives as long as the
     server: frozen, it is no longer walked by every full pass. A participant's connection allocates hundreds of
     objects, nearly all freed by reference counting, so a pass every 700 allocations mostly walks live objects:
-    at 50,000 the collector took ~15 % of the server's CPU per handshake off (docs/benchmarks.md), and the
-    cycles it still frees wait a little longer.
+    at 50,000, a handshake costs ~15 % less server CPU (docs/benchmarks.md), and the cycles it still frees wait a
+    little longer.
     """
     gc.collect()
     gc.freeze()
