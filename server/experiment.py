@@ -357,7 +357,6 @@ class Experiment:
     screening: ScreeningRules = field(default_factory=ScreeningRules)
     # every participant's plan holds the same few `Placed` (immutable): one each, not one per participant
     _placed: dict[tuple[str, int], Placed] = field(default_factory=dict, init=False, repr=False, compare=False)
-    _one_order: list[tuple[Placed, ...]] = field(default_factory=list, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "scenes", tuple(self.scenes))
@@ -399,17 +398,13 @@ class Experiment:
         return [rng.randrange(2**31) for _ in range(episodes)]
 
     @cached_property
-    def _fixed(self) -> bool:
-        """No scene is shuffled or repeated at random: every participant gets the one order, made once."""
-        return not any(isinstance(node, WRAPPERS) for node in self.scenes)
+    def _one_order(self) -> tuple[Placed, ...] | None:
+        """With no scene shuffled or repeated at random, every participant gets the one order: made once."""
+        return None if any(isinstance(node, WRAPPERS) for node in self.scenes) else self._plan(0)
 
     def plan(self, seed: int) -> tuple[Placed, ...]:
         """This participant's scene order; the same seed always gives the same order."""
-        if not self._fixed:
-            return self._plan(seed)
-        if not self._one_order:
-            self._one_order.append(self._plan(seed))
-        return self._one_order[0]
+        return self._plan(seed) if self._one_order is None else self._one_order
 
     def _plan(self, seed: int) -> tuple[Placed, ...]:
         rng = random.Random(seed)
