@@ -94,7 +94,7 @@ def live_summary(sessions: Iterable[Session]) -> list[dict[str, Any]]:
     out = []
     for session in sessions:
         name, regions = top_state(session.state)
-        since = session.history[-1][0] if session.history else None
+        since = session.changed_at
         out.append(
             {
                 "session_id": session.session_id,

@@ -16,7 +16,7 @@ from typing import Any
 
 from transitions.core import EventData
 
-from statemachine import SEPARATOR, Fired, RegionGuards, SessionMachine, top_state
+from statemachine import SEPARATOR, Fired, RegionGuards, SessionMachine, top_state, triggers
 
 from . import views
 from .clock import Clock, Timers
@@ -43,6 +43,8 @@ def _discard(record: dict[str, Any]) -> None:
     pass
 
 
+TIMEOUT_TRIGGERS = frozenset(t for t in triggers() if t.endswith("_timeout"))
+
 MATCH_TYPES = ("match_ready", "input", "state_hash")
 """What a page sends about its match: the match checks each before the lifecycle takes it."""
 
@@ -51,13 +53,13 @@ class Session(RegionGuards):
     """A participant's place in the lifecycle and everything they produced on the way."""
 
     __slots__ = (
+        "changed_at",
         "digest",
         "end_page",
         "experiment",
         "facts",
         "game_steps",
         "groups",
-        "history",
         "index",
         "lobby",
         "log",
@@ -78,6 +80,7 @@ class Session(RegionGuards):
         "seed",
         "session_id",
         "state",
+        "timed_out",
         "timeouts",
         "timers",
         "token",
@@ -128,7 +131,8 @@ class Session(RegionGuards):
         self.received_n = 0  # the page's research messages are numbered; all up to this one are stored (or a gap)
         self.game_steps = 0  # steps received from the game in progress, checked against its `game_over`
         self.place: Any = None
-        self.history: list[tuple[float, str, str, str]] = []
+        self.changed_at: float | None = None  # monotonic time of the last transition; each is in the records
+        self.timed_out: tuple[str, ...] = ()  # the timeout triggers that moved this session, for the outcome counts
         self.lobby = lobby  # the study's waiting room and matches; only multiplayer scenes need it
         self.match: Match | None = None  # the multiplayer match this participant plays in now
         self.waiting_since: float | None = None  # when they joined the waiting room (kept across a drop)
@@ -405,9 +409,11 @@ class Session(RegionGuards):
         transition = event.transition
         if transition is None or transition.dest is None:
             return
-        entry = (time.monotonic(), event.event.name if event.event else "", transition.source, transition.dest)
-        self.history.append(entry)
-        self.record("transition", event=entry[1], source=entry[2], dest=entry[3])
+        name = event.event.name if event.event else ""
+        self.record("transition", event=name, source=transition.source, dest=transition.dest)
+        self.changed_at = time.monotonic()
+        if name in TIMEOUT_TRIGGERS:
+            self.timed_out += (name,)
 
     def publish_state(self, event: EventData) -> None:
         if event.transition is not None and event.transition.dest is not None:

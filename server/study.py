@@ -15,7 +15,7 @@ from typing import Any, Protocol
 
 from tornado.ioloop import IOLoop
 
-from statemachine import SessionMachine, triggers
+from statemachine import SessionMachine
 
 from . import __version__, delivery
 from .clock import SharedClock
@@ -35,7 +35,6 @@ from .store import DataStore, SessionLog
 log = logging.getLogger("preflight")
 
 RETRY_S = 1.0  # how often records kept in memory are offered to the disk again
-TIMEOUT_TRIGGERS = tuple(t for t in triggers() if t.endswith("_timeout"))
 
 
 def tally(session: Session, counts: Counter[str]) -> None:
@@ -46,12 +45,8 @@ def tally(session: Session, counts: Counter[str]) -> None:
             counts.update(f"excluded:{reason}" for reason in session.verdict)
     if session.preload_result == "error":
         counts["preload_error"] += 1
-    timed_out = False
-    for _, event, _, _ in session.history:
-        if event in TIMEOUT_TRIGGERS:
-            counts[f"timeout:{event}"] += 1
-            timed_out = True
-    if timed_out:
+    counts.update(f"timeout:{trigger}" for trigger in session.timed_out)
+    if session.timed_out:
         counts["timed_out"] += 1
 
 
