@@ -318,7 +318,7 @@ class ScreeningRules:
         if self.browsers is not None:
             object.__setattr__(self, "browsers", tuple(b.lower() for b in self.browsers))
 
-    def evaluate(self, facts: dict[str, Any], user_agent: str, rtt_ms: float | None) -> tuple[str, ...]:
+    def evaluate(self, facts: Mapping[str, Any], user_agent: str, rtt_ms: float | None) -> tuple[str, ...]:
         """The reasons to exclude; empty means the participant passed."""
         reasons = []
         browser = browser_of(user_agent)

@@ -12,7 +12,7 @@ import math
 import secrets
 import time
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Protocol
 
 from transitions.core import EventData
@@ -42,7 +42,7 @@ class Session(Protocol):
     index: int
     outbox: Outbox
     match: Match | None
-    groups: dict[str, str]
+    groups: Mapping[str, str]
     waiting_since: float | None
 
     @property
@@ -324,8 +324,8 @@ class Match:
             self.ready.discard(agent)
             self.reloading.add(agent)
             session.outbox.post(self.message_for(agent))
-            if self.timers.running("reconnect"):  # rebuilding may take as long as the start did
-                self.timers.start("reconnect", self.rules.start_timeout_s, lambda: self.fire("reconnect_timeout"))
+            if self.timers.running("reconnect_timeout"):  # rebuilding may take as long as the start did
+                self.timers.start("reconnect_timeout", self.rules.start_timeout_s, self)
         elif self._open():
             self.fire("rejoin", agent)
         if self.outcome is not None:
@@ -354,10 +354,10 @@ class Match:
             session.outbox.post(self.message_for(agent))
 
     def start_start_timer(self, event: EventData) -> None:
-        self.timers.start("start", self.rules.start_timeout_s, lambda: self.fire("start_timeout"))
+        self.timers.start("start_timeout", self.rules.start_timeout_s, self)
 
     def cancel_start_timer(self, event: EventData) -> None:
-        self.timers.cancel("start")
+        self.timers.cancel("start_timeout")
 
     def note_ready(self, event: EventData) -> None:
         self.ready.add(_args(event)[0])
@@ -385,7 +385,16 @@ class Match:
             self.record("slip", f=self.f, behind_s=round(now - due, 3))  # frames whose inputs could not arrive
             self.started_at = now - self.f * self.period
             due = now + self.period
-        self.timers.start("tick", max(0.0, due - now), self._tick)
+        self.timers.start("tick", max(0.0, due - now), self)
+
+    def expired(self, timer: str) -> None:
+        """A timer of the match's is due: the frame clock and the report deadline run here, the rest are triggers."""
+        if timer == "tick":
+            self._tick()
+        elif timer == "finish":
+            self._reports_overdue()
+        else:
+            self.fire(timer)
 
     def _tick(self) -> None:
         before = self.f
@@ -393,7 +402,7 @@ class Match:
         if not self.lobby.machine.candidates("tick", self.state):
             return  # paused or ended: the next start_ticking schedules again
         if self.f == before:  # nothing was due (a turn not taken yet, the last frame reached): look next period
-            self.timers.start("tick", self.period, self._tick)
+            self.timers.start("tick", self.period, self)
         else:
             self._schedule()
 
@@ -447,10 +456,10 @@ class Match:
         return not self.absent
 
     def start_reconnect_timer(self, event: EventData) -> None:
-        self.timers.start("reconnect", self.rules.reconnect_timeout_s, lambda: self.fire("reconnect_timeout"))
+        self.timers.start("reconnect_timeout", self.rules.reconnect_timeout_s, self)
 
     def cancel_reconnect_timer(self, event: EventData) -> None:
-        self.timers.cancel("reconnect")
+        self.timers.cancel("reconnect_timeout")
 
     def bot_takes_over(self, event: EventData) -> bool:
         return self.rules.on_partner_loss == "bot"
@@ -483,7 +492,7 @@ class Match:
         self.record("report", agent=agent, frames=frames)
         if self.final is None:
             self.final = frames
-            self.timers.start("finish", FINISH_GRACE_S, self._reports_overdue)
+            self.timers.start("finish", FINISH_GRACE_S, self)
 
     def _reports_overdue(self) -> None:
         self.report_deadline_passed = True
@@ -512,7 +521,7 @@ class Match:
         for agent, session in self.players.items():
             if agent in self.bots:
                 continue
-            session.groups[self.scene.scene_id] = self.match_id
+            session.groups = {**session.groups, self.scene.scene_id: self.match_id}
             if session.plan[session.index].instance_id == self.instance_id:  # still at this game (reported or not)
                 session.outbox.post(protocol.match_end(self.match_id, self.outcome, last))
         if self.outcome == "partner_left":

@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import secrets
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -44,6 +44,11 @@ def _discard(record: dict[str, Any]) -> None:
 
 
 TIMEOUT_TRIGGERS = frozenset(t for t in triggers() if t.endswith("_timeout"))
+
+NOTHING: Mapping[str, Any] = {}
+"""What a session's maps start as: one shared empty map (a plain dict, which msgpack packs), not three per
+participant; each is replaced, never changed in place, which also keeps the snapshot writer's by-reference
+comparison true."""
 
 MATCH_TYPES = ("match_ready", "input", "state_hash")
 """What a page sends about its match: the match checks each before the lifecycle takes it."""
@@ -120,11 +125,11 @@ class Session(RegionGuards):
         self.user_agent = user_agent
         self.rtt_ms: float | None = None
         self.participant_id: str | None = None
-        self.params: dict[str, str] = {}
+        self.params: Mapping[str, str] = NOTHING
         self.seed: int | None = None
         self.plan: tuple[Placed, ...] = ()
         self.index = 0
-        self.facts: dict[str, Any] = {}
+        self.facts: Mapping[str, Any] = NOTHING
         self.verdict: tuple[str, ...] = ()
         self.preload_result: str | None = None  # the preload region's answer, kept once the region is left
         self.outcome: str | None = None
@@ -136,7 +141,8 @@ class Session(RegionGuards):
         self.lobby = lobby  # the study's waiting room and matches; only multiplayer scenes need it
         self.match: Match | None = None  # the multiplayer match this participant plays in now
         self.waiting_since: float | None = None  # when they joined the waiting room (kept across a drop)
-        self.groups: dict[str, str] = {}  # scene id -> the match played there, for a matchmaker that reunites
+        # scene id -> the match played there, for a matchmaker that reunites; replaced, never changed in place
+        self.groups: Mapping[str, str] = NOTHING
         self.end_page: EndScene | None = None  # a multiplayer scene's own end page, when it ended the session
         machine.add_model(self)
 
@@ -191,7 +197,7 @@ class Session(RegionGuards):
 
     def begin(self, event: EventData) -> None:
         hello = _message(event)
-        self.params = dict(hello.get("params") or {})
+        self.params = dict(hello["params"]) if hello.get("params") else NOTHING
         self.participant_id = self.claimed_participant(hello) or secrets.token_hex(8)
         self.seed = secrets.randbits(32)
         self.plan = self.experiment.plan(self.seed)
@@ -298,10 +304,10 @@ class Session(RegionGuards):
         lobby = self._the_lobby()
         lobby.join(self)
         waited = lobby.clock.time() - (self.waiting_since or lobby.clock.time())
-        self._start("wait", max(0.0, self._rules().wait_timeout_s - waited), "wait_timeout")
+        self.timers.start("wait_timeout", max(0.0, self._rules().wait_timeout_s - waited), self)
 
     def leave_queue(self, event: EventData) -> None:
-        self.timers.cancel("wait")
+        self.timers.cancel("wait_timeout")
         self._the_lobby().leave(self)
 
     def join_match(self, event: EventData) -> None:
@@ -364,16 +370,16 @@ class Session(RegionGuards):
         """Re-entering a state starts it afresh; put back the regions and timers it had when the socket dropped."""
         self.machine.set_state(self.place, self)
         if not self.screening_pending():
-            self.timers.cancel("screening")
+            self.timers.cancel("screening_timeout")
         if not self.preload_pending():
-            self.timers.cancel("preload")
+            self.timers.cancel("preload_timeout")
         self.place = None
 
     def start_grace_timer(self, event: EventData | None) -> None:
-        self._start("grace", self.timeouts.grace, "grace_expired")
+        self.timers.start("grace_expired", self.timeouts.grace, self)
 
     def cancel_grace_timer(self, event: EventData) -> None:
-        self.timers.cancel("grace")
+        self.timers.cancel("grace_expired")
 
     def note_game_event(self, event: EventData) -> None:
         self.record("game_event", scene_id=self.plan[self.index].instance_id, data=_data(event))
@@ -394,16 +400,16 @@ class Session(RegionGuards):
             self.match = None
 
     def start_screening_timer(self, event: EventData) -> None:
-        self._start("screening", self.timeouts.screening, "screening_timeout")
+        self.timers.start("screening_timeout", self.timeouts.screening, self)
 
     def cancel_screening_timer(self, event: EventData) -> None:
-        self.timers.cancel("screening")
+        self.timers.cancel("screening_timeout")
 
     def start_preload_timer(self, event: EventData) -> None:
-        self._start("preload", self.timeouts.preload, "preload_timeout")
+        self.timers.start("preload_timeout", self.timeouts.preload, self)
 
     def cancel_preload_timer(self, event: EventData) -> None:
-        self.timers.cancel("preload")
+        self.timers.cancel("preload_timeout")
 
     def record_transition(self, event: EventData) -> None:
         transition = event.transition
@@ -442,8 +448,9 @@ class Session(RegionGuards):
         self.record("scene", scene_id=placed.instance_id, scene_type=placed.scene_type, index=self.index, **extra)
         self.outbox.post(views.scene_message(self))
 
-    def _start(self, name: str, delay: float, trigger: str) -> None:
-        self.timers.start(name, delay, self.fire, trigger)
+    def expired(self, timer: str) -> None:
+        """Each of a session's timers is named after the trigger it fires."""
+        self.fire(timer)
 
 
 def _message(event: EventData) -> dict[str, Any]:

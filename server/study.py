@@ -126,6 +126,7 @@ class Study:
         self.machine = SessionMachine()
         self.soon = IOLoop.current().add_callback  # runs a callback once the loop is done with what it is doing now
         self.store = DataStore(config.data_dir, on_failure=self._writes_failing, defer=self.soon)
+        self.save_snapshot = self.store.save_snapshot  # one bound method for every session's writer, not one each
         self.lobby = Lobby(IOLoop.current(), self.store.open_match)
         self.clock = SharedClock(IOLoop.current())  # the sessions' timers: one loop timer for all of them
         self._retrying = False
@@ -248,7 +249,7 @@ class Study:
             "pyodide_config": self.pyodide_config,
             "timeouts": self.config.timeouts,
             "log": sink,
-            "save": SnapshotWriter(self.store.save_snapshot),
+            "save": SnapshotWriter(self.save_snapshot),
             "on_retire": self.retire,
             "lobby": self.lobby,
         }

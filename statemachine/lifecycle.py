@@ -646,6 +646,14 @@ def triggers() -> list[str]:
     return list(dict.fromkeys(t["trigger"] for t in TRANSITIONS))
 
 
+_AWAITING = {
+    (True, True): ("screening", "preload"),
+    (True, False): ("screening",),
+    (False, True): ("preload",),
+    (False, False): (),
+}
+
+
 class RegionGuards:
     """Guards that read the preflight's regions and a parked session's place; they live beside the table."""
 
@@ -694,13 +702,10 @@ class RegionGuards:
     def preload_settled(self, event: EventData | None = None) -> bool:
         return any(_in(PRELOADING, s) in self.state for s in PRELOAD_SETTLED)
 
-    def awaiting(self) -> list[str]:
-        """The reports the server is waiting for from the page now, by the message type that brings each."""
-        return [
-            kind
-            for kind, pending in (("screening", self.screening_pending), ("preload", self.preload_pending))
-            if pending()
-        ]
+    def awaiting(self) -> tuple[str, ...]:
+        """The reports the server is waiting for from the page now, by the message type that brings each (one of
+        four shared tuples: every participant's last `state` message holds it)."""
+        return _AWAITING[self.screening_pending(), self.preload_pending()]
 
 
 _TOP_STATES: dict[tuple[str, ...], tuple[str, dict[str, str]]] = {}

@@ -267,7 +267,7 @@ def test_a_dropped_session_resumes_exactly_where_it_was(machine, clock, situatio
     drive(session, SITUATIONS[situation])
     state, index, timers = session.state, session.index, sorted(session.timers.handles)
     assert session.connection_lost() is Fired.ACCEPTED
-    assert session.state == "disconnected" and sorted(session.timers.handles) == ["grace"]
+    assert session.state == "disconnected" and sorted(session.timers.handles) == ["grace_expired"]
     session.reconnect(sent.append, session.token, session.outbox.seq)
     assert session.state == state and session.index == index and sorted(session.timers.handles) == timers
     assert [(source, dest) for _, source, dest in moves(records)[-2:]] == [
@@ -287,7 +287,7 @@ def test_a_finished_session_lingers_for_the_grace_period_then_retires_with_its_o
     session.on_retire = retired.append
     drive(session, SITUATIONS["completed"])
     assert session.connection_lost() is Fired.ACCEPTED
-    assert session.state == "lingering" and sorted(session.timers.handles) == ["grace"]
+    assert session.state == "lingering" and sorted(session.timers.handles) == ["grace_expired"]
     session.reconnect(sent.append, session.token, 0)  # a page that lost the last message comes back for the code
     assert session.state == "completed" and sent[-1]["state"] == "completed" and not clock.pending
     session.connection_lost()
