@@ -111,8 +111,17 @@ async def handshake_cpu(url: str, n: int, concurrency: int, pid: int, replies: i
     return (cpu_seconds(pid) - cpu0) / n * 1000
 
 
+async def reply(conn: Any) -> dict[str, Any]:
+    frame = await conn.read_message()
+    assert isinstance(frame, bytes), "the server closed the connection"
+    message: dict[str, Any] = protocol.msgpack.unpackb(frame, raw=False)
+    return message
+
+
 async def idle(url: str, n: int, pid: int) -> tuple[list[Any], int]:
-    """Open n sessions that each said `hello` and got their reply, then leave them idle; returns them and the RSS."""
+    """Open n sessions that each said `hello`, got their replies and acknowledged them as the page does (within
+    200 ms), then leave them idle; returns them and the RSS. A client that never acknowledged would leave the
+    server holding each session's first messages for a resend, which no real participant's session does."""
     hello = protocol.encode({"type": "hello"})
     slots = asyncio.Semaphore(200)
     conns: list[Any] = []
@@ -121,7 +130,11 @@ async def idle(url: str, n: int, pid: int) -> tuple[list[Any], int]:
         async with slots:
             conn = await websocket_connect(HTTPRequest(url, headers={"User-Agent": DESKTOP_CHROMIUM["user_agent"]}))
             await conn.write_message(hello, binary=True)
-            assert await conn.read_message() is not None
+            message = await reply(conn)
+            while "seq" in message and message["type"] != "state":
+                message = await reply(conn)
+            if "seq" in message:
+                await conn.write_message(protocol.encode({"type": "ack", "seq": message["seq"]}), binary=True)
             conns.append(conn)
 
     await asyncio.gather(*(one() for _ in range(n)))
