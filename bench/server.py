@@ -1,8 +1,11 @@
 """The server under replayed load, next to a plain Tornado + msgpack echo server measured in the same run.
 
 Run: .venv/bin/python -m bench.server [--runs 3] [--sessions 2000] [--idle 10000]
-Both servers run as subprocesses pinned to one core, the load client on the other; every
-figure is a median over --runs and is also given as a ratio to the echo server's.
+Both servers run as subprocesses pinned to one core, the load client on the other; each figure is taken from
+one server and right after from the other (which goes first alternates by run). Every figure is a median over
+--runs and is also given as a ratio to the echo server's: the ratio of the medians, and the median of each run's
+own ratio (paired: the two figures of a pair were taken a minute apart at most, so a drift of the machine's speed
+between runs cancels).
 Server CPU comes from /proc/<pid>/stat, so it does not depend on how fast the client is.
 """
 
@@ -20,7 +23,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -277,99 +280,94 @@ def main() -> None:
     tmp = Path(tempfile.mkdtemp(prefix="preflight-bench-"))
     py = sys.executable
     results: dict[str, dict[str, list[float]]] = {"preflight": {}, "echo": {}}
+    traces: list[Trace] = []
 
-    def add(server: str, name: str, value: float) -> None:
-        results[server].setdefault(name, []).append(value)
+    def add(server: str, figures: dict[str, float]) -> None:
+        for name, value in figures.items():
+            results[server].setdefault(name, []).append(value)
+
+    def figures(server: str, url: str, pid: int, run: int) -> Iterator[Callable[[], dict[str, float]]]:
+        """Each figure of one server, in the order they are taken; the two servers take each in turn."""
+        echo = server == "echo"
+        played = [t.as_echo() for t in traces] if echo else traces
+        yield lambda: {"handshakes_per_s": asyncio.run(handshakes(url, args.handshakes, 50))}
+        # connect, `hello`, until `experiment_config` and `activate_scene` (two frames), close
+        yield lambda: {
+            "cpu_ms_per_handshake": asyncio.run(handshake_cpu(url + "2" if echo else url, args.handshakes, 50, pid, 2))
+        }
+        for concurrency in (100, 1000):
+            yield lambda c=concurrency: {
+                f"{name}@{c}": value for name, value in measure_replay(played, url, pid, args.sessions, c).items()
+            }
+        # the walk client now plays its game as numbered `steps` batches, which a replay cannot repeat
+        # (a repeated `n` is a resend); the in-game figure is then `cpu_us_per_step@game` alone
+        in_game = [steady(t, args.steady_events) for t in traces if has_game_events(t)]
+        if in_game:
+            played_in_game = [t.as_echo() for t in in_game] if echo else in_game
+            yield lambda: {
+                f"{name}@steady": value
+                for name, value in measure_replay(played_in_game, url, pid, args.sessions // 10, 100).items()
+                if name in ("cpu_us_per_msg", "msgs_per_s")
+            }
+        # in a game: batches of 8 steps, as the page sends them, against the same frames to `/ack`
+        yield lambda: {
+            "cpu_us_per_step@game": asyncio.run(
+                steps_cpu(url.replace("/ws", "/ack") if echo else url, pid, 50, args.step_batches, 8, echo)
+            )
+        }
+        if run == 0:
+            yield lambda: asyncio.run(memory(url, pid))
+
+    async def memory(url: str, pid: int) -> dict[str, float]:
+        # RSS never shrinks back (the allocator keeps its arenas), so "nothing left behind"
+        # is measured as reuse: the same number of sessions again must not need more memory.
+        base = rss_bytes(pid)
+        held = []
+        for _ in range(3):
+            conns, rss = await idle(url, args.idle, pid)
+            held.append(rss)
+            await close_all(conns)
+        return {
+            "bytes_per_idle_session": (held[0] - base) / args.idle,
+            "bytes_grown_per_session_rounds_1_to_3": (held[2] - held[0]) / args.idle,
+        }
 
     try:
         writes = write_cost(200_000, 2_000, tmp / "writes")
         for run in range(args.runs):
-            for server in ("preflight", "echo"):
-                port = free_port()
-                argv = (
-                    [
-                        py,
-                        "-m",
-                        "server",
-                        "--port",
-                        str(port),
-                        "--data-dir",
-                        str(tmp / f"data-{run}"),
-                        "--experiment",
-                        str(ROOT / "bench" / "experiment.py"),
-                        "--rate-limit",
-                        "100000",
-                        *ONE_ADDRESS_IS_MANY,
-                        "--grace",
-                        str(GRACE),
-                    ]
-                    if server == "preflight"
-                    else [py, "-m", "bench.echo", "--port", str(port)]
-                )
-                url = f"ws://127.0.0.1:{port}/ws"
-                with started(argv, port) as proc:
-                    if server == "preflight" and run == 0:
-                        for n in range(20):
-                            asyncio.run(walk(url, participant_id=f"bench-{n}"))
-                        traces = load([tmp / "data-0"])
-                    played = traces if server == "preflight" else [t.as_echo() for t in traces]
-                    add(server, "handshakes_per_s", asyncio.run(handshakes(url, args.handshakes, 50)))
-                    # connect, `hello`, until `experiment_config` and `activate_scene` (two frames), close
-                    add(
-                        server,
-                        "cpu_ms_per_handshake",
-                        asyncio.run(
-                            handshake_cpu(url if server == "preflight" else url + "2", args.handshakes, 50, proc.pid, 2)
-                        ),
-                    )
-                    for concurrency in (100, 1000):
-                        figures = measure_replay(played, url, proc.pid, args.sessions, concurrency)
-                        for name, value in figures.items():
-                            add(server, f"{name}@{concurrency}", value)
-                    # the walk client now plays its game as numbered `steps` batches, which a replay cannot repeat
-                    # (a repeated `n` is a resend); the in-game figure is then `cpu_us_per_step@game` alone
-                    in_game = [steady(t, args.steady_events) for t in traces if has_game_events(t)]
-                    if in_game:
-                        figures = measure_replay(
-                            in_game if server == "preflight" else [t.as_echo() for t in in_game],
-                            url,
-                            proc.pid,
-                            args.sessions // 10,
-                            100,
-                        )
-                        add(server, "cpu_us_per_msg@steady", figures["cpu_us_per_msg"])
-                        add(server, "msgs_per_s@steady", figures["msgs_per_s"])
-                    # in a game: batches of 8 steps, as the page sends them, against the same frames to `/ack`
-                    add(
-                        server,
-                        "cpu_us_per_step@game",
-                        asyncio.run(
-                            steps_cpu(
-                                url if server == "preflight" else url.replace("/ws", "/ack"),
-                                proc.pid,
-                                50,
-                                args.step_batches,
-                                8,
-                                server == "echo",
-                            )
-                        ),
-                    )
-                    if run == 0:
-                        base = rss_bytes(proc.pid)
-
-                        async def memory() -> None:
-                            # RSS never shrinks back (the allocator keeps its arenas), so "nothing left behind"
-                            # is measured as reuse: the same number of sessions again must not need more memory.
-                            held = []
-                            for _ in range(3):
-                                conns, rss = await idle(url, args.idle, proc.pid)
-                                held.append(rss)
-                                await close_all(conns)
-                            add(server, "bytes_per_idle_session", (held[0] - base) / args.idle)
-                            add(server, "bytes_grown_per_session_rounds_1_to_3", (held[2] - held[0]) / args.idle)
-
-                        asyncio.run(memory())
-                print(f"run {run + 1}/{args.runs} {server} done", file=sys.stderr, flush=True)
+            ports = {"preflight": free_port(), "echo": free_port()}
+            preflight_argv = [
+                py,
+                "-m",
+                "server",
+                "--port",
+                str(ports["preflight"]),
+                "--data-dir",
+                str(tmp / f"data-{run}"),
+                "--experiment",
+                str(ROOT / "bench" / "experiment.py"),
+                "--rate-limit",
+                "100000",
+                *ONE_ADDRESS_IS_MANY,
+                "--grace",
+                str(GRACE),
+            ]
+            echo_argv = [py, "-m", "bench.echo", "--port", str(ports["echo"])]
+            urls = {server: f"ws://127.0.0.1:{port}/ws" for server, port in ports.items()}
+            with started(preflight_argv, ports["preflight"]) as preflight, started(echo_argv, ports["echo"]) as echo:
+                if run == 0:
+                    for n in range(20):
+                        asyncio.run(walk(urls["preflight"], participant_id=f"bench-{n}"))
+                    traces[:] = load([tmp / "data-0"])
+                # both servers wait on the same core; each figure is taken from one, then at once from the other
+                # (which goes first alternates by run), so a drift of the machine's speed hits both alike
+                order = ("preflight", "echo") if run % 2 == 0 else ("echo", "preflight")
+                pids = {"preflight": preflight.pid, "echo": echo.pid}
+                steps = {server: figures(server, urls[server], pids[server], run) for server in order}
+                for pair in zip(*steps.values(), strict=True):
+                    for server, measure in zip(order, pair, strict=True):
+                        add(server, measure())
+            print(f"run {run + 1}/{args.runs} done", file=sys.stderr, flush=True)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     report(results, writes, args)
@@ -383,12 +381,14 @@ def report(results: dict[str, dict[str, list[float]]], writes: dict[str, float],
         f"cpu {CLIENT_CPU}; medians of {args.runs} runs; {args.sessions} replayed sessions per figure; "
         f"memory from one run of {args.idle} idle sessions"
     )
-    print("| figure | Preflight | echo | ratio |")
-    print("|---|---:|---:|---:|")
+    print("| figure | Preflight | echo | ratio | paired ratio |")
+    print("|---|---:|---:|---:|---:|")
     for key in sorted(p):
         if key in e:
             ratio = p[key] / e[key] if e[key] else float("nan")
-            print(f"| {key} | {p[key]:,.2f} | {e[key]:,.2f} | {ratio:.2f} |")
+            pairs = [a / b for a, b in zip(results["preflight"][key], results["echo"][key], strict=True) if b]
+            paired = statistics.median(pairs) if pairs else float("nan")
+            print(f"| {key} | {p[key]:,.2f} | {e[key]:,.2f} | {ratio:.2f} | {paired:.2f} |")
     print(
         f"recorded frame write: p50 {writes['p50_us']:.1f} µs, p99 {writes['p99_us']:.1f} µs, "
         f"p99.9 {writes['p999_us']:.1f} µs, max {writes['max_us']:.0f} µs"
