@@ -29,8 +29,8 @@ from typing import Any
 from tornado.httpclient import HTTPRequest
 from tornado.websocket import WebSocketClientConnection, WebSocketClosedError, websocket_connect
 
-from bench.faults import ONE_ADDRESS_IS_MANY, rss_kb
-from client.harness import ROOT, start_server, stop_server
+from bench.faults import rss_kb
+from client.harness import ONE_ADDRESS_IS_MANY, ROOT, start_server, stop_server
 from client.participant import DESKTOP_CHROMIUM
 from client.runner import _closed_is_fine
 from server import protocol

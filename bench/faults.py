@@ -22,14 +22,12 @@ import urllib.request
 from collections import Counter
 from pathlib import Path
 
-from client.harness import sessions_by_participant, start_server, stop_server
+from client.harness import ONE_ADDRESS_IS_MANY, sessions_by_participant, start_server, stop_server
 from client.participant import walk
 
 STEPS = 3
 GRACE = 10  # seconds; a 1,000-participant crowd on 2 shared cores takes seconds to reconnect
 TOKEN = secrets.token_urlsafe(24)
-ONE_ADDRESS_IS_MANY = ("--sessions-per-ip", "1000000", "--max-connections-per-ip", "1000000")
-"""A load test's crowd comes from one address; a real one comes from many, so the per-address limits are lifted."""
 
 
 def live_sessions(url: str) -> int:

@@ -28,8 +28,8 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from bench.faults import ONE_ADDRESS_IS_MANY, rss_kb
-from client.harness import ROOT, start_server, stop_server
+from bench.faults import rss_kb
+from client.harness import ONE_ADDRESS_IS_MANY, ROOT, start_server, stop_server
 from client.participant import walk
 
 TOKEN = secrets.token_urlsafe(24)

@@ -34,9 +34,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.faults import ONE_ADDRESS_IS_MANY
 from bench.server import CLIENT_CPU, cpu_seconds, started
-from client.harness import ROOT, free_port
+from client.harness import ONE_ADDRESS_IS_MANY, ROOT, free_port
 from client.lockstep import Lockstep
 from client.participant import ProtocolClient, walk
 from client.stats import percentile

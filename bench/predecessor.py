@@ -36,9 +36,8 @@ from typing import Any
 
 from tornado.httpclient import AsyncHTTPClient
 
-from bench.faults import ONE_ADDRESS_IS_MANY
 from bench.server import CLIENT_CPU, cpu_seconds, rss_bytes, started
-from client.harness import ROOT, free_port
+from client.harness import ONE_ADDRESS_IS_MANY, ROOT, free_port
 from client.participant import DESKTOP_CHROMIUM, ProtocolClient
 from client.stats import percentile
 

@@ -31,8 +31,7 @@ from typing import Any
 from tornado.httpclient import HTTPRequest
 from tornado.websocket import websocket_connect
 
-from bench.faults import ONE_ADDRESS_IS_MANY
-from client.harness import ROOT, free_port
+from client.harness import ONE_ADDRESS_IS_MANY, ROOT, free_port
 from client.participant import DESKTOP_CHROMIUM, ProtocolClient, walk
 from client.runner import replay
 from client.stats import percentile

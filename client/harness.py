@@ -21,6 +21,8 @@ if TYPE_CHECKING:
 
 ROOT = Path(__file__).resolve().parent.parent
 SERVER_START_S = 30.0
+ONE_ADDRESS_IS_MANY = ("--sessions-per-ip", "1000000", "--max-connections-per-ip", "1000000")
+"""A load test's crowd comes from one address; a real one comes from many, so the per-address limits are lifted."""
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [
     "--headless",
