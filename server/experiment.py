@@ -10,7 +10,7 @@ import random
 import re
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from functools import cached_property
+from functools import cached_property, lru_cache
 from typing import Any
 
 from .agents import Agent, Bot, Human, PythonPolicy
@@ -391,11 +391,13 @@ class Experiment:
         return {"needs_pyodide": bool(games), "packages_to_install": packages}
 
     @staticmethod
-    def episode_seeds(seed: int, index: int, episodes: int) -> list[int]:
+    @lru_cache(maxsize=64)
+    def episode_seeds(seed: int, index: int, episodes: int) -> tuple[int, ...]:
         """The seeds a game scene resets its episodes with: derived from the participant's recorded seed, so an
-        episode can be replayed offline."""
+        episode can be replayed offline. Kept for a moment: a scene's record and its message each ask for them,
+        and seeding a generator from text costs more than the rest of the scene's start."""
         rng = random.Random(f"{seed}:{index}")
-        return [rng.randrange(2**31) for _ in range(episodes)]
+        return tuple(rng.randrange(2**31) for _ in range(episodes))
 
     @cached_property
     def _one_order(self) -> tuple[Placed, ...] | None:

@@ -10,7 +10,7 @@ import enum
 import math
 import operator
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from itertools import chain
 from typing import Any
@@ -483,7 +483,7 @@ def match(
     scene_id: str,
     agent: str,
     agents: dict[str, Any],
-    seeds: list[int],
+    seeds: Sequence[int],
     input_delay: int,
     fps: int,
     hash_every: int,

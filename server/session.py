@@ -433,7 +433,7 @@ class Session(RegionGuards):
 
     # -- helpers ----------------------------------------------------------------------------
 
-    def episode_seeds(self) -> list[int] | None:
+    def episode_seeds(self) -> tuple[int, ...] | None:
         """This scene's episode seeds, if it is a game."""
         scene = self.plan[self.index].scene
         if not isinstance(scene, GymScene) or self.seed is None:

@@ -11,9 +11,10 @@ import time
 from collections import Counter
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 from tornado.ioloop import IOLoop
+from tornado.platform.asyncio import BaseAsyncIOLoop
 
 from statemachine import SessionMachine
 
@@ -124,7 +125,9 @@ class Study:
         if self.stdlib is not None:
             self.pyodide_config["stdlib_url"] = f"{STDLIB_URL}{self.stdlib.parent.name}/{self.stdlib.name}"
         self.machine = SessionMachine()
-        self.soon = IOLoop.current().add_callback  # runs a callback once the loop is done with what it is doing now
+        # Runs a callback once the loop is done with what it is doing now: asyncio's own `call_soon`, which Tornado's
+        # `add_callback` wraps in a partial and a thread check on every call (several per participant message).
+        self.soon = cast(BaseAsyncIOLoop, IOLoop.current()).asyncio_loop.call_soon
         self.store = DataStore(config.data_dir, on_failure=self._writes_failing, defer=self.soon)
         self.save_snapshot = self.store.save_snapshot  # one bound method for every session's writer, not one each
         self.lobby = Lobby(IOLoop.current(), self.store.open_match)
