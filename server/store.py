@@ -116,8 +116,15 @@ class FilePool:
         return due
 
     def unhold(self, due: bool) -> None:
-        """The event `hold` began is done: write what it gathered."""
-        self.flush()
+        """The event `hold` began is done. What it gathered is written before anything is sent (sending writes it)
+        and at the latest on the loop's next turn, with what later events of this turn gather: messages read
+        together that send nothing back (a page's batches of steps) cost one write, not one each."""
+        if self._gathered and not due:
+            if self.defer is None:
+                self.flush()
+            else:
+                self.defer(self._scheduled_flush)
+                due = True
         self._flush_due = due
 
     def _scheduled_flush(self) -> None:

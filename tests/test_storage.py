@@ -136,15 +136,25 @@ def test_what_one_event_records_is_written_once_per_file_the_journal_last(tmp_pa
     assert [r["i"] for r in read_records(log.path)] == [0, 1]
     assert [r["i"] for r in read_records(store.journal)] == [0, 1]
 
-    due = store.pool.hold()  # an event the caller flushes itself: nothing scheduled
+    due = store.pool.hold()  # an event: nothing is scheduled while it is handled
     log({"kind": "n", "i": 2})
-    assert scheduled == []
+    store.pool.flush()  # it sends something: what it recorded is written first
     store.pool.unhold(due)
     assert [r["i"] for r in read_records(log.path)] == [0, 1, 2] and scheduled == []
 
-    log({"kind": "n", "i": 3})
+    for i in (3, 4):  # two events of one turn that send nothing (batches of steps): one write, on the next turn
+        due = store.pool.hold()
+        log({"kind": "n", "i": i})
+        store.pool.unhold(due)
+    assert [r["i"] for r in read_records(log.path)] == [0, 1, 2] and len(scheduled) == 1
+    writes.clear()
+    scheduled.pop()()
+    assert [Path(path).name for path, _ in writes] == [Path(log.path).name]
+    assert [r["i"] for r in read_records(log.path)] == [0, 1, 2, 3, 4]
+
+    log({"kind": "n", "i": 5})
     log.close()  # a closed file gets what was gathered for it first, and keeps no descriptor
-    assert [r["i"] for r in read_records(log.path)] == [0, 1, 2, 3] and store.pool.open_files == 0
+    assert [r["i"] for r in read_records(log.path)] == [0, 1, 2, 3, 4, 5] and store.pool.open_files == 0
     scheduled.pop()()
     assert store.pool.open_files == 0
 
