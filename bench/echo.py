@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+from pathlib import Path
 
 import msgpack
 import tornado.web
@@ -36,13 +37,24 @@ class Ack(Echo):
         self.write_message(msgpack.packb({"type": "received", "n": message.get("n")}, use_bin_type=True), binary=True)
 
 
+class Page(tornado.web.RequestHandler):
+    """`/`: the participant page's file as it is on disk, for flows that start with a page GET (bench.predecessor)."""
+
+    def initialize(self, body: bytes) -> None:
+        self.body = body
+
+    def get(self) -> None:
+        self.set_header("Content-Type", "text/html; charset=utf-8")
+        self.finish(self.body)
+
+
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--port", type=int, required=True)
     args = parser.parse_args()
-    tornado.web.Application([(r"/ws", Echo), (r"/ws2", Twice), (r"/ack", Ack)], websocket_ping_interval=15.0).listen(
-        args.port, "127.0.0.1"
-    )
+    page = (Path(__file__).resolve().parent.parent / "client" / "web" / "index.html").read_bytes()
+    routes = [(r"/", Page, {"body": page}), (r"/ws", Echo), (r"/ws2", Twice), (r"/ack", Ack)]
+    tornado.web.Application(routes, websocket_ping_interval=15.0).listen(args.port, "127.0.0.1")
     print(f"echo on 127.0.0.1:{args.port}", flush=True)
     await asyncio.Event().wait()
 

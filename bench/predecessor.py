@@ -10,7 +10,10 @@ Preflight runs the built-in example without its round-trip-time rule (`python -m
 bench/experiment.py`: on a loaded machine some participants measure over the example's 1 s and are rightly
 excluded), walked by `ProtocolClient` in this process; the predecessor
 runs `bench/predecessor_server.py` (a start scene, one static scene, an end scene), walked by
-`bench/predecessor_client.py` over Socket.IO's WebSocket transport in a process of its own.
+`bench/predecessor_client.py` over Socket.IO's WebSocket transport in a process of its own. A third server, the
+plain Tornado + msgpack one of `bench/echo.py` (the page's file at `/`, every frame sent back), gets Preflight's
+participant's nine messages one round trip at a time: what any Tornado server spends on those round trips, so the
+floor under Preflight's figure and the most that "cheaper than the predecessor" can reach on them.
 Every round starts a fresh server of each kind (the order alternates), pinned to one core with the clients on the
 other, warms it with a few participants, then measures: server CPU (utime + stime from /proc) per participant,
 the advance's round trip p50, and server RSS growth per participant (held after the participants left, and peak).
@@ -50,7 +53,20 @@ VENV_COMMAND = (
 GRACE = 2.0  # Preflight keeps a closed session this long for a resume; the settle below lets every one of them end
 SETTLE = GRACE + 1.5
 WARM = 10
-PREFLIGHT, PREDECESSOR = "Preflight", "interactive-gym 0.1.1"
+PREFLIGHT, PREDECESSOR, PLAIN = "Preflight", "interactive-gym 0.1.1", "plain Tornado"
+KINDS = (PREFLIGHT, PREDECESSOR, PLAIN)
+PLAIN_WALK: tuple[dict[str, Any], ...] = (
+    {"type": "hello"},
+    {"type": "ack", "seq": 3},
+    {"type": "screening", "facts": DESKTOP_CHROMIUM},
+    {"type": "ack", "seq": 4},
+    {"type": "preload", "status": "loading", "stage": "runtime", "elapsed_ms": 0, "n": 1},
+    {"type": "preload", "status": "ready", "elapsed_ms": 1, "n": 2},
+    {"type": "ack", "seq": 5},
+    {"type": "ack", "seq": 6},
+    {"type": "advance"},
+)
+"""The messages Preflight's participant sends in `preflight_participant` (five, and four acks), last the timed one."""
 
 
 def venv_problem(venv: Path) -> str | None:
@@ -137,7 +153,28 @@ async def preflight_participant(base: str, timeout: float, round_trips: list[flo
         await client.aclose()
 
 
-async def preflight_flow(base: str, participants: int, concurrency: int, timeout: float) -> dict[str, Any]:
+async def plain_participant(base: str, timeout: float, round_trips: list[float]) -> None:
+    """Preflight's participant's page GET and messages to a server that sends each message back, one at a time."""
+    http = AsyncHTTPClient()
+    page = await http.fetch(
+        f"http://{base}/", headers={"User-Agent": DESKTOP_CHROMIUM["user_agent"]}, request_timeout=timeout
+    )
+    if page.code != 200:
+        raise RuntimeError(f"page GET answered {page.code}")
+    client = await ProtocolClient.connect(f"ws://{base}/ws", timeout=timeout)
+    try:
+        for message in PLAIN_WALK:
+            sent_at = time.perf_counter()
+            await client.send(message)
+            if await client.recv() != message:
+                raise RuntimeError(f"the plain server did not send back {message['type']}")
+        round_trips.append((time.perf_counter() - sent_at) * 1000)
+    finally:
+        await client.aclose()
+
+
+async def walk_flow(kind: str, base: str, participants: int, concurrency: int, timeout: float) -> dict[str, Any]:
+    participant = preflight_participant if kind == PREFLIGHT else plain_participant
     AsyncHTTPClient.configure(None, max_clients=concurrency)
     slots = asyncio.Semaphore(concurrency)
     round_trips: list[float] = []
@@ -146,7 +183,7 @@ async def preflight_flow(base: str, participants: int, concurrency: int, timeout
     async def one() -> None:
         async with slots:
             try:
-                await asyncio.wait_for(preflight_participant(base, timeout, round_trips), timeout * 4)
+                await asyncio.wait_for(participant(base, timeout, round_trips), timeout * 4)
             except Exception as exc:  # a failed participant is counted, not fatal
                 errors.append(f"{type(exc).__name__}: {exc}")
 
@@ -161,8 +198,8 @@ async def preflight_flow(base: str, participants: int, concurrency: int, timeout
     }
 
 
-async def page_gets(base: str, preflight: bool, n: int, concurrency: int, timeout: float) -> None:
-    """`n` GETs of a participant's page, `concurrency` at once: Preflight's `/`, the predecessor's `/<subject_id>`
+async def page_gets(base: str, predecessor: bool, n: int, concurrency: int, timeout: float) -> None:
+    """`n` GETs of a participant's page, `concurrency` at once: `/`, or the predecessor's `/<subject_id>`
     (which builds that participant's stager, as its page GET does in the flow)."""
     AsyncHTTPClient.configure(None, max_clients=concurrency)
     http = AsyncHTTPClient()
@@ -170,7 +207,7 @@ async def page_gets(base: str, preflight: bool, n: int, concurrency: int, timeou
 
     async def one(i: int) -> None:
         async with slots:
-            path = "/" if preflight else f"/bench-page-{i}"
+            path = f"/bench-page-{i}" if predecessor else "/"
             page = await http.fetch(
                 f"http://{base}{path}", headers={"User-Agent": DESKTOP_CHROMIUM["user_agent"]}, request_timeout=timeout
             )
@@ -225,6 +262,8 @@ def measure(kind: str, args: argparse.Namespace, participants: int, tmp: Path, p
             "--grace",
             str(GRACE),
         ]
+    elif kind == PLAIN:
+        argv = [sys.executable, "-m", "bench.echo", "--port", str(port)]
     else:
         argv = [
             str(python),
@@ -236,9 +275,9 @@ def measure(kind: str, args: argparse.Namespace, participants: int, tmp: Path, p
         ]
 
     def flow(n: int) -> dict[str, Any]:
-        if kind == PREFLIGHT:
-            return asyncio.run(preflight_flow(base, n, args.concurrency, args.timeout))
-        return predecessor_flow(python, base, n, args.concurrency, args.timeout, args.pings)
+        if kind == PREDECESSOR:
+            return predecessor_flow(python, base, n, args.concurrency, args.timeout, args.pings)
+        return asyncio.run(walk_flow(kind, base, n, args.concurrency, args.timeout))
 
     with started(argv, port) as proc:
         warm = flow(WARM)
@@ -254,7 +293,7 @@ def measure(kind: str, args: argparse.Namespace, participants: int, tmp: Path, p
         cpu1, rss1, peak1 = cpu_seconds(proc.pid), rss_bytes(proc.pid), peak_rss_bytes(proc.pid)
         # the page GET alone, with the same client for both: how much of the participant's cost is the page
         cpu2 = cpu_seconds(proc.pid)
-        asyncio.run(page_gets(base, kind == PREFLIGHT, participants, args.concurrency, args.timeout))
+        asyncio.run(page_gets(base, kind == PREDECESSOR, participants, args.concurrency, args.timeout))
         page_cpu = cpu_seconds(proc.pid) - cpu2
     shutil.rmtree(workdir, ignore_errors=True)
     if result["failed"]:
@@ -289,22 +328,33 @@ def report(
         f"concurrency {args.concurrency}; medians of {args.rounds} alternating rounds; "
         f"1-min load average {load[0]:.1f} at the start, {load[1]:.1f} at the end"
     )
-    print(f"| participants | figure | {PREFLIGHT} | {PREDECESSOR} | predecessor / Preflight |")
-    print("|---:|---|---:|---:|---:|")
+    print(
+        f"| participants | figure | {PREFLIGHT} | {PREDECESSOR} | {PLAIN} "
+        "| predecessor / Preflight | predecessor / plain |"
+    )
+    print("|---:|---|---:|---:|---:|---:|---:|")
+
+    def median(size: int, kind: str, key: str) -> float:
+        return statistics.median(r[key] for r in results[size, kind])
+
+    def ratio(a: float, b: float) -> str:
+        return f"{a / b:.2f}" if b > 0 else "n/a"
+
     for size in args.sizes:
         for key, label in FIGURES:
-            p = statistics.median(r[key] for r in results[size, PREFLIGHT])
-            q = statistics.median(r[key] for r in results[size, PREDECESSOR])
-            ratio = f"{q / p:.2f}" if p > 0 else "n/a"
+            p, q, e = (median(size, kind, key) for kind in KINDS)
             bold = "**" if key == "cpu_ms" else ""
-            print(f"| {size:,} | {label} | {p:,.2f} | {q:,.2f} | {bold}{ratio}{bold} |")
+            print(
+                f"| {size:,} | {label} | {p:,.2f} | {q:,.2f} | {e:,.2f} "
+                f"| {bold}{ratio(q, p)}{bold} | {bold}{ratio(q, e)}{bold} |"
+            )
     for size in args.sizes:
-        p = statistics.median(r["cpu_ms"] for r in results[size, PREFLIGHT])
-        q = statistics.median(r["cpu_ms"] for r in results[size, PREDECESSOR])
+        p, q, e = (median(size, kind, "cpu_ms") for kind in KINDS)
         verdict = "met" if q >= 3 * p else "not met"
         print(
-            f"{size:,} participants: Preflight {q / p:.2f}x cheaper in server CPU per participant "
-            f"(goal >= 3x: {verdict})"
+            f"{size:,} participants: Preflight {ratio(q, p)}x cheaper in server CPU per participant "
+            f"(goal >= 3x: {verdict}); the plain server on the same round trips {ratio(q, e)}x, "
+            f"Preflight / plain {ratio(p, e)}x"
         )
     raw = {
         f"{kind} @{size}": {k: [round(r[k], 2) for r in rs] for k, _ in FIGURES} for (size, kind), rs in results.items()
@@ -342,7 +392,8 @@ def main() -> None:
     try:
         for round_ in range(args.rounds):
             for i, size in enumerate(args.sizes):
-                order = (PREFLIGHT, PREDECESSOR) if (round_ + i) % 2 == 0 else (PREDECESSOR, PREFLIGHT)
+                first = (round_ + i) % len(KINDS)
+                order = KINDS[first:] + KINDS[:first]
                 for kind in order:
                     figures = measure(kind, args, size, tmp, python)
                     results.setdefault((size, kind), []).append(figures)
