@@ -108,15 +108,19 @@ def peak_rss_bytes(pid: int) -> int:
     raise RuntimeError("no VmHWM")
 
 
-async def preflight_participant(base: str, timeout: float, round_trips: list[float]) -> None:
-    """The walk client's steps up to the first advance: hello, screening, preload loading and ready, advance."""
-    http = AsyncHTTPClient()
-    page = await http.fetch(
+async def page_and_socket(base: str, timeout: float) -> ProtocolClient:
+    """A participant's first two steps on either Tornado server: the page at `/`, then the socket at `/ws`."""
+    page = await AsyncHTTPClient().fetch(
         f"http://{base}/", headers={"User-Agent": DESKTOP_CHROMIUM["user_agent"]}, request_timeout=timeout
     )
     if page.code != 200:
         raise RuntimeError(f"page GET answered {page.code}")
-    client = await ProtocolClient.connect(f"ws://{base}/ws", timeout=timeout)
+    return await ProtocolClient.connect(f"ws://{base}/ws", timeout=timeout)
+
+
+async def preflight_participant(base: str, timeout: float, round_trips: list[float]) -> None:
+    """The walk client's steps up to the first advance: hello, screening, preload loading and ready, advance."""
+    client = await page_and_socket(base, timeout)
     try:
         await client.send({"type": "hello"})
         reported: set[str] = set()
@@ -155,13 +159,7 @@ async def preflight_participant(base: str, timeout: float, round_trips: list[flo
 
 async def plain_participant(base: str, timeout: float, round_trips: list[float]) -> None:
     """Preflight's participant's page GET and messages to a server that sends each message back, one at a time."""
-    http = AsyncHTTPClient()
-    page = await http.fetch(
-        f"http://{base}/", headers={"User-Agent": DESKTOP_CHROMIUM["user_agent"]}, request_timeout=timeout
-    )
-    if page.code != 200:
-        raise RuntimeError(f"page GET answered {page.code}")
-    client = await ProtocolClient.connect(f"ws://{base}/ws", timeout=timeout)
+    client = await page_and_socket(base, timeout)
     try:
         for message in PLAIN_WALK:
             sent_at = time.perf_counter()
