@@ -14,7 +14,7 @@ runs `bench/predecessor_server.py` (a start scene, one static scene, an end scen
 plain Tornado + msgpack one of `bench/echo.py` (the page's file at `/`, every frame sent back), gets Preflight's
 participant's nine messages one round trip at a time: what any Tornado server spends on those round trips, so the
 floor under Preflight's figure and the most that "cheaper than the predecessor" can reach on them.
-Every round starts a fresh server of each kind (the order alternates), pinned to one core with the clients on the
+Every round starts a fresh server of each kind (the order rotates), pinned to one core with the clients on the
 other, warms it with a few participants, then measures: server CPU (utime + stime from /proc) per participant,
 the advance's round trip p50, and server RSS growth per participant (held after the participants left, and peak).
 Figures are medians over the rounds.
@@ -323,7 +323,7 @@ def report(
 ) -> None:
     print(
         f"python {sys.version.split()[0]}; {os.cpu_count()} cpus; servers pinned to one core, clients to the other; "
-        f"concurrency {args.concurrency}; medians of {args.rounds} alternating rounds; "
+        f"concurrency {args.concurrency}; medians of {args.rounds} rotating rounds; "
         f"1-min load average {load[0]:.1f} at the start, {load[1]:.1f} at the end"
     )
     print(
