@@ -93,7 +93,10 @@ def test_the_readmes_study_is_played_to_the_end_and_its_export_replays(context, 
         page = context.new_page()
         enter_game(page, url, "readme")
         page.keyboard.down("ArrowRight")  # held: the square moves every tick while the key is down
-        page.wait_for_function("window.__preflight.steps >= 5", timeout=STEP_MS)
+        # Counted from the key, not from the game's start: ticks already played (or in flight to the page when the
+        # key went down) would otherwise end the hold early; two ticks spare for the key's way to the worker.
+        held_from = page.evaluate("window.__preflight.steps")
+        page.wait_for_function(f"window.__preflight.steps >= {held_from + 7}", timeout=STEP_MS)
         page.keyboard.up("ArrowRight")
         state_is(page, "ready", scene_id="walk")  # two episodes of 30 ticks, then game_over
         page.click("#advance")
