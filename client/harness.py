@@ -5,6 +5,7 @@ One copy, so that a test and a benchmark always start the server, the browser an
 
 from __future__ import annotations
 
+import signal
 import socket
 import subprocess
 import sys
@@ -65,6 +66,13 @@ def start_server(data_dir: Path, *flags: str, port: int | None = None) -> tuple[
         stop_server(proc)
         raise RuntimeError(f"server did not start: {log.read_text()}")
     return proc, f"http://127.0.0.1:{port}/"
+
+
+def crash_and_restart(proc: subprocess.Popen[bytes], data_dir: Path, url: str, *flags: str) -> subprocess.Popen[bytes]:
+    """`kill -9` the server, then start it again on the same data and port: a crash, and the restart after it."""
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=10)
+    return start_server(data_dir, *flags, port=int(url.rsplit(":", 1)[1].strip("/")))[0]
 
 
 def stop_server(proc: subprocess.Popen[bytes]) -> None:

@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import asyncio
-import signal
 
 import pytest
 
-from client.harness import start_server
+from client.harness import crash_and_restart, start_server
 from client.participant import DESKTOP_CHROMIUM, ProtocolClient
 from server.export import export
 from server.store import read_records
@@ -88,10 +87,8 @@ async def test_a_bad_number_is_refused(connect, n):
 
 async def killed_and_back(proc, data, url: str, client: ProtocolClient, token: str):
     """`kill -9` the server, start it again on the same data and port, and resume `client`'s session there."""
-    proc.send_signal(signal.SIGKILL)
-    proc.wait(timeout=10)
+    proc = crash_and_restart(proc, data, url)
     client.close()
-    proc, _ = start_server(data, port=int(url.rsplit(":", 1)[1].strip("/")))
     back = await ProtocolClient.connect(url.replace("http", "ws") + "ws")
     back.carry_over(client)
     await back.send({"type": "hello", "resume_token": token, "last_seq": back.last_seq})

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import asyncio
-import signal
 
 import msgpack
 import pytest
 from tornado.httpclient import HTTPClientError
 
-from client.harness import start_server
+from client.harness import crash_and_restart, start_server
 from client.participant import DESKTOP_CHROMIUM, ProtocolClient, walk
 from server.session import Timeouts
 from server.store import DataStore, read_records
@@ -251,11 +250,9 @@ def test_after_kill_9_and_a_restart_participants_resume_where_they_were(tmp_path
         await ready.until_state("ready")
         assert (await walk(ws, participant_id="done-2"))["outcome"] == "completed"
 
-        proc.send_signal(signal.SIGKILL)
-        proc.wait(timeout=10)
+        proc = crash_and_restart(proc, data, url)
         assert await ready.recv() is None
         await ready.aclose()
-        proc, _ = start_server(data, port=int(url.rsplit(":", 1)[1].strip("/")))
 
         back = await ProtocolClient.connect(ws)
         await back.send({"type": "hello", "resume_token": token, "last_seq": ready.last_seq})
