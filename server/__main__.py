@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import logging
 import sys
 from pathlib import Path
@@ -26,7 +27,15 @@ from .session import Timeouts
 def _positive(text: str) -> float:
     value = float(text)
     if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be a positive number of seconds, got {text}")
+        raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
+    return value
+
+
+def _port(text: str) -> int:
+    """A port the socket layer takes as given: a larger number would wrap around to another port unnoticed."""
+    value = int(text)
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"must be a port number from 0 to 65535 (0: any free port), got {text}")
     return value
 
 
@@ -57,7 +66,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--version", action="version", version=f"Preflight {__version__}")
     parser.add_argument("--host", default="127.0.0.1", help="interface to listen on (default: %(default)s)")
-    parser.add_argument("--port", type=int, default=8888, help="port to listen on (default: %(default)s)")
+    parser.add_argument(
+        "--port", type=_port, default=8888, help="port to listen on; 0 picks a free one (default: %(default)s)"
+    )
     parser.add_argument(
         "--experiment",
         default=DEFAULT,
@@ -280,18 +291,23 @@ def main(argv: list[str] | None = None) -> int:
 
 async def _serve(config: Config, generated_token: bool) -> int:
     try:
-        app = make_app(config)
-    except RuntimeSetupError as exc:
-        print(f"python -m server: error: {exc}", file=sys.stderr)
-        return 2
-    settle_collector()
-    soft, hard = raise_descriptor_limit()
-    logging.getLogger("preflight").info("open-file limit: %s (hard %s)", soft, hard)
-    try:
         sockets = bind_sockets(config.port, config.host)
     except OSError as exc:
         print(f"python -m server: error: cannot listen on {config.host}:{config.port}: {exc.strerror}", file=sys.stderr)
         return 2
+    if config.port == 0:  # the app's own URLs (the package index) and the ones printed below name the port taken
+        config = dataclasses.replace(config, port=sockets[0].getsockname()[1])
+    try:
+        app = make_app(config)
+    except RuntimeSetupError as exc:
+        print(f"python -m server: error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # the data directory cannot be made or written, most often
+        print(f"python -m server: error: {exc.strerror}: {exc.filename}", file=sys.stderr)
+        return 2
+    settle_collector()
+    soft, hard = raise_descriptor_limit()
+    logging.getLogger("preflight").info("open-file limit: %s (hard %s)", soft, hard)
     HTTPServer(app, **server_options(config)).add_sockets(guarded(sockets, AcceptGuard()))
     if config.host in WILDCARD_HOSTS and not config.public_origin:
         logging.getLogger("preflight").warning(

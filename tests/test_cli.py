@@ -55,6 +55,29 @@ def test_a_bad_experiment_is_named_on_the_command_line(tmp_path):
     assert weak.returncode == 2 and "--admin-token must be at least 16 characters" in weak.stderr
 
 
+def test_a_port_or_data_directory_that_cannot_be_used_is_named(tmp_path):
+    too_high = run("-m", "server", "--port", "99999")  # would wrap around to port 34463 if passed on
+    assert too_high.returncode == 2 and "--port: must be a port number from 0 to 65535" in too_high.stderr
+    (tmp_path / "file").write_text("")
+    not_a_dir = run("-m", "server", "--port", "0", "--data-dir", str(tmp_path / "file"))
+    assert not_a_dir.returncode == 2 and "Traceback" not in not_a_dir.stderr
+    assert f"python -m server: error: Not a directory: {tmp_path / 'file'}" in not_a_dir.stderr
+
+
+def test_port_0_serves_on_a_free_port_and_prints_it(tmp_path):
+    argv = [sys.executable, "-m", "server", "--port", "0", "--data-dir", str(tmp_path / "data")]
+    with subprocess.Popen(argv, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True) as proc:
+        try:
+            assert proc.stdout is not None
+            line = next(line for line in proc.stdout if line.startswith("Participant URL: "))
+            url = line.split(": ", 1)[1].strip()
+            assert not url.endswith(":0/")
+            with urllib.request.urlopen(url, timeout=10) as page:
+                assert page.status == 200
+        finally:
+            proc.terminate()
+
+
 def test_the_client_walks_a_served_experiment_to_completion(tmp_path):
     data = tmp_path / "data"
     with served(data) as url:
