@@ -8,14 +8,16 @@ import sys
 from typing import Any
 
 from .participant import walk
-from .replay_cli import add_replay_parser, run_replay
+from .replay_cli import add_replay_parser, run_replay, ws_url
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m client", description="Preflight protocol client.")
     commands = parser.add_subparsers(dest="command", required=True)
     w = commands.add_parser("walk", help="walk one simulated desktop-Chromium participant through the experiment")
-    w.add_argument("--url", default="ws://127.0.0.1:8888/ws", help="the server's WebSocket URL (default: %(default)s)")
+    w.add_argument(
+        "--url", type=ws_url, default="ws://127.0.0.1:8888/ws", help="the server's WebSocket URL (default: %(default)s)"
+    )
     w.add_argument("--participant-id", default=None, help="participant id to send in hello (default: server assigns)")
     w.add_argument(
         "--steps", type=int, default=5, help="game steps per game scene, in one batch (default: %(default)s)"
@@ -43,14 +45,16 @@ def main(argv: list[str] | None = None) -> int:
     if args.count > 1 or args.together > 1:
         return _walk_many(args)
 
-    path: list[str] = ["connected"]
+    path: list[str] = []
 
     def on_state(state: str) -> None:
+        if not path:  # said once the server answered, not before the connection is tried
+            path.append("connected")
+            print("connected", flush=True)
         if path[-1] != state:
             path.append(state)
             print(state, flush=True)
 
-    print("connected", flush=True)
     try:
         end = asyncio.run(
             walk(

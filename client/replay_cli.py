@@ -20,6 +20,13 @@ from .runner import planned_sessions, replay
 from .trace import TraceError, load
 
 
+def ws_url(text: str) -> str:
+    """`--url` of `walk` and `replay`: anything else fails inside the WebSocket client with a bare KeyError."""
+    if not text.startswith(("ws://", "wss://")) or len(text) <= len("wss://"):
+        raise argparse.ArgumentTypeError(f"must be a ws:// or wss:// URL, got {text}")
+    return text
+
+
 def _nonnegative(text: str) -> float:
     value = float(text)
     if not value >= 0 or math.isinf(value):
@@ -54,7 +61,9 @@ def add_replay_parser(commands: Any) -> None:
         metavar="TRACE_OR_DIR",
         help="session files (sessions/<id>.msgpack) or directories of them (a data directory)",
     )
-    r.add_argument("--url", default="ws://127.0.0.1:8888/ws", help="the server's WebSocket URL (default: %(default)s)")
+    r.add_argument(
+        "--url", type=ws_url, default="ws://127.0.0.1:8888/ws", help="the server's WebSocket URL (default: %(default)s)"
+    )
     r.add_argument(
         "--sessions",
         type=_positive_int,
@@ -113,9 +122,6 @@ def run_replay(args: argparse.Namespace) -> int:
         return 2
     sessions = planned_sessions(traces, args.sessions or len(traces))  # whole groups for recorded matches
     concurrency = args.concurrency or sessions
-    if not args.url.startswith(("ws://", "wss://")):
-        print(f"python -m client replay: error: --url must be a ws:// or wss:// URL, got {args.url}", file=sys.stderr)
-        return 2
     progress = Progress(
         TextColumn("[bold]replay"),
         BarColumn(),

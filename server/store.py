@@ -490,9 +490,9 @@ class Reader:
                         try:
                             record = msgpack.unpackb(payload, raw=False, strict_map_key=False)
                         except (msgpack.ExtraData, msgpack.FormatError, msgpack.StackError, ValueError):
-                            pass
-                        else:
-                            kind = record.get("kind") if isinstance(record, dict) else None
+                            record = None
+                        if isinstance(record, dict):  # every record is a map; anything else is not one of ours
+                            kind = record.get("kind")
                             if kind == "frame" and record.get("dir") == "in":
                                 message = record.get("message")
                                 in_steps = message.get("steps") if isinstance(message, dict) else None
@@ -517,6 +517,8 @@ class Reader:
         complete = 0
         try:
             for record in unpacker:
+                if not isinstance(record, dict):  # not a stream of records (a text file's bytes read as numbers)
+                    break
                 complete = unpacker.tell()
                 yield record
         except (msgpack.ExtraData, msgpack.FormatError, msgpack.StackError, ValueError):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 import subprocess
 import sys
 import urllib.error
@@ -76,6 +77,16 @@ def test_port_0_serves_on_a_free_port_and_prints_it(tmp_path):
                 assert page.status == 200
         finally:
             proc.terminate()
+
+
+def test_walk_names_a_bad_url_and_a_server_that_is_not_there():
+    bad = run("-m", "client", "walk", "--url", "notaurl")
+    assert bad.returncode == 2 and "--url: must be a ws:// or wss:// URL, got notaurl" in bad.stderr
+    with socket.socket() as unused:  # bound, never listening: a port nothing answers on
+        unused.bind(("127.0.0.1", 0))
+        gone = run("-m", "client", "walk", "--url", f"ws://127.0.0.1:{unused.getsockname()[1]}/ws")
+    assert gone.returncode == 1 and "Connection refused" in gone.stderr and "Traceback" not in gone.stderr
+    assert gone.stdout == ""  # nothing claims it connected
 
 
 def test_the_client_walks_a_served_experiment_to_completion(tmp_path):

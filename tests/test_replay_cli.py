@@ -138,8 +138,13 @@ def test_replay_names_bad_input(tmp_path):
     assert empty.returncode == 2 and "no recorded frames" in empty.stderr
     bad = run("-m", "client", "replay", str(tmp_path), "--fail-on", "p99 above 2")
     assert bad.returncode == 2 and "cannot read threshold" in bad.stderr and "Traceback" not in bad.stderr
-    url = run("-m", "client", "replay", str(tmp_path), "--speed", "-1")
-    assert url.returncode == 2 and "non-negative" in url.stderr
+    speed = run("-m", "client", "replay", str(tmp_path), "--speed", "-1")
+    assert speed.returncode == 2 and "non-negative" in speed.stderr
+    (tmp_path / "notes.txt").write_text("# not a recording\n")
+    text = run("-m", "client", "replay", str(tmp_path / "notes.txt"))
+    assert text.returncode == 2 and "no recorded frames" in text.stderr and "Traceback" not in text.stderr
+    url = run("-m", "client", "replay", str(tmp_path / "notes.txt"), "--url", "http://127.0.0.1:8888/ws")
+    assert url.returncode == 2 and "--url: must be a ws:// or wss:// URL" in url.stderr
 
 
 def test_a_different_experiment_shows_up_as_divergences(recorded, tmp_path):
