@@ -80,6 +80,8 @@ def _load_module(name: str) -> ModuleType:
 
 def _where(exc: BaseException, file: Path | None = None) -> str:
     """The error and the line that raised it, preferring the experiment file's own line over library internals."""
+    if isinstance(exc, SyntaxError):  # its message names the file and line; its traceback is importlib's
+        return f"{type(exc).__name__}: {exc}"
     frames = traceback.extract_tb(exc.__traceback__) if exc.__traceback__ else []
     own = [f for f in frames if file is not None and Path(f.filename).resolve() == file.resolve()]
     frame = (own or frames)[-1] if frames else None

@@ -50,6 +50,10 @@ def test_a_bad_experiment_is_named_on_the_command_line(tmp_path):
     assert (
         missing.returncode == 2 and "experiment file not found" in missing.stderr and "Traceback" not in missing.stderr
     )
+    (tmp_path / "typo.py").write_text("experiment = Experiment(\n")
+    typo = run("-m", "server", "--experiment", str(tmp_path / "typo.py"))
+    assert typo.returncode == 2 and "typo.py failed to load: SyntaxError: " in typo.stderr
+    assert "typo.py, line 1)" in typo.stderr and "importlib" not in typo.stderr
     bad_ping = run("-m", "server", "--ping-interval", "1", "--ping-timeout", "5")
     assert bad_ping.returncode == 2 and "--ping-timeout (5.0) cannot exceed --ping-interval" in bad_ping.stderr
     weak = run("-m", "server", "--admin-token", "secret")
