@@ -14,11 +14,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import base64
 import json
-import os
 import resource
-import struct
 import sys
 import tempfile
 import time
@@ -26,7 +23,7 @@ from collections import Counter
 from pathlib import Path
 
 from bench.faults import rss_kb
-from client.harness import start_server, stop_server
+from client.harness import masked_frame, start_server, stop_server, upgrade
 from client.participant import walk
 from server import protocol
 
@@ -34,24 +31,6 @@ ATTACKER = "127.0.0.2"
 LONG_UA_ATTACKER = "127.0.0.3"  # its own address, so the per-address session limit does not hide what it stores
 LONG_UA = "Mozilla/5.0 " + "A" * 60_000
 TIMEOUT = 3.0  # the server's --hello-timeout and --idle-timeout for this run
-
-
-def frame(payload: bytes) -> bytes:
-    """A masked binary WebSocket frame, as a client must send it."""
-    mask = os.urandom(4)
-    head = bytes([0x82]) + (
-        bytes([0x80 | len(payload)]) if len(payload) < 126 else b"\xfe" + struct.pack("!H", len(payload))
-    )
-    return head + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
-
-
-def upgrade(port: int, user_agent: str = "bench") -> bytes:
-    key = base64.b64encode(os.urandom(16)).decode()
-    return (
-        f"GET /ws HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-        f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\nOrigin: http://127.0.0.1:{port}\r\n"
-        f"User-Agent: {user_agent}\r\n\r\n"
-    ).encode()
 
 
 async def opened(port: int, address: str = ATTACKER) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
@@ -69,7 +48,7 @@ async def flood_one(
             if b" 101 " not in status.split(b"\r\n")[0]:
                 seen["refused_handshake"] += 1
             else:
-                writer.write(frame(protocol.encode({"type": "hello"})))
+                writer.write(masked_frame(protocol.encode({"type": "hello"})))
                 await writer.drain()
                 kinds = (b"experiment_config", b"rate_limited", b"server_full")
                 answer = b""

@@ -5,8 +5,12 @@ One copy, so that a test and a benchmark always start the server, the browser an
 
 from __future__ import annotations
 
+import asyncio
+import base64
+import os
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import time
@@ -101,6 +105,33 @@ def server_process(data_dir: Path, *flags: str) -> Iterator[tuple[str, subproces
         yield url, proc
     finally:
         stop_server(proc)
+
+
+def masked_frame(payload: bytes, opcode: int = 0x2) -> bytes:
+    """One masked WebSocket frame (binary unless told), as a client must send it, for clients written by hand."""
+    mask = os.urandom(4)
+    size = len(payload)
+    length = bytes([0x80 | size]) if size < 126 else b"\xfe" + struct.pack("!H", size)
+    return bytes([0x80 | opcode]) + length + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+
+
+async def read_frame(reader: asyncio.StreamReader) -> tuple[int, bytes]:
+    """The next frame a server sent (unmasked, unfragmented): its opcode and payload."""
+    head, size = await reader.readexactly(2)
+    size &= 0x7F
+    if size >= 126:
+        size = int.from_bytes(await reader.readexactly(2 if size == 126 else 8), "big")
+    return head & 0x0F, await reader.readexactly(size)
+
+
+def upgrade(port: int, user_agent: str = "bench") -> bytes:
+    """The request that opens `/ws`, as bytes to write on a plain socket."""
+    key = base64.b64encode(os.urandom(16)).decode()
+    return (
+        f"GET /ws HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\nOrigin: http://127.0.0.1:{port}\r\n"
+        f"User-Agent: {user_agent}\r\n\r\n"
+    ).encode()
 
 
 def launch_chromium(playwright: Playwright) -> Browser:

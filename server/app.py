@@ -61,6 +61,13 @@ class RateLimit:
         return True
 
 
+RTT_WAIT_S = 5.0
+"""How long a `screening` that arrived before the pong of the ping sent at open waits for it: a client that sends
+its facts right behind `hello` is judged with its round trip, not as `rtt_unmeasured`."""
+
+MAX_HELD = 64
+"""Messages a connection may send while its `screening` waits for the pong: a page sends a few, a flood is closed."""
+
 _SHORT_HEADS = tuple(bytes((0x82, size)) for size in range(126))
 """The two-byte head of each binary frame shorter than 126 bytes (a `received`, a `state`), made once."""
 
@@ -84,7 +91,20 @@ class ParticipantSocket(tornado.websocket.WebSocketHandler):
 
     # Kept in slots, not in the instance's dict: Tornado's own attributes fill a dict that shares its keys with
     # every other handler's up to 30; eight more made each connection's a table of its own (~1.3 KB more).
-    __slots__ = ("ack_due", "address", "corked", "hello_timer", "limit", "refusals", "rtt_ms", "session", "study")
+    __slots__ = (
+        "ack_due",
+        "address",
+        "corked",
+        "held",
+        "held_timer",
+        "hello_timer",
+        "limit",
+        "pong_due",
+        "refusals",
+        "rtt_ms",
+        "session",
+        "study",
+    )
 
     def initialize(self, study: Study) -> None:
         self.study = study
@@ -96,6 +116,9 @@ class ParticipantSocket(tornado.websocket.WebSocketHandler):
         self.hello_timer: object | None = None
         self.corked: list[bytes] | None = None  # frames held while a message is handled, written together after
         self.ack_due = False  # a `received` is on its way, once the loop is done with the frames it read
+        self.pong_due = False  # the ping sent at open is unanswered: a `screening` now would be judged without it
+        self.held: list[bytes | str] | None = None  # frames from a `screening` on, while it waits for that pong
+        self.held_timer: object | None = None
 
     @property
     def user_agent(self) -> str:
@@ -115,6 +138,7 @@ class ParticipantSocket(tornado.websocket.WebSocketHandler):
         # Now, not with the replies to `hello`: a client that sends `screening` right behind its `hello` must still
         # find the round trip measured when the facts are judged (the pong has to beat it).
         self.ping(struct.pack("!d", time.monotonic()))
+        self.pong_due = True
 
     def no_hello(self) -> None:
         """A connection that never says hello holds a socket for nothing: close it."""
@@ -134,8 +158,32 @@ class ParticipantSocket(tornado.websocket.WebSocketHandler):
             self.rtt_ms = (time.monotonic() - struct.unpack("!d", data)[0]) * 1000.0
             if self.session is not None:
                 self.session.rtt_ms = self.rtt_ms
+            if self.pong_due:
+                self.unhold()
+
+    def hold(self, frame: bytes | str) -> None:
+        """Keep this frame and every later one until the pong is back (or `RTT_WAIT_S` has passed), then handle them
+        in the order they came."""
+        if self.held is None:
+            self.held = []
+            self.held_timer = self.study.clock.call_later(RTT_WAIT_S, self.unhold)
+        if len(self.held) >= MAX_HELD:
+            return self.close(Close.POLICY, f"over {MAX_HELD} messages before the round trip was measured")
+        self.held.append(frame)
+
+    def unhold(self) -> None:
+        """The round trip is measured, or will not be: nothing waits for it from now on."""
+        self.pong_due = False
+        if self.held_timer is not None:
+            self.study.clock.remove_timeout(self.held_timer)
+            self.held_timer = None
+        held, self.held = self.held, None
+        for frame in held or ():
+            self.on_message(frame)
 
     def on_message(self, frame: bytes | str) -> None:
+        if self.held is not None:
+            return self.hold(frame)
         self.corked = []
         due = self.study.store.pool.hold()  # written below, or before the first frame leaves
         try:
@@ -152,6 +200,13 @@ class ParticipantSocket(tornado.websocket.WebSocketHandler):
                 Refusal(Code.TOO_LARGE, f"frames may be at most {self.study.config.max_message_bytes} bytes")
             )
         message = protocol.decode(frame)
+        if (
+            self.pong_due
+            and self.session is not None
+            and not isinstance(message, Refusal)
+            and message["type"] == "screening"
+        ):
+            return self.hold(frame)
         if (
             self.session is not None
             and not isinstance(message, Refusal)
@@ -308,6 +363,8 @@ class ParticipantSocket(tornado.websocket.WebSocketHandler):
             self.hello_timer = None
 
     def closed(self) -> None:
+        if self.held is not None:  # what the participant sent is handled (and recorded) before the session parks
+            self.unhold()
         self.cancel_hello_timer()
         if self.address is not None:
             self.study.limits.disconnect(self.address)

@@ -40,7 +40,7 @@ class Code(enum.StrEnum):
 class Close(enum.IntEnum):
     """WebSocket close codes the server uses for abuse (RFC 6455 section 7.4.1)."""
 
-    POLICY = 1008  # too many refused messages in a row
+    POLICY = 1008  # too many refused messages in a row, or a flood while `screening` waits for the round trip
     TOO_LARGE = 1009  # a frame far above the configured maximum (Tornado closes with this itself)
     TAKEN_OVER = 4001  # the same session was resumed from another connection (a second tab); the newest wins
     NO_HELLO = 4002  # no `hello` within the configured time after connecting

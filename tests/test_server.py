@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 
 import msgpack
@@ -12,14 +13,17 @@ from tornado.httpclient import AsyncHTTPClient
 from tornado.httpserver import HTTPServer
 from tornado.testing import bind_unused_port
 
+from client.harness import masked_frame, read_frame, records_of, upgrade
 from client.participant import DESKTOP_CHROMIUM, walk
-from server.app import binary_frame
+from server.app import MAX_HELD, binary_frame
 from server.experiment import EndScene, Experiment, StartScene
 from server.page_module import page_constants
+from server.protocol import Close
 from server.session import Timeouts
 from server.store import read_records
 from statemachine import FINAL_STATES, OUTCOMES, state_names
 
+SCREENING = {"type": "screening", "facts": DESKTOP_CHROMIUM}
 LOADING = {"type": "preload", "status": "loading", "stage": "runtime", "elapsed_ms": 10}
 
 
@@ -116,6 +120,75 @@ async def test_a_failed_screening_excludes_with_the_reason(connect):
     assert excluded["reason"] == "mobile,screen_too_small"
     await client.send({"type": "advance"})
     assert (await client.recv())["code"] == "not_allowed"
+
+
+async def pipelined(port: int, participant_id: str, *more: dict) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """A client written by hand that sends `hello`, its facts and `more` in one write as soon as the socket opens,
+    and answers no ping unless told to."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(upgrade(port, DESKTOP_CHROMIUM["user_agent"]))
+    await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+    messages = [{"type": "hello", "participant_id": participant_id}, SCREENING, *more]
+    writer.write(b"".join(masked_frame(msgpack.packb(m)) for m in messages))
+    return reader, writer
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_facts_sent_before_the_pong_could_return_are_judged_with_the_round_trip(http_server, http_port, config):
+    """A client that writes `hello` and its facts at once, before the server's ping has reached it, is judged with
+    its round trip: the facts wait for the pong (held back 0.3 s here), where they were judged `rtt_unmeasured`."""
+    assert config.experiment.screening.max_rtt_ms == 1000
+    reader, writer = await pipelined(http_port, "pipelined")
+    try:
+        opcode, ping = await asyncio.wait_for(read_frame(reader), 10)
+        assert opcode == 0x9  # the server's ping, sent when the socket opened
+        await asyncio.sleep(0.3)
+        writer.write(masked_frame(ping, opcode=0xA))
+        state = {"state": "preflight", "regions": {"screening": "checking"}}
+        while state["state"] == "preflight" and state["regions"]["screening"] == "checking":
+            opcode, payload = await asyncio.wait_for(read_frame(reader), 10)
+            message = msgpack.unpackb(payload)
+            state = message if message["type"] == "state" else state
+        assert state["state"] == "preflight" and state["regions"]["screening"] == "passed", state
+    finally:
+        writer.close()
+        await writer.wait_closed()
+    [screening] = [r for r in records_of(config.data_dir, "pipelined") if r["kind"] == "screening"]
+    assert screening["verdict"] == [] and 300 <= screening["rtt_ms"] < 1000
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_facts_wait_for_a_pong_that_never_comes_only_so_long_and_a_flood_meanwhile_is_closed(
+    http_server, http_port, config, monkeypatch
+):
+    monkeypatch.setattr("server.app.RTT_WAIT_S", 0.2)
+    reader, writer = await pipelined(http_port, "silent")
+    try:
+        state: dict = {"state": "preflight"}
+        while state["state"] == "preflight":
+            opcode, payload = await asyncio.wait_for(read_frame(reader), 10)
+            state = msgpack.unpackb(payload) if opcode == 0x2 and b"state" in payload else state
+        assert state["state"] == "excluded" and state["reason"] == "rtt_unmeasured"
+    finally:
+        writer.close()
+        await writer.wait_closed()
+    flood = [LOADING] * MAX_HELD
+    reader, writer = await pipelined(http_port, "flooding", *flood)
+    try:
+        while (frame := await asyncio.wait_for(read_frame(reader), 10))[0] != 0x8:
+            pass
+        assert int.from_bytes(frame[1][:2], "big") == Close.POLICY and b"before the round trip" in frame[1]
+    finally:
+        writer.close()
+        await writer.wait_closed()
+    for _ in range(100):  # the server handles what it held once the socket has closed (the session parks then)
+        records = records_of(config.data_dir, "flooding")
+        if any(r["kind"] == "screening" for r in records):
+            break
+        await asyncio.sleep(0.05)
+    [screening] = [r for r in records if r["kind"] == "screening"]
+    held = [r for r in records if r["kind"] == "frame" and r["dir"] == "in" and r["message"]["type"] == "preload"]
+    assert screening["rtt_ms"] is None and len(held) == MAX_HELD - 1  # all but the one the close refused
 
 
 @pytest.mark.gen_test
