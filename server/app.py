@@ -135,8 +135,8 @@ class ParticipantSocket(tornado.websocket.WebSocketHandler):
         self.address = address
         self.set_nodelay(True)  # each event's frames leave in one write: nothing to gain from waiting for more
         self.hello_timer = self.study.clock.call_later(self.study.config.hello_timeout, self.no_hello)
-        # Now, not with the replies to `hello`: a client that sends `screening` right behind its `hello` must still
-        # find the round trip measured when the facts are judged (the pong has to beat it).
+        # Now, not with the replies to `hello`: a page's pong is then back before its facts, which are judged with
+        # the round trip; a client that sends them sooner has them wait for it (`hold_for_pong`).
         self.ping(struct.pack("!d", time.monotonic()))
         self.pong_due = True
 
@@ -159,19 +159,19 @@ class ParticipantSocket(tornado.websocket.WebSocketHandler):
             if self.session is not None:
                 self.session.rtt_ms = self.rtt_ms
             if self.pong_due:
-                self.unhold()
+                self.release_held()
 
-    def hold(self, frame: bytes | str) -> None:
+    def hold_for_pong(self, frame: bytes | str) -> None:
         """Keep this frame and every later one until the pong is back (or `RTT_WAIT_S` has passed), then handle them
         in the order they came."""
         if self.held is None:
             self.held = []
-            self.held_timer = self.study.clock.call_later(RTT_WAIT_S, self.unhold)
+            self.held_timer = self.study.clock.call_later(RTT_WAIT_S, self.release_held)
         if len(self.held) >= MAX_HELD:
             return self.close(Close.POLICY, f"over {MAX_HELD} messages before the round trip was measured")
         self.held.append(frame)
 
-    def unhold(self) -> None:
+    def release_held(self) -> None:
         """The round trip is measured, or will not be: nothing waits for it from now on."""
         self.pong_due = False
         if self.held_timer is not None:
@@ -183,7 +183,7 @@ class ParticipantSocket(tornado.websocket.WebSocketHandler):
 
     def on_message(self, frame: bytes | str) -> None:
         if self.held is not None:
-            return self.hold(frame)
+            return self.hold_for_pong(frame)
         self.corked = []
         due = self.study.store.pool.hold()  # written below, or before the first frame leaves
         try:
@@ -206,7 +206,7 @@ class ParticipantSocket(tornado.websocket.WebSocketHandler):
             and not isinstance(message, Refusal)
             and message["type"] == "screening"
         ):
-            return self.hold(frame)
+            return self.hold_for_pong(frame)
         if (
             self.session is not None
             and not isinstance(message, Refusal)
@@ -364,7 +364,7 @@ class ParticipantSocket(tornado.websocket.WebSocketHandler):
 
     def closed(self) -> None:
         if self.held is not None:  # what the participant sent is handled (and recorded) before the session parks
-            self.unhold()
+            self.release_held()
         self.cancel_hello_timer()
         if self.address is not None:
             self.study.limits.disconnect(self.address)
