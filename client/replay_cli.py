@@ -8,6 +8,7 @@ import csv
 import json
 import math
 import sys
+import urllib.parse
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +23,7 @@ from .trace import TraceError, load
 
 def ws_url(text: str) -> str:
     """`--url` of `walk` and `replay`: anything else fails inside the WebSocket client with a bare KeyError."""
-    if not text.startswith(("ws://", "wss://")) or len(text) <= len("wss://"):
+    if not text.startswith(("ws://", "wss://")) or not urllib.parse.urlsplit(text).netloc:
         raise argparse.ArgumentTypeError(f"must be a ws:// or wss:// URL, got {text}")
     return text
 
