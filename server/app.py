@@ -62,7 +62,7 @@ class RateLimit:
 
 
 RTT_WAIT_S = 5.0
-"""How long a `screening` that arrived before the pong of the ping sent at open waits for it: a client that sends
+"""How long after the ping sent at open a `screening` that arrived before its pong waits for it: a client that sends
 its facts right behind `hello` is judged with its round trip, not as `rtt_unmeasured`."""
 
 MAX_HELD = 64
@@ -99,7 +99,7 @@ class ParticipantSocket(tornado.websocket.WebSocketHandler):
         "held_timer",
         "hello_timer",
         "limit",
-        "pong_due",
+        "pinged_at",
         "refusals",
         "rtt_ms",
         "session",
@@ -116,7 +116,7 @@ class ParticipantSocket(tornado.websocket.WebSocketHandler):
         self.hello_timer: object | None = None
         self.corked: list[bytes] | None = None  # frames held while a message is handled, written together after
         self.ack_due = False  # a `received` is on its way, once the loop is done with the frames it read
-        self.pong_due = False  # the ping sent at open is unanswered: a `screening` now would be judged without it
+        self.pinged_at: float | None = None  # when the ping sent at open left, while it is unanswered
         self.held: list[bytes | str] | None = None  # frames from a `screening` on, while it waits for that pong
         self.held_timer: object | None = None
 
@@ -137,8 +137,8 @@ class ParticipantSocket(tornado.websocket.WebSocketHandler):
         self.hello_timer = self.study.clock.call_later(self.study.config.hello_timeout, self.no_hello)
         # Now, not with the replies to `hello`: a page's pong is then back before its facts, which are judged with
         # the round trip; a client that sends them sooner has them wait for it (`hold_for_pong`).
-        self.ping(struct.pack("!d", time.monotonic()))
-        self.pong_due = True
+        self.pinged_at = time.monotonic()
+        self.ping(struct.pack("!d", self.pinged_at))
 
     def no_hello(self) -> None:
         """A connection that never says hello holds a socket for nothing: close it."""
@@ -158,22 +158,24 @@ class ParticipantSocket(tornado.websocket.WebSocketHandler):
             self.rtt_ms = (time.monotonic() - struct.unpack("!d", data)[0]) * 1000.0
             if self.session is not None:
                 self.session.rtt_ms = self.rtt_ms
-            if self.pong_due:
+            if self.pinged_at is not None:
                 self.release_held()
 
     def hold_for_pong(self, frame: bytes | str) -> None:
-        """Keep this frame and every later one until the pong is back (or `RTT_WAIT_S` has passed), then handle them
-        in the order they came."""
+        """Keep this frame and every later one until the pong is back (or `RTT_WAIT_S` has passed since the ping),
+        then handle them in the order they came."""
         if self.held is None:
+            assert self.pinged_at is not None
             self.held = []
-            self.held_timer = self.study.clock.call_later(RTT_WAIT_S, self.release_held)
+            wait = max(0.0, self.pinged_at + RTT_WAIT_S - time.monotonic())
+            self.held_timer = self.study.clock.call_later(wait, self.release_held)
         if len(self.held) >= MAX_HELD:
             return self.close(Close.POLICY, f"over {MAX_HELD} messages before the round trip was measured")
         self.held.append(frame)
 
     def release_held(self) -> None:
         """The round trip is measured, or will not be: nothing waits for it from now on."""
-        self.pong_due = False
+        self.pinged_at = None
         if self.held_timer is not None:
             self.study.clock.remove_timeout(self.held_timer)
             self.held_timer = None
@@ -201,7 +203,7 @@ class ParticipantSocket(tornado.websocket.WebSocketHandler):
             )
         message = protocol.decode(frame)
         if (
-            self.pong_due
+            self.pinged_at is not None
             and self.session is not None
             and not isinstance(message, Refusal)
             and message["type"] == "screening"
