@@ -96,10 +96,13 @@ class GymScene:
             raise ValueError(f"{where}: environment must be 'module:factory', got {self.environment!r}")
         if self.input not in INPUTS:
             raise ValueError(f"{where}: input must be one of {', '.join(INPUTS)}, got {self.input!r}")
-        if self.episodes < 1 or self.max_steps < 1 or self.fps < 1:
-            raise ValueError(f"{where}: episodes, max_steps and fps must be at least 1")
-        if self.time_limit_s is not None and self.time_limit_s <= 0:
-            raise ValueError(f"{where}: time_limit_s must be positive, got {self.time_limit_s}")
+        for name in ("episodes", "max_steps", "fps"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"{where}: {name} must be a whole number of at least 1, got {value!r}")
+        limit = self.time_limit_s
+        if limit is not None and (not isinstance(limit, (int, float)) or isinstance(limit, bool) or not limit > 0):
+            raise ValueError(f"{where}: time_limit_s must be a positive number of seconds, got {limit!r}")
         for name, value in (
             ("env_kwargs", self.env_kwargs),
             ("keys", self.keys),
@@ -373,6 +376,11 @@ class Experiment:
         leaves = list(self.leaves())
         if sum(isinstance(s, StartScene) for s in leaves) != 1 or sum(isinstance(s, EndScene) for s in leaves) != 1:
             raise ValueError(f"experiment {self.name!r} must have exactly one StartScene and one EndScene")
+        for leaf in leaves:
+            if not isinstance(leaf.scene_id, str) or not leaf.scene_id:
+                raise ValueError(f"experiment {self.name!r}: scene ids are non-empty text, got {leaf.scene_id!r}")
+            if not isinstance(getattr(leaf, "html", ""), str):
+                raise ValueError(f"experiment {self.name!r}: scene {leaf.scene_id!r}: html must be text")
         ids = [s.scene_id for s in leaves]
         duplicates = sorted({i for i in ids if ids.count(i) > 1 and not _same_scene(leaves, i)})
         if duplicates:

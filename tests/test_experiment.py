@@ -66,6 +66,11 @@ def test_planning_leaves_the_shared_definition_untouched():
         (lambda: RandomizeOrder([A, B], keep_n=3), "keep_n must be between 1 and 2"),
         (lambda: RepeatScene(A, 0), "times must be at least 1"),
         (lambda: GymScene("g", "no-colon"), "module:factory"),
+        (lambda: GymScene("g", "env:make", fps="10"), "fps must be a whole number of at least 1, got '10'"),
+        (lambda: GymScene("g", "env:make", episodes=0), "episodes must be a whole number of at least 1, got 0"),
+        (lambda: GymScene("g", "env:make", time_limit_s="60"), "time_limit_s must be a positive number"),
+        (lambda: make(StaticScene("", "x")), "scene ids are non-empty text, got ''"),
+        (lambda: make(StaticScene("a", None)), "scene 'a': html must be text"),
     ],
 )
 def test_bad_definitions_say_what_is_wrong(build, problem):
