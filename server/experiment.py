@@ -98,10 +98,10 @@ class GymScene:
             raise ValueError(f"{where}: input must be one of {', '.join(INPUTS)}, got {self.input!r}")
         for name in ("episodes", "max_steps", "fps"):
             value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            if not _whole(value) or value < 1:
                 raise ValueError(f"{where}: {name} must be a whole number of at least 1, got {value!r}")
         limit = self.time_limit_s
-        if limit is not None and (not isinstance(limit, (int, float)) or isinstance(limit, bool) or not limit > 0):
+        if limit is not None and not (_number(limit) and limit > 0):
             raise ValueError(f"{where}: time_limit_s must be a positive number of seconds, got {limit!r}")
         for name, value in (
             ("env_kwargs", self.env_kwargs),
@@ -217,6 +217,14 @@ class EndScene:
     redirect_url: str | None = None
     scene_type = "end"
 
+    def __post_init__(self) -> None:
+        if self.completion_code is not None and not isinstance(self.completion_code, str):
+            raise ValueError(f"EndScene: completion_code is text, got {self.completion_code!r}")
+        if self.redirect_url is not None and not (
+            isinstance(self.redirect_url, str) and self.redirect_url.startswith(("https://", "http://"))
+        ):
+            raise ValueError(f"EndScene: redirect_url is an http(s):// address, got {self.redirect_url!r}")
+
     def payload(self) -> dict[str, Any]:
         return {"html": self.html, "completion_code": self.completion_code, "redirect_url": self.redirect_url}
 
@@ -233,8 +241,10 @@ class RandomizeOrder:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "scenes", tuple(self.scenes))
-        if self.keep_n is not None and not 0 < self.keep_n <= len(self.scenes):
-            raise ValueError(f"RandomizeOrder: keep_n must be between 1 and {len(self.scenes)}, got {self.keep_n}")
+        if not self.scenes:
+            raise ValueError("RandomizeOrder: give it at least one scene")
+        if self.keep_n is not None and not (_whole(self.keep_n) and 0 < self.keep_n <= len(self.scenes)):
+            raise ValueError(f"RandomizeOrder: keep_n must be between 1 and {len(self.scenes)}, got {self.keep_n!r}")
 
     def unfold(self, rng: random.Random) -> list[Scene]:
         order = list(self.scenes)
@@ -250,8 +260,8 @@ class RepeatScene:
     times: int
 
     def __post_init__(self) -> None:
-        if self.times < 1:
-            raise ValueError(f"RepeatScene: times must be at least 1, got {self.times}")
+        if not _whole(self.times) or self.times < 1:
+            raise ValueError(f"RepeatScene: times must be at least 1, got {self.times!r}")
 
     def unfold(self, rng: random.Random) -> list[Scene]:
         return [scene for _ in range(self.times) for scene in _unfold(self.scene, rng)]
@@ -291,19 +301,34 @@ class Placed:
 _MOBILE = re.compile(r"Mobi|Android|iPhone|iPad|iPod")
 
 
+_BROWSER_TOKENS = (
+    ("Edg/", "edge"),
+    ("OPR/", "opera"),
+    ("Firefox/", "firefox"),
+    ("Chrome/", "chrome"),
+    ("Chromium/", "chrome"),
+    ("Safari/", "safari"),
+)
+"""User-Agent tokens and the family each names; order matters, as most UAs claim to be several."""
+
+BROWSERS = (*dict.fromkeys(name for _, name in _BROWSER_TOKENS), "other")
+"""The names `ScreeningRules(browsers=...)` takes: a name outside them would exclude everyone."""
+
+
 def browser_of(user_agent: str) -> str:
-    """The browser family a User-Agent names; order matters, as most UAs claim to be several."""
-    for token, name in (
-        ("Edg/", "edge"),
-        ("OPR/", "opera"),
-        ("Firefox/", "firefox"),
-        ("Chrome/", "chrome"),
-        ("Chromium/", "chrome"),
-        ("Safari/", "safari"),
-    ):
+    """The browser family a User-Agent names."""
+    for token, name in _BROWSER_TOKENS:
         if token in user_agent:
             return name
     return "other"
+
+
+def _whole(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 @dataclass(frozen=True)
@@ -318,8 +343,27 @@ class ScreeningRules:
     max_rtt_ms: float | None = None
 
     def __post_init__(self) -> None:
-        if self.browsers is not None:
-            object.__setattr__(self, "browsers", tuple(b.lower() for b in self.browsers))
+        """Rules are checked where they are written: a misspelt browser or a width given as text would otherwise
+        exclude every participant, or fail while they are being screened."""
+        given: Any = self.browsers  # as written, which the annotation does not promise
+        if given is not None:
+            if isinstance(given, str) or not all(isinstance(b, str) for b in given):
+                raise ValueError(f"ScreeningRules: browsers is a list of names, got {given!r}")
+            names = tuple(b.lower() for b in given)
+            object.__setattr__(self, "browsers", names)
+            unknown = [b for b in names if b not in BROWSERS]
+            if unknown:
+                raise ValueError(f"ScreeningRules: browsers are among {', '.join(BROWSERS)}; got {unknown[0]!r}")
+        for name in ("allow_mobile", "require_webassembly"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"ScreeningRules: {name} is True or False, got {getattr(self, name)!r}")
+        for name in ("min_width", "min_height"):
+            if not _whole(getattr(self, name)) or getattr(self, name) < 0:
+                raise ValueError(f"ScreeningRules: {name} is a whole number of pixels, got {getattr(self, name)!r}")
+        if self.max_rtt_ms is not None and not (_number(self.max_rtt_ms) and self.max_rtt_ms > 0):
+            raise ValueError(
+                f"ScreeningRules: max_rtt_ms is a positive number of milliseconds, got {self.max_rtt_ms!r}"
+            )
 
     def evaluate(self, facts: Mapping[str, Any], user_agent: str, rtt_ms: float | None) -> tuple[str, ...]:
         """The reasons to exclude; empty means the participant passed."""
@@ -362,6 +406,10 @@ class Experiment:
     _placed: dict[tuple[str, int], Placed] = field(default_factory=dict, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
+        if not isinstance(self.name, str) or not self.name.strip():
+            raise ValueError(f"Experiment: the name is non-empty text (it labels the study's data), got {self.name!r}")
+        if not isinstance(self.screening, ScreeningRules):
+            raise TypeError(f"experiment {self.name!r}: screening must be a ScreeningRules, got {self.screening!r}")
         object.__setattr__(self, "scenes", tuple(self.scenes))
         for node in self.scenes:
             for leaf in _leaves(node) if isinstance(node, (*SCENES, *WRAPPERS)) else [node]:

@@ -71,6 +71,17 @@ def test_planning_leaves_the_shared_definition_untouched():
         (lambda: GymScene("g", "env:make", time_limit_s="60"), "time_limit_s must be a positive number"),
         (lambda: make(StaticScene("", "x")), "scene ids are non-empty text, got ''"),
         (lambda: make(StaticScene("a", None)), "scene 'a': html must be text"),
+        (lambda: ScreeningRules(browsers=("chrome", "netscape")), "browsers are among .*; got 'netscape'"),
+        (lambda: ScreeningRules(browsers="chrome"), "browsers is a list of names, got 'chrome'"),
+        (lambda: ScreeningRules(min_width="1024"), "min_width is a whole number of pixels, got '1024'"),
+        (lambda: ScreeningRules(max_rtt_ms=0), "max_rtt_ms is a positive number"),
+        (lambda: ScreeningRules(allow_mobile="no"), "allow_mobile is True or False"),
+        (lambda: EndScene(redirect_url="javascript:alert(1)"), "redirect_url is an http"),
+        (lambda: EndScene(completion_code=1234), "completion_code is text, got 1234"),
+        (lambda: Experiment(" ", [StartScene(), EndScene()]), "the name is non-empty text"),
+        (lambda: Experiment("t", [StartScene(), EndScene()], screening=None), "screening must be a ScreeningRules"),
+        (lambda: RandomizeOrder([]), "at least one scene"),
+        (lambda: RepeatScene(A, "2"), "times must be at least 1, got '2'"),
     ],
 )
 def test_bad_definitions_say_what_is_wrong(build, problem):
