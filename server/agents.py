@@ -96,6 +96,8 @@ class Human:
     kind = "human"
 
     def __post_init__(self) -> None:
+        if not isinstance(self.keys, Mapping):
+            raise ValueError(f"Human: keys map key names to actions, got {self.keys!r}")
         object.__setattr__(self, "keys", dict(self.keys))
 
     def payload(self) -> dict[str, Any]:

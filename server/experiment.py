@@ -85,6 +85,9 @@ class GymScene:
                 f"{where}: packages_to_install is a list of names, got the string {self.packages_to_install!r}"
             )
         object.__setattr__(self, "packages_to_install", tuple(self.packages_to_install))
+        for name in ("env_kwargs", "keys", "assets"):
+            if not isinstance(getattr(self, name), Mapping):
+                raise ValueError(f"{where}: {name} is a map (a dict), got {getattr(self, name)!r}")
         object.__setattr__(self, "env_kwargs", dict(self.env_kwargs))
         object.__setattr__(self, "keys", dict(self.keys))
         object.__setattr__(self, "assets", dict(self.assets))

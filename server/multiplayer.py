@@ -151,8 +151,13 @@ class Multiplayer:
             # 0 cannot work: frame f is closed by the time the input sent after applying frame f arrives
             raise ValueError(f"Multiplayer: input_delay must be 'auto' or 1-60 frames, got {self.input_delay!r}")
         for name in ("wait_timeout_s", "reconnect_timeout_s", "start_timeout_s", "turn_timeout_s"):
-            if not getattr(self, name) > 0:
-                raise ValueError(f"Multiplayer: {name} must be positive, got {getattr(self, name)}")
+            value = getattr(self, name)
+            if not (isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0):
+                raise ValueError(f"Multiplayer: {name} must be a positive number of seconds, got {value!r}")
+        if self.end_code is not None and not isinstance(self.end_code, str):
+            raise ValueError(f"Multiplayer: end_code is text, got {self.end_code!r}")
+        if not isinstance(self.end_html, str):
+            raise ValueError(f"Multiplayer: end_html is text, got {self.end_html!r}")
         if not (isinstance(self.hash_every, int) and self.hash_every >= 1):
             raise ValueError(f"Multiplayer: hash_every must be a positive integer, got {self.hash_every!r}")
         if not isinstance(self.bot, Bot):

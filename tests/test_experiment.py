@@ -6,6 +6,7 @@ import copy
 
 import pytest
 
+from server.agents import Human
 from server.experiment import (
     EndScene,
     Experiment,
@@ -17,6 +18,7 @@ from server.experiment import (
     StaticScene,
 )
 from server.loader import ExperimentError, load_experiment
+from server.multiplayer import Multiplayer
 
 A, B, C = (StaticScene(x, f"<p>{x}</p>") for x in "abc")
 GAME = GymScene("game", "env:Make", packages_to_install=("zeta", "alpha"))
@@ -82,6 +84,10 @@ def test_planning_leaves_the_shared_definition_untouched():
         (lambda: Experiment("t", [StartScene(), EndScene()], screening=None), "screening must be a ScreeningRules"),
         (lambda: RandomizeOrder([]), "at least one scene"),
         (lambda: RepeatScene(A, "2"), "times must be at least 1, got '2'"),
+        (lambda: GymScene("g", "env:make", keys="wasd"), "keys is a map"),
+        (lambda: Human(keys="wasd"), "keys map key names to actions"),
+        (lambda: Multiplayer(wait_timeout_s="30"), "wait_timeout_s must be a positive number of seconds, got '30'"),
+        (lambda: Multiplayer(end_code=5), "end_code is text"),
     ],
 )
 def test_bad_definitions_say_what_is_wrong(build, problem):
