@@ -10,10 +10,20 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeGuard
 
 _SPEC = re.compile(r"[A-Za-z_][\w.]*:[A-Za-z_]\w*")
 SAMPLING = ("argmax", "softmax")
+
+
+def whole(value: Any) -> TypeGuard[int]:
+    """A count as a definition must give it: an int, not a bool or text."""
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def number(value: Any) -> TypeGuard[float]:
+    """A quantity as a definition must give it: an int or a float, not a bool or text."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 @dataclass(frozen=True)
@@ -25,7 +35,7 @@ class PythonPolicy:
     kind = "python"
 
     def __post_init__(self) -> None:
-        if not _SPEC.fullmatch(self.spec):
+        if not isinstance(self.spec, str) or not _SPEC.fullmatch(self.spec):
             raise ValueError(f"PythonPolicy: give 'module:function', got {self.spec!r}")
 
     @property
@@ -49,14 +59,19 @@ class OnnxPolicy:
     kind = "onnx"
 
     def __post_init__(self) -> None:
+        if not isinstance(self.path, str):
+            raise ValueError(f"OnnxPolicy: the model path is text, relative to the study file, got {self.path!r}")
+        if self.input_name is not None and not isinstance(self.input_name, str):
+            raise ValueError(f"OnnxPolicy {self.path!r}: input_name is text, got {self.input_name!r}")
         if self.sample not in SAMPLING:
             raise ValueError(f"OnnxPolicy {self.path!r}: sample must be one of {', '.join(SAMPLING)}")
-        if self.temperature <= 0:
-            raise ValueError(f"OnnxPolicy {self.path!r}: temperature must be positive, got {self.temperature}")
+        if not (number(self.temperature) and self.temperature > 0):
+            raise ValueError(f"OnnxPolicy {self.path!r}: temperature must be positive, got {self.temperature!r}")
         if Path(self.path).is_absolute() or ".." in Path(self.path).parts:
             raise ValueError(f"OnnxPolicy: the model path must be inside the study folder, got {self.path!r}")
-        if self.input_size is not None and (isinstance(self.input_size, bool) or self.input_size < 1):
-            raise ValueError(f"OnnxPolicy {self.path!r}: input_size must be a positive integer, got {self.input_size}")
+        size = self.input_size
+        if size is not None and not (whole(size) and size >= 1):
+            raise ValueError(f"OnnxPolicy {self.path!r}: input_size must be a positive integer, got {size!r}")
 
     def payload(self) -> dict[str, Any]:
         return {
@@ -116,8 +131,10 @@ class Bot:
     def __post_init__(self) -> None:
         if not isinstance(self.policy, (PythonPolicy, OnnxPolicy, RandomPolicy)):
             raise TypeError(f"Bot: policy must be a PythonPolicy, OnnxPolicy or RandomPolicy, got {self.policy!r}")
-        if self.frame_skip < 1:
-            raise ValueError(f"Bot: frame_skip must be at least 1, got {self.frame_skip}")
+        if not whole(self.frame_skip) or self.frame_skip < 1:
+            raise ValueError(f"Bot: frame_skip must be a whole number of at least 1, got {self.frame_skip!r}")
+        if not isinstance(self.record_policy, bool):
+            raise ValueError(f"Bot: record_policy is True or False, got {self.record_policy!r}")
 
     def payload(self) -> dict[str, Any]:
         return {

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from functools import cached_property, lru_cache
 from typing import Any
 
-from .agents import Agent, Bot, Human, PythonPolicy
+from .agents import Agent, Bot, Human, PythonPolicy, number, whole
 from .multiplayer import Multiplayer
 
 
@@ -101,10 +101,10 @@ class GymScene:
             raise ValueError(f"{where}: input must be one of {', '.join(INPUTS)}, got {self.input!r}")
         for name in ("episodes", "max_steps", "fps"):
             value = getattr(self, name)
-            if not _whole(value) or value < 1:
+            if not whole(value) or value < 1:
                 raise ValueError(f"{where}: {name} must be a whole number of at least 1, got {value!r}")
         limit = self.time_limit_s
-        if limit is not None and not (_number(limit) and limit > 0):
+        if limit is not None and not (number(limit) and limit > 0):
             raise ValueError(f"{where}: time_limit_s must be a positive number of seconds, got {limit!r}")
         for name, value in (
             ("env_kwargs", self.env_kwargs),
@@ -246,7 +246,7 @@ class RandomizeOrder:
         object.__setattr__(self, "scenes", tuple(self.scenes))
         if not self.scenes:
             raise ValueError("RandomizeOrder: give it at least one scene")
-        if self.keep_n is not None and not (_whole(self.keep_n) and 0 < self.keep_n <= len(self.scenes)):
+        if self.keep_n is not None and not (whole(self.keep_n) and 0 < self.keep_n <= len(self.scenes)):
             raise ValueError(f"RandomizeOrder: keep_n must be between 1 and {len(self.scenes)}, got {self.keep_n!r}")
 
     def unfold(self, rng: random.Random) -> list[Scene]:
@@ -263,7 +263,7 @@ class RepeatScene:
     times: int
 
     def __post_init__(self) -> None:
-        if not _whole(self.times) or self.times < 1:
+        if not whole(self.times) or self.times < 1:
             raise ValueError(f"RepeatScene: times must be at least 1, got {self.times!r}")
 
     def unfold(self, rng: random.Random) -> list[Scene]:
@@ -326,14 +326,6 @@ def browser_of(user_agent: str) -> str:
     return "other"
 
 
-def _whole(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
 @dataclass(frozen=True)
 class ScreeningRules:
     """Entry rules, judged by the server; the page only reports what it measured."""
@@ -361,9 +353,9 @@ class ScreeningRules:
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"ScreeningRules: {name} is True or False, got {getattr(self, name)!r}")
         for name in ("min_width", "min_height"):
-            if not _whole(getattr(self, name)) or getattr(self, name) < 0:
+            if not whole(getattr(self, name)) or getattr(self, name) < 0:
                 raise ValueError(f"ScreeningRules: {name} is a whole number of pixels, got {getattr(self, name)!r}")
-        if self.max_rtt_ms is not None and not (_number(self.max_rtt_ms) and self.max_rtt_ms > 0):
+        if self.max_rtt_ms is not None and not (number(self.max_rtt_ms) and self.max_rtt_ms > 0):
             raise ValueError(
                 f"ScreeningRules: max_rtt_ms is a positive number of milliseconds, got {self.max_rtt_ms!r}"
             )

@@ -11,7 +11,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from .agents import Bot, RandomPolicy
+from .agents import Bot, RandomPolicy, number, whole
 
 NO_MATCH = ("skip", "bot", "end")
 PARTNER_LOSS = ("bot", "end_scene", "end")
@@ -145,20 +145,18 @@ class Multiplayer:
             raise ValueError(
                 f"Multiplayer: on_partner_loss must be one of {', '.join(PARTNER_LOSS)}, got {self.on_partner_loss!r}"
             )
-        if self.input_delay != "auto" and not (
-            isinstance(self.input_delay, int) and not isinstance(self.input_delay, bool) and 1 <= self.input_delay <= 60
-        ):
+        if self.input_delay != "auto" and not (whole(self.input_delay) and 1 <= self.input_delay <= 60):
             # 0 cannot work: frame f is closed by the time the input sent after applying frame f arrives
             raise ValueError(f"Multiplayer: input_delay must be 'auto' or 1-60 frames, got {self.input_delay!r}")
         for name in ("wait_timeout_s", "reconnect_timeout_s", "start_timeout_s", "turn_timeout_s"):
             value = getattr(self, name)
-            if not (isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0):
+            if not (number(value) and value > 0):
                 raise ValueError(f"Multiplayer: {name} must be a positive number of seconds, got {value!r}")
         if self.end_code is not None and not isinstance(self.end_code, str):
             raise ValueError(f"Multiplayer: end_code is text, got {self.end_code!r}")
         if not isinstance(self.end_html, str):
             raise ValueError(f"Multiplayer: end_html is text, got {self.end_html!r}")
-        if not (isinstance(self.hash_every, int) and self.hash_every >= 1):
+        if not (whole(self.hash_every) and self.hash_every >= 1):
             raise ValueError(f"Multiplayer: hash_every must be a positive integer, got {self.hash_every!r}")
         if not isinstance(self.bot, Bot):
             raise TypeError(f"Multiplayer: bot must be a Bot, got {self.bot!r}")

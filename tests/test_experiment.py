@@ -6,7 +6,7 @@ import copy
 
 import pytest
 
-from server.agents import Human
+from server.agents import Bot, Human, OnnxPolicy, PythonPolicy, RandomPolicy
 from server.experiment import (
     EndScene,
     Experiment,
@@ -88,6 +88,11 @@ def test_planning_leaves_the_shared_definition_untouched():
         (lambda: Human(keys="wasd"), "keys map key names to actions"),
         (lambda: Multiplayer(wait_timeout_s="30"), "wait_timeout_s must be a positive number of seconds, got '30'"),
         (lambda: Multiplayer(end_code=5), "end_code is text"),
+        (lambda: Multiplayer(hash_every=True), "hash_every must be a positive integer, got True"),
+        (lambda: Bot(RandomPolicy(), frame_skip="2"), "frame_skip must be a whole number of at least 1, got '2'"),
+        (lambda: OnnxPolicy("m.onnx", temperature="1"), "temperature must be positive, got '1'"),
+        (lambda: OnnxPolicy(5), "the model path is text"),
+        (lambda: PythonPolicy(5), "give 'module:function', got 5"),
     ],
 )
 def test_bad_definitions_say_what_is_wrong(build, problem):
