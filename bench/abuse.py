@@ -23,7 +23,7 @@ from collections import Counter
 from pathlib import Path
 
 from bench.faults import rss_kb
-from client.harness import masked_frame, start_server, stop_server, upgrade
+from client.harness import masked_frame, port_of, start_server, stop_server, upgrade
 from client.participant import walk
 from server import protocol
 
@@ -207,7 +207,7 @@ def main() -> int:
         timeouts = ("--hello-timeout", str(TIMEOUT), "--idle-timeout", str(TIMEOUT))
         proc, url = start_server(data, *timeouts)
         try:
-            report = asyncio.run(attack(int(url.rsplit(":", 1)[1].strip("/")), args, proc.pid, data))
+            report = asyncio.run(attack(port_of(url), args, proc.pid, data))
             report["server_alive"] = proc.poll() is None
             report["data_dir_bytes"] = disk_bytes(data)
             report["session_files"] = len(list((data / "sessions").glob("*.msgpack")))

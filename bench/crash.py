@@ -30,7 +30,7 @@ from tornado.httpclient import HTTPRequest
 from tornado.websocket import WebSocketClientConnection, WebSocketClosedError, websocket_connect
 
 from bench.faults import rss_kb
-from client.harness import ONE_ADDRESS_IS_MANY, ROOT, start_server, stop_server
+from client.harness import ONE_ADDRESS_IS_MANY, ROOT, port_of, start_server, stop_server
 from client.participant import DESKTOP_CHROMIUM
 from client.runner import _closed_is_fine
 from server import protocol
@@ -242,7 +242,7 @@ def main() -> int:
         flags = (*ONE_ADDRESS_IS_MANY, "--grace", str(GRACE), "--no-precompressed")
         flags += ("--experiment", str(Path(__file__).with_name("experiment.py")))
         proc, url = start_server(data, *flags)
-        port = int(url.rsplit(":", 1)[1].strip("/"))
+        port = port_of(url)
         procs = [proc]
 
         async def restart(players: list[Player]) -> dict[str, Any]:

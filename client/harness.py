@@ -72,11 +72,16 @@ def start_server(data_dir: Path, *flags: str, port: int | None = None) -> tuple[
     return proc, f"http://127.0.0.1:{port}/"
 
 
+def port_of(url: str) -> int:
+    """The port of a URL `start_server` returned."""
+    return int(url.rsplit(":", 1)[1].strip("/"))
+
+
 def crash_and_restart(proc: subprocess.Popen[bytes], data_dir: Path, url: str, *flags: str) -> subprocess.Popen[bytes]:
     """`kill -9` the server, then start it again on the same data and port: a crash, and the restart after it."""
     proc.send_signal(signal.SIGKILL)
     proc.wait(timeout=10)
-    return start_server(data_dir, *flags, port=int(url.rsplit(":", 1)[1].strip("/")))[0]
+    return start_server(data_dir, *flags, port=port_of(url))[0]
 
 
 def stop_server(proc: subprocess.Popen[bytes]) -> None:

@@ -350,11 +350,11 @@ class ScreeningRules:
             if unknown:
                 raise ValueError(f"ScreeningRules: browsers are among {', '.join(BROWSERS)}; got {unknown[0]!r}")
         for name in ("allow_mobile", "require_webassembly"):
-            if not isinstance(getattr(self, name), bool):
-                raise ValueError(f"ScreeningRules: {name} is True or False, got {getattr(self, name)!r}")
+            if not isinstance(flag := getattr(self, name), bool):
+                raise ValueError(f"ScreeningRules: {name} is True or False, got {flag!r}")
         for name in ("min_width", "min_height"):
-            if not whole(getattr(self, name)) or getattr(self, name) < 0:
-                raise ValueError(f"ScreeningRules: {name} is a whole number of pixels, got {getattr(self, name)!r}")
+            if not whole(pixels := getattr(self, name)) or pixels < 0:
+                raise ValueError(f"ScreeningRules: {name} is a whole number of pixels, got {pixels!r}")
         if self.max_rtt_ms is not None and not (number(self.max_rtt_ms) and self.max_rtt_ms > 0):
             raise ValueError(
                 f"ScreeningRules: max_rtt_ms is a positive number of milliseconds, got {self.max_rtt_ms!r}"
