@@ -7,6 +7,9 @@ import asyncio
 import sys
 from typing import Any
 
+from tornado.httpclient import HTTPClientError
+from tornado.websocket import WebSocketError
+
 from .participant import walk
 from .replay_cli import add_replay_parser, run_replay, ws_url
 
@@ -66,8 +69,8 @@ def main(argv: list[str] | None = None) -> int:
                 on_state=on_state,
             )
         )
-    except (TimeoutError, OSError, ConnectionError, RuntimeError) as exc:
-        print(f"python -m client: error: {type(exc).__name__}: {exc}", file=sys.stderr)
+    except WALK_FAILURES as exc:
+        print(f"python -m client: error: {_failure(args.url, exc)}", file=sys.stderr)
         return 1
     print("path: " + " → ".join(path))
     if end["outcome"] == "completed":
@@ -75,6 +78,26 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     print(f"excluded: {end.get('reason')}")
     return 1
+
+
+WALK_FAILURES = (TimeoutError, OSError, ConnectionError, RuntimeError, HTTPClientError, WebSocketError)
+
+
+def _failure(url: str, exc: BaseException) -> str:
+    """What went wrong, in the terms of the command: a wrong URL is named as one, not as Tornado's exception."""
+    if isinstance(exc, HTTPClientError) and exc.code == 404:
+        return f"{url}: no WebSocket endpoint there (HTTP 404); Preflight's is at /ws"
+    if isinstance(exc, HTTPClientError):
+        return f"{url}: the server refused the WebSocket (HTTP {exc.code} {exc.message})"
+    if isinstance(exc, WebSocketError):
+        return f"{url}: not a WebSocket endpoint ({exc}); Preflight's is at /ws"
+    if isinstance(exc, (RuntimeError, TimeoutError)) and str(exc):  # the walk's own words
+        return str(exc)
+    return f"{type(exc).__name__}: {exc}"
+
+
+def _summary(outcomes: dict[str, int]) -> str:
+    return ", ".join(f"{k} {v}" for k, v in sorted(outcomes.items()))
 
 
 def _count(text: str) -> int:
@@ -96,16 +119,20 @@ def _walk_many(args: argparse.Namespace) -> int:
         return list(await asyncio.gather(*walks))
 
     for first in range(0, args.count, args.together):
+        size = min(args.together, args.count - first)
         try:
-            ends = asyncio.run(batch(first, min(args.together, args.count - first)))
-        except (TimeoutError, OSError, ConnectionError, RuntimeError) as exc:
+            ends = asyncio.run(batch(first, size))
+        except WALK_FAILURES as exc:
+            which = f"participant {first + 1}" if size == 1 else f"participants {first + 1}-{first + size}"
+            done = f" ({_summary(outcomes)} before them)" if outcomes else ""
             print(
-                f"python -m client: error: participants from {first + 1}: {type(exc).__name__}: {exc}", file=sys.stderr
+                f"python -m client: error: {which}{done}: {_failure(args.url, exc)}",
+                file=sys.stderr,
             )
             return 1
         for end in ends:
             outcomes[end["outcome"]] = outcomes.get(end["outcome"], 0) + 1
-    print(f"{args.count} participants: " + ", ".join(f"{k} {v}" for k, v in sorted(outcomes.items())))
+    print(f"{args.count} participants: {_summary(outcomes)}")
     return 0 if set(outcomes) == {"completed"} else 1
 
 

@@ -7,6 +7,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from tornado.httpclient import HTTPRequest
 from tornado.websocket import WebSocketClientConnection, websocket_connect
 
 from server import protocol
@@ -50,10 +51,11 @@ class ProtocolClient:
     async def connect(
         cls, url: str, *, timeout: float = 10.0, user_agent: str | None = None, headers: dict[str, str] | None = None
     ) -> ProtocolClient:
-        from tornado.httpclient import HTTPRequest
-
         headers = {"User-Agent": user_agent or DESKTOP_CHROMIUM["user_agent"], **(headers or {})}
-        conn = await asyncio.wait_for(websocket_connect(HTTPRequest(url, headers=headers)), timeout)
+        try:
+            conn = await asyncio.wait_for(websocket_connect(HTTPRequest(url, headers=headers)), timeout)
+        except TimeoutError:
+            raise TimeoutError(f"{url} did not accept a WebSocket within {timeout:g} s") from None
         conn.protocol.set_nodelay(True)  # as browsers do; Nagle would hold a message behind an unacknowledged one
         return cls(conn, timeout)
 
@@ -98,7 +100,10 @@ class ProtocolClient:
         return seen
 
     async def _read(self) -> dict[str, Any] | None:
-        frame = await asyncio.wait_for(self.conn.read_message(), self.timeout)
+        try:
+            frame = await asyncio.wait_for(self.conn.read_message(), self.timeout)
+        except TimeoutError:
+            raise TimeoutError(f"the server sent nothing for {self.timeout:g} s") from None
         if frame is None:
             return None
         message: dict[str, Any] = protocol.msgpack.unpackb(frame, raw=False)
@@ -186,7 +191,9 @@ async def walk(
         if participant_id:
             hello["participant_id"] = participant_id
         await client.send(hello)
-        config = await client.until_type("experiment_config")
+        config = (await client.recv_until(lambda m: m["type"] in ("experiment_config", "error")))[-1]
+        if config["type"] == "error":
+            raise RuntimeError(f"the server refused hello: {config['code']}: {config['message']}")
         needs_pyodide = config["pyodide_config"]["needs_pyodide"]
         scene: dict[str, Any] = {}
         acted_on: tuple[Any, ...] = ()
@@ -233,6 +240,8 @@ async def walk(
                     raise RuntimeError(f"server refused a message: {message}")
             elif message["type"] == "state":
                 on_state(message["state"])
+                room = message.get("waiting")  # a waiting room may be silent until its deadline: wait that long
+                client.timeout = timeout + room["deadline_s"] if room else timeout
                 if message["state"] in FINAL_STATES:
                     end = {**scene, "outcome": message["state"], "reason": message.get("reason")}
                     if player is None:

@@ -144,7 +144,7 @@ class ParticipantSocket(tornado.websocket.WebSocketHandler):
         """A connection that never says hello holds a socket for nothing: close it."""
         self.hello_timer = None
         if self.session is None:
-            self.close(Close.NO_HELLO, f"no hello within {self.study.config.hello_timeout:g} s")
+            self.close(Close.NO_HELLO, f"no accepted hello within {self.study.config.hello_timeout:g} s")
 
     def on_ping(self, data: bytes) -> None:
         """A client's pings cost like messages: a ping flood meets the same rate limit and the same close."""

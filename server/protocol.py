@@ -43,7 +43,7 @@ class Close(enum.IntEnum):
     POLICY = 1008  # too many refused messages in a row, or a flood while `screening` waits for the round trip
     TOO_LARGE = 1009  # a frame far above the configured maximum (Tornado closes with this itself)
     TAKEN_OVER = 4001  # the same session was resumed from another connection (a second tab); the newest wins
-    NO_HELLO = 4002  # no `hello` within the configured time after connecting
+    NO_HELLO = 4002  # no accepted `hello` within the configured time after connecting
     TOO_MANY = 4003  # this address already holds as many connections as one address may
     UNAVAILABLE = 1013  # "try again later": a new participant refused while participant data cannot be written
 

@@ -103,6 +103,23 @@ def test_the_client_walks_a_served_experiment_to_completion(tmp_path):
     assert len(list((data / "sessions").glob("*.msgpack"))) == 1
 
 
+def test_walk_names_a_wrong_path_and_a_refused_hello(tmp_path):
+    with served(tmp_path / "data") as url:
+        ws = url.replace("http", "ws")
+        wrong = run("-m", "client", "walk", "--url", ws + "wrong")
+        page = run("-m", "client", "walk", "--url", ws)
+        bad_id = run("-m", "client", "walk", "--url", ws + "ws", "--participant-id", "bad id!", "--timeout", "5")
+        assert run("-m", "client", "walk", "--url", ws + "ws", "--participant-id", "p-1").returncode == 0
+        again = run("-m", "client", "walk", "--url", ws + "ws", "--participant-id", "p-1", "--timeout", "5")
+    assert wrong.returncode == 1 and f"{ws}wrong: no WebSocket endpoint there (HTTP 404)" in wrong.stderr
+    assert page.returncode == 1 and f"{ws}: not a WebSocket endpoint" in page.stderr
+    refused = "error: the server refused hello:"
+    assert bad_id.returncode == 1 and f"{refused} bad_message: hello: participant_id" in bad_id.stderr
+    assert again.returncode == 1 and f"{refused} already_participated" in again.stderr
+    for walked in (wrong, page, bad_id, again):
+        assert "Traceback" not in walked.stderr and walked.stdout == ""
+
+
 def status(url: str) -> int:
     """The status a browser ends at: it follows the redirect that swaps a URL token for the admin cookie."""
     browser = urllib.request.build_opener(urllib.request.HTTPCookieProcessor())

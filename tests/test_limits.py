@@ -37,7 +37,7 @@ async def raw_exchange(port: int, data: bytes, wait: float = 5.0) -> bytes:
 @pytest.mark.config(hello_timeout=0.2)
 async def test_a_connection_that_never_says_hello_is_closed_with_4002(connect):
     client = await connect()
-    assert await closed_with(client) == (4002, "no hello within 0.2 s")
+    assert await closed_with(client) == (4002, "no accepted hello within 0.2 s")
 
 
 @pytest.mark.gen_test

@@ -154,6 +154,13 @@ async def test_the_wait_times_out_as_the_scene_says(ws_url, on_no_match, outcome
         assert end["completion_code"] == "NOPAIR" and "match" not in end
 
 
+@configured(on_no_match="end", wait_timeout_s=1.5, end_code="NOPAIR")
+@pytest.mark.gen_test(timeout=30)
+async def test_a_walk_waits_out_a_silent_waiting_room_longer_than_its_read_timeout(ws_url):
+    end = await walk(ws_url, timeout=0.5)  # the room says nothing for 1.5 s: its deadline, not 0.5 s, is the bound
+    assert end["outcome"] == "unmatched" and end["completion_code"] == "NOPAIR"
+
+
 @configured(players=3)
 @pytest.mark.gen_test(timeout=30)
 async def test_three_players_form_one_group(ws_url):
