@@ -25,7 +25,12 @@ def main(argv: list[str] | None = None) -> int:
     w.add_argument(
         "--steps", type=int, default=5, help="game steps per game scene, in one batch (default: %(default)s)"
     )
-    w.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for any reply (default: %(default)s)")
+    w.add_argument(
+        "--timeout",
+        type=float,
+        default=30.0,
+        help="seconds to wait for any reply; in a waiting room, its deadline plus this (default: %(default)s)",
+    )
     w.add_argument(
         "--count",
         type=_count,
