@@ -4,7 +4,8 @@ Feed it what the server sends (`match`, `frame`, `match_end`); it answers with t
 `match_ready`, an `input` for frames 1..D and then for f + D after each frame f it applies, a `state_hash`
 every `hash_every` frames, and `game_over {frames, steps}` once it has applied its scripted number of frames
 (or the match ended first). The "state" it hashes is a running SHA-256 of the frames' actions, so every
-player of a match reports the same hash unless a frame differs (or `salt` forces a difference).
+player of a match reports the same hash unless a frame differs (or `salt` forces a difference); it begins with
+`protocol.SIMULATED_HASH`, so that the export does not check it against the game's own.
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import msgpack
+
+from server import protocol
 
 Script = Callable[[int, list[Any]], Any]
 """The action for frame f, given the agent's allowed actions (its keys' values, then its default)."""
@@ -95,7 +98,7 @@ class Lockstep:
         self.digest.update(msgpack.packb([f, sorted(message["actions"].items())], use_bin_type=True))
         out: list[dict[str, Any]] = []
         if self.hash_every and f % self.hash_every == 0:
-            self.hashes[f] = self.digest.hexdigest()[:32]
+            self.hashes[f] = protocol.SIMULATED_HASH + self.digest.hexdigest()[:32]
             out.append({"type": "state_hash", "f": f, "hash": self.hashes[f]})
         if f >= self.target:
             return [*out, self._game_over()]

@@ -23,6 +23,7 @@ from typing import Any
 
 import msgpack
 
+from .protocol import SIMULATED_HASH
 from .records import MatchRecords
 
 CHECK_TIMEOUT_S = 300.0  # one match's replay; an environment that hangs is reported, not waited for
@@ -51,6 +52,9 @@ def job(match: MatchRecords, scenes: Mapping[str, Mapping[str, Any]] | None = No
         return f"not run: frame {gap} is missing from the log"
     if not match.hashes:
         return "not run: no state hashes recorded"
+    hashes = [h for h in match.hashes if not str(h.get("hash")).startswith(SIMULATED_HASH)]
+    if not hashes:
+        return "not run: its hashes came from simulated players (python -m client walk or replay), not the game"
     rules = dict((scenes or {}).get(str(start.get("scene_id")), {}))
     seeds = start.get("seeds") or []
     episodes = start.get("episodes", rules.get("episodes", len(seeds)))
@@ -66,7 +70,7 @@ def job(match: MatchRecords, scenes: Mapping[str, Mapping[str, Any]] | None = No
         "max_steps": max_steps,
         "bot": start.get("bot"),
         "frames": [{k: frame.get(k) for k in ("f", "actions", "filled", "bots")} for frame in match.frames],
-        "hashes": [{k: h.get(k) for k in ("agent", "f", "hash")} for h in match.hashes],
+        "hashes": [{k: h.get(k) for k in ("agent", "f", "hash")} for h in hashes],
     }
 
 

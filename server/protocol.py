@@ -102,6 +102,9 @@ Writer = Callable[[dict[str, Any]], None]
 PARTICIPANT_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
 TOKEN = re.compile(r"[A-Za-z0-9_-]{16,128}")
 MAX_TEXT = 2048
+SIMULATED_HASH = "sim:"
+"""How a `state_hash` from a client that does not run the game begins (the walk and replay clients hash the actions
+they applied): players' hashes are still compared with each other, never with the export's replay of the game."""
 MAX_PARAMS = 32
 MAX_DEPTH = 8
 MAX_ITEMS = 4096

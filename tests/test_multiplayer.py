@@ -4,6 +4,7 @@ in lockstep, the canonical match log, forged inputs, the waiting room's timeouts
 from __future__ import annotations
 
 import asyncio
+import json
 from pathlib import Path
 
 import pytest
@@ -15,6 +16,8 @@ from client.trace import load
 from server.agents import Human
 from server.examples.partners import study as partners_study
 from server.experiment import EndScene, Experiment, GymScene, StartScene
+from server.export import export
+from server.loader import StudySource
 from server.multiplayer import Latency, Multiplayer
 from server.store import read_records
 from tests.support import HELLO, READY, SCREENING, run_locust
@@ -71,7 +74,7 @@ def applied(end: dict) -> list[int]:
 
 @configured()
 @pytest.mark.gen_test(timeout=30)
-async def test_two_players_are_matched_play_the_same_frames_and_the_log_holds_each_once(ws_url, config):
+async def test_two_players_are_matched_play_the_same_frames_and_the_log_holds_each_once(ws_url, config, tmp_path):
     a, b = await group(ws_url, frames=30)
     assert a["outcome"] == b["outcome"] == "completed" and a["completion_code"] == "DONE"
     ma, mb = a["match"], b["match"]
@@ -85,6 +88,10 @@ async def test_two_players_are_matched_play_the_same_frames_and_the_log_holds_ea
     by_f = {r["f"]: r for r in log if r["kind"] == "frame"}
     assert all(by_f[m["f"]]["actions"] == m["actions"] for m in ma["frames"])
     assert [r["outcome"] for r in log if r["kind"] == "end"] == ["completed"]
+    export(config.data_dir, "jsonl", tmp_path / "out", StudySource(config.experiment, STUDY_FILE.resolve()))
+    [match] = [json.loads(line) for line in (tmp_path / "out" / "matches.jsonl").read_text().splitlines()]
+    assert match["hashes"] == 12  # the walks' hashes of actions: compared with each other, not with the game's
+    assert match["replay_check"].startswith("not run: its hashes came from simulated players")
 
 
 @configured()
