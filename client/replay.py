@@ -19,7 +19,7 @@ from server import protocol
 
 from .lockstep import Lockstep, replaying
 from .schedule import due
-from .trace import Expect, Trace, of_match
+from .trace import Expect, Step, Trace, of_match
 
 ACK_EVERY = 0.2
 """Seconds between acknowledgements, as the page batches them (the first goes at once)."""
@@ -77,6 +77,7 @@ class ReplaySession:
         self.player: Lockstep | None = None  # the match in progress, played live with the recorded actions
         self.played: list[Lockstep] = []
         self._outgoing: deque[dict[str, Any]] = deque()  # what the match's lockstep has to send, in order
+        self._played_at: float | None = None  # when the match in progress was played out, or ended
 
     # -- what the driver reports ---------------------------------------------------------
 
@@ -109,7 +110,7 @@ class ReplaySession:
             self._max_seq = max(seq, self._max_seq or 0)
         if of_match(message):
             self._progress = now
-            return self._in_match(message)
+            return self._in_match(message, now)
         index = self.received_count
         self.received_count += 1
         self._arrivals.append(now)
@@ -150,6 +151,8 @@ class ReplaySession:
             step = steps[self._next]
             if self.received_count >= step.after and not self._in_play(step):
                 ready_at = self._arrivals[step.after - 1] if step.after else self._connected_at
+                if self._ends_match(step) and self._played_at is not None:
+                    ready_at = max(ready_at, self._played_at)  # the match's own frames are not this message's wait
                 when = due(self.start, step.offset, self.speed, ready_at)
                 if now < when:
                     return Wait(when)
@@ -174,9 +177,10 @@ class ReplaySession:
 
     # -- a multiplayer game: played live, in lockstep, with the recorded actions --------------
 
-    def _in_match(self, message: dict[str, Any]) -> None:
+    def _in_match(self, message: dict[str, Any], now: float) -> None:
         kind = message["type"]
         if kind == "match" and (self.player is None or self.player.match_id != message.get("match_id")):
+            self._played_at = None
             parts = self.trace.matches
             part = parts[min(len(self.played), len(parts) - 1)] if parts else None
             frames = part.frames if part is not None and part.frames > 0 else 10**6
@@ -188,13 +192,17 @@ class ReplaySession:
         for out in handler[kind](message) if kind in handler else []:
             if out["type"] != "game_over":  # the recorded game over goes instead, numbered as it was
                 self._outgoing.append(out)
+        if self.player.done and self._played_at is None:
+            self._played_at = now
 
-    def _in_play(self, step: Any) -> bool:
+    def _in_play(self, step: Step) -> bool:
         """A recorded game over waits until the live match has played as many frames (or has ended)."""
+        return self._ends_match(step) and (self.player is None or not self.player.done)
+
+    @staticmethod
+    def _ends_match(step: Step) -> bool:
         message = step.message
-        if not (isinstance(message, dict) and message.get("type") == "game_over" and "frames" in message):
-            return False
-        return self.player is None or not self.player.done
+        return isinstance(message, dict) and message.get("type") == "game_over" and "frames" in message
 
     # -- helpers ------------------------------------------------------------------------
 

@@ -7,6 +7,7 @@ import asyncio
 import csv
 import json
 import math
+import os
 import sys
 import urllib.parse
 from pathlib import Path
@@ -19,6 +20,9 @@ from rich.table import Table
 from . import stats
 from .runner import planned_sessions, replay
 from .trace import TraceError, load
+
+NOTES_SHOWN = 10
+"""Notes about the trace files printed before a run; a directory of many damaged files is summed up after these."""
 
 
 def ws_url(text: str) -> str:
@@ -116,10 +120,18 @@ def add_replay_parser(commands: Any) -> None:
 
 def run_replay(args: argparse.Namespace) -> int:
     err = Console(stderr=True)
+    notes: list[str] = []
     try:
-        traces = load(args.traces)
+        traces = load(args.traces, notes)
     except TraceError as exc:
         print(f"python -m client replay: error: {exc}", file=sys.stderr)
+        return 2
+    for note in notes[:NOTES_SHOWN]:
+        print(f"python -m client replay: note: {note}", file=sys.stderr)
+    if len(notes) > NOTES_SHOWN:
+        print(f"python -m client replay: note: and {len(notes) - NOTES_SHOWN} more", file=sys.stderr)
+    if args.report is not None and (problem := _unwritable(args.report)):
+        print(f"python -m client replay: error: cannot write the report to {args.report}: {problem}", file=sys.stderr)
         return 2
     sessions = planned_sessions(traces, args.sessions or len(traces))  # whole groups for recorded matches
     concurrency = args.concurrency or sessions
@@ -197,6 +209,19 @@ def run_replay(args: argparse.Namespace) -> int:
     for line in crossed:
         print(f"threshold crossed: {line}", file=sys.stderr)
     return 1 if crossed else 0
+
+
+def _unwritable(report: Path) -> str | None:
+    """Why the report could not be written, found before the run rather than after it."""
+    try:
+        report.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        return str(exc.strerror)
+    if report.is_dir():
+        return "it is a directory"
+    if not os.access(report.parent, os.W_OK) or (report.exists() and not os.access(report, os.W_OK)):
+        return "permission denied"
+    return None
 
 
 def _ms(value: Any) -> str:

@@ -165,7 +165,9 @@ def measure(report: dict[str, Any], metric: str) -> float:
     if metric in COUNT_METRICS:
         sessions = report["sessions"]
         if metric == "errors":
-            return float(sessions["diverged"] + sessions["failed"] + sessions["unfinished"])
+            return float(
+                sessions["diverged"] + sessions["failed"] + sessions["unfinished"] + sessions.get("not_started", 0)
+            )
         return float(sessions[metric])
     series = report["scheduling_lag_ms"] if metric.startswith("lag_") else report["latency_ms"]["all"]
     value = series[metric.removeprefix("lag_")]

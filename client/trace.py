@@ -17,7 +17,7 @@ from typing import Any
 import msgpack
 
 from server.records import read_session
-from server.store import read_records
+from server.store import Reader
 
 SKIPPED_CLIENT_TYPES = frozenset({"ack"})
 """Recorded acknowledgements are not replayed: the replayer acknowledges what it receives itself."""
@@ -176,12 +176,29 @@ def trace_files(paths: Iterable[os.PathLike[str] | str]) -> list[Path]:
     return files
 
 
-def load(paths: Iterable[os.PathLike[str] | str]) -> list[Trace]:
-    """Every replayable trace under `paths`; sessions that never sent a message are left out."""
+def load(paths: Iterable[os.PathLike[str] | str], notes: list[str] | None = None) -> list[Trace]:
+    """Every replayable trace under `paths`; sessions that never sent a message are left out. Given `notes`, what
+    a load tester should know about the files is added to it: those left out, and those with torn records."""
+    paths = list(paths)
     files = trace_files(paths)
-    traces = [t for t in (from_records(read_records(f), str(f)) for f in files) if t.steps]
+    named = ", ".join(str(p) for p in paths)
+    if not files:
+        raise TraceError(f"no session files (*.msgpack) in {named}: give a data directory written by python -m server")
+    traces = []
+    for file in files:
+        reader = Reader(file)
+        trace = from_records(reader, str(file))
+        if trace.steps:
+            traces.append(trace)
+        elif notes is not None:
+            notes.append(f"{file}: left out, it holds no message a participant sent")
+        if reader.skipped and notes is not None:
+            notes.append(f"{file}: {reader.skipped} bytes belong to no whole record (a write cut short, or damage)")
     if not traces:
-        raise TraceError(f"no recorded frames in {len(files)} file(s): record sessions with a server that keeps frames")
+        raise TraceError(
+            f"no recorded session in {named}: none of its {len(files)} file(s) holds a message a participant sent "
+            "(session files are a data directory's sessions/*.msgpack, written by python -m server)"
+        )
     return traces
 
 

@@ -117,6 +117,50 @@ def test_at_recorded_speed_latency_counts_from_when_a_message_was_due():
     assert session.lags[-1] == pytest.approx(0.0)  # the client itself was not late once the reply was there
 
 
+MATCH = {
+    "type": "match", "match_id": "0" * 16, "scene_id": "duo", "agent": "a", "input_delay": 1, "hash_every": 0,
+    "agents": {"a": {"kind": "human", "keys": {"x": 1}, "default_action": 0}},
+}  # fmt: skip
+MATCH_TRACE = from_records(
+    recorded(
+        ("in", 0.0, HELLO),
+        ("out", 0.1, CONFIG),
+        ("out", 0.1, {**SCENE, "scene_type": "game"}),
+        ("out", 0.1, state("in_game")),
+        ("out", 0.2, MATCH),
+        ("in", 0.3, {"type": "match_ready", "match_id": MATCH["match_id"]}),
+        ("in", 0.3, {"type": "input", "f": 1, "action": 1}),
+        ("out", 0.4, {"type": "frame", "f": 1, "actions": {"a": 1}}),
+        ("in", 0.4, {"type": "input", "f": 2, "action": 1}),
+        ("out", 5.0, {"type": "frame", "f": 2, "actions": {"a": 1}}),
+        ("in", 5.0, {"type": "game_over", "frames": 2, "steps": 2}),
+        ("out", 5.1, state("completed")),
+    ),
+    source="match",
+)
+
+
+def test_a_match_s_game_over_is_due_when_the_match_has_been_played_not_when_it_began():
+    session = ReplaySession(MATCH_TRACE, "fresh-m", start=0.0, speed=0)
+    session.connected(0.0)
+    assert isinstance(session.poll(0.0), Send)  # hello
+    session.sent_frame(0.0)
+    for message in (CONFIG, {**SCENE, "scene_type": "game"}, state("in_game"), MATCH):
+        session.received(message, 0.1)
+    assert [session.poll(0.1).label for _ in range(2)] == ["match_ready", "input"]  # type: ignore[union-attr]
+    session.received({"type": "frame", "f": 1, "actions": {"a": 1}}, 0.2)
+    assert session.poll(0.2).label == "input"  # type: ignore[union-attr]
+    assert isinstance(session.poll(0.2), Wait)  # the game over waits for the match's last frame
+    session.received({"type": "frame", "f": 2, "actions": {"a": 1}}, 10.0)  # ten seconds of match later
+    action = session.poll(10.0)
+    assert isinstance(action, Send) and action.label == "game_over"
+    session.sent_frame(10.0)
+    session.received(state("completed"), 10.02)
+    assert session.poll(10.02) is None and session.status == "ok"
+    assert session.latencies[-1] == ("game_over", pytest.approx(0.02))  # not the match's ten seconds
+    assert session.lags[-1] == pytest.approx(0.0)
+
+
 def test_the_core_acknowledges_sequence_numbers_it_receives():
     session = ReplaySession(TRACE, "fresh-3", start=0.0, speed=0)
     session.connected(0.0)

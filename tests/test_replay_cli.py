@@ -7,6 +7,7 @@ import csv
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 
@@ -135,16 +136,39 @@ def test_replay_names_bad_input(tmp_path):
     assert missing.returncode == 2 and "trace not found" in missing.stderr
     (tmp_path / "empty").mkdir()
     empty = run("-m", "client", "replay", str(tmp_path / "empty"))
-    assert empty.returncode == 2 and "no recorded frames" in empty.stderr
+    assert empty.returncode == 2 and f"no session files (*.msgpack) in {tmp_path / 'empty'}" in empty.stderr
     bad = run("-m", "client", "replay", str(tmp_path), "--fail-on", "p99 above 2")
     assert bad.returncode == 2 and "cannot read threshold" in bad.stderr and "Traceback" not in bad.stderr
     speed = run("-m", "client", "replay", str(tmp_path), "--speed", "-1")
     assert speed.returncode == 2 and "non-negative" in speed.stderr
     (tmp_path / "notes.txt").write_text("# not a recording\n")
     text = run("-m", "client", "replay", str(tmp_path / "notes.txt"))
-    assert text.returncode == 2 and "no recorded frames" in text.stderr and "Traceback" not in text.stderr
+    assert text.returncode == 2 and "Traceback" not in text.stderr
+    assert f"no recorded session in {tmp_path / 'notes.txt'}: none of its 1 file(s)" in text.stderr
     url = run("-m", "client", "replay", str(tmp_path / "notes.txt"), "--url", "http://127.0.0.1:8888/ws")
     assert url.returncode == 2 and "--url: must be a ws:// or wss:// URL" in url.stderr
+
+
+def test_replay_names_files_it_leaves_out_or_finds_torn_and_counts_sessions_it_never_started(recorded, tmp_path):
+    traces = tmp_path / "traces"
+    traces.mkdir()
+    whole, cut = sorted((recorded / "sessions").glob("*.msgpack"))[:2]
+    (traces / whole.name).write_bytes(whole.read_bytes())
+    (traces / cut.name).write_bytes(cut.read_bytes()[: cut.stat().st_size // 2])  # a write cut short
+    (traces / "notes.msgpack").write_bytes(b"# not a recording")
+    with socket.socket() as unused:  # never listening: nothing is started before --max-seconds ends the run
+        unused.bind(("127.0.0.1", 0))
+        url = f"ws://127.0.0.1:{unused.getsockname()[1]}/ws"
+        nothing = run("-m", "client", "replay", str(traces), "--url", url, "--max-seconds", "0", "--no-progress",
+                      "--fail-on", "errors>0")  # fmt: skip
+        no_report = run("-m", "client", "replay", str(traces), "--url", url, "--report", str(traces))
+    assert f"note: {traces / 'notes.msgpack'}: left out, it holds no message a participant sent" in nothing.stderr
+    assert f"note: {traces / cut.name}: " in nothing.stderr and "bytes belong to no whole record" in nothing.stderr
+    assert f"{traces / whole.name}" not in nothing.stderr
+    assert "not started 2 of 2" in nothing.stdout
+    assert nothing.returncode == 1 and "threshold crossed: errors" in nothing.stderr
+    assert no_report.returncode == 2 and f"cannot write the report to {traces}: it is a directory" in no_report.stderr
+    assert "sessions:" not in no_report.stdout  # refused before the run, not after it
 
 
 def test_a_different_experiment_shows_up_as_divergences(recorded, tmp_path):
