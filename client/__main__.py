@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import sys
 from typing import Any
 
 from tornado.httpclient import HTTPClientError
 from tornado.websocket import WebSocketError
+
+from server.arguments import positive, whole
 
 from .participant import walk
 from .replay_cli import add_replay_parser, run_replay, ws_url
@@ -23,26 +26,32 @@ def main(argv: list[str] | None = None) -> int:
     )
     w.add_argument("--participant-id", default=None, help="participant id to send in hello (default: server assigns)")
     w.add_argument(
-        "--steps", type=int, default=5, help="game steps per game scene, in one batch (default: %(default)s)"
+        "--steps",
+        type=whole(0),
+        default=5,
+        help="game steps per game scene, in one batch (default: %(default)s)",
     )
     w.add_argument(
         "--timeout",
-        type=float,
+        type=positive,
         default=30.0,
         help="seconds to wait for any reply; in a waiting room, its deadline plus this (default: %(default)s)",
     )
     w.add_argument(
         "--count",
-        type=_count,
+        type=whole(1, 100_000),
         default=1,
         help="participants to walk, one after another, each with its own id (default: %(default)s)",
     )
     w.add_argument(
-        "--frames", type=int, default=30, help="frames to play in a multiplayer game scene (default: %(default)s)"
+        "--frames",
+        type=whole(1),
+        default=30,
+        help="frames to play in a multiplayer game scene (default: %(default)s)",
     )
     w.add_argument(
         "--together",
-        type=_count,
+        type=whole(1, 100_000),
         default=1,
         help="participants walked at once, so that a multiplayer game's group forms (default: %(default)s)",
     )
@@ -105,13 +114,6 @@ def _summary(outcomes: dict[str, int]) -> str:
     return ", ".join(f"{k} {v}" for k, v in sorted(outcomes.items()))
 
 
-def _count(text: str) -> int:
-    value = int(text)
-    if not 1 <= value <= 100_000:
-        raise argparse.ArgumentTypeError(f"must be between 1 and 100000, got {text}")
-    return value
-
-
 def _walk_many(args: argparse.Namespace) -> int:
     """Walk `--count` participants, `--together` at a time; ids get a numeric suffix when one is given."""
     outcomes: dict[str, int] = {}
@@ -142,4 +144,8 @@ def _walk_many(args: argparse.Namespace) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except BrokenPipeError:  # the output piped into a command that stopped reading (`| head`): not an error here
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # Python's own flush at exit fails otherwise
+        sys.exit(1)

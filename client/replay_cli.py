@@ -6,7 +6,6 @@ import argparse
 import asyncio
 import csv
 import json
-import math
 import os
 import sys
 import urllib.parse
@@ -16,6 +15,8 @@ from typing import Any
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
+
+from server.arguments import nonnegative, whole
 
 from . import stats
 from .runner import planned_sessions, replay
@@ -30,20 +31,6 @@ def ws_url(text: str) -> str:
     if not text.startswith(("ws://", "wss://")) or not urllib.parse.urlsplit(text).netloc:
         raise argparse.ArgumentTypeError(f"must be a ws:// or wss:// URL, got {text}")
     return text
-
-
-def _nonnegative(text: str) -> float:
-    value = float(text)
-    if not value >= 0 or math.isinf(value):
-        raise argparse.ArgumentTypeError(f"must be a non-negative number, got {text}")
-    return value
-
-
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {text}")
-    return value
 
 
 def _thresholds(text: str) -> list[stats.Threshold]:
@@ -71,34 +58,37 @@ def add_replay_parser(commands: Any) -> None:
     )
     r.add_argument(
         "--sessions",
-        type=_positive_int,
+        type=whole(1),
         default=None,
         help="simulated participants, the traces taken in turn (default: one per trace)",
     )
     r.add_argument(
-        "--concurrency", type=_positive_int, default=None, help="sessions open at once at most (default: all of them)"
+        "--concurrency",
+        type=whole(1),
+        default=None,
+        help="sessions open at once at most (default: all of them)",
     )
     r.add_argument(
         "--speed",
-        type=_nonnegative,
+        type=nonnegative,
         default=1.0,
         help="recorded timing divided by this; 0 = as fast as the replies come (default: %(default)s)",
     )
     r.add_argument(
         "--ramp",
-        type=_nonnegative,
+        type=nonnegative,
         default=0.0,
         help="new sessions started per second; 0 = all at once (default: %(default)s)",
     )
     r.add_argument(
         "--max-seconds",
-        type=_nonnegative,
+        type=nonnegative,
         default=600.0,
         help="hard limit on the run; sessions still open then count as unfinished (default: %(default)s)",
     )
     r.add_argument(
         "--timeout",
-        type=_nonnegative,
+        type=nonnegative,
         default=10.0,
         help="seconds without an expected reply before a session counts as timed out (default: %(default)s)",
     )

@@ -16,6 +16,7 @@ from statemachine import OUTCOMES
 
 from . import __version__
 from .app import make_app
+from .arguments import port, positive, whole
 from .config import Config
 from .limits import AcceptGuard, guarded, raise_descriptor_limit, server_options, settle_collector
 from .loader import DEFAULT, ExperimentError, load_study
@@ -23,27 +24,7 @@ from .precompress import DEFAULT_CACHE_DIR
 from .runtime import WILDCARD_HOSTS, RuntimeSetupError
 from .session import Timeouts
 
-
-def _positive(text: str) -> float:
-    value = float(text)
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
-    return value
-
-
-def _port(text: str) -> int:
-    """A port the socket layer takes as given: a larger number would wrap around to another port unnoticed."""
-    value = int(text)
-    if not 0 <= value <= 65535:
-        raise argparse.ArgumentTypeError(f"must be a port number from 0 to 65535 (0: any free port), got {text}")
-    return value
-
-
-def _count(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive whole number, got {text}")
-    return value
+_count = whole(1)
 
 
 def _outcomes(text: str) -> tuple[str, ...]:
@@ -67,7 +48,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--version", action="version", version=f"Preflight {__version__}")
     parser.add_argument("--host", default="127.0.0.1", help="interface to listen on (default: %(default)s)")
     parser.add_argument(
-        "--port", type=_port, default=8888, help="port to listen on; 0 picks a free one (default: %(default)s)"
+        "--port", type=port, default=8888, help="port to listen on; 0 picks a free one (default: %(default)s)"
     )
     parser.add_argument(
         "--experiment",
@@ -83,25 +64,25 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--screening-timeout",
-        type=_positive,
+        type=positive,
         default=Timeouts.screening,
         help="seconds a page has to report its screening facts (default: %(default)s)",
     )
     parser.add_argument(
         "--preload-timeout",
-        type=_positive,
+        type=positive,
         default=Timeouts.preload,
         help="seconds a page has to report its Python runtime ready or failed (default: %(default)s)",
     )
     parser.add_argument(
         "--grace",
-        type=_positive,
+        type=positive,
         default=Timeouts.grace,
         help="seconds a dropped participant has to reconnect before the session is abandoned (default: %(default)s)",
     )
     parser.add_argument(
         "--rate-limit",
-        type=_positive,
+        type=positive,
         default=Config.messages_per_second,
         help="messages per second one connection may send, with bursts of twice as many (default: %(default)s)",
     )
@@ -120,13 +101,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--ping-interval",
-        type=_positive,
+        type=positive,
         default=Config.ping_interval,
         help="seconds between WebSocket pings (default: %(default)s)",
     )
     parser.add_argument(
         "--ping-timeout",
-        type=_positive,
+        type=positive,
         default=Config.ping_timeout,
         help="seconds without a pong before a connection is dropped; at most the ping interval (default: %(default)s)",
     )
@@ -162,8 +143,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     limits = parser.add_argument_group("limits (defaults far above what a real study uses)")
     for flag, field, kind, what in (
-        ("--hello-timeout", "hello_timeout", _positive, "seconds a new /ws connection has to say hello (close 4002)"),
-        ("--idle-timeout", "idle_timeout", _positive, "seconds an HTTP connection may idle or take over its headers"),
+        (
+            "--hello-timeout",
+            "hello_timeout",
+            positive,
+            "seconds a new /ws connection has to say hello (close 4002)",
+        ),
+        (
+            "--idle-timeout",
+            "idle_timeout",
+            positive,
+            "seconds an HTTP connection may idle or take over its headers",
+        ),
         ("--max-body-bytes", "max_body_bytes", _count, "larger request bodies are refused unread, on every route"),
         ("--max-connections-per-ip", "max_connections_per_ip", _count, "open /ws connections one address may hold"),
         ("--sessions-per-ip", "sessions_per_ip_per_minute", _count, "new sessions one address may start a minute"),
@@ -303,7 +294,9 @@ async def _serve(config: Config, generated_token: bool) -> int:
         print(f"python -m server: error: {exc}", file=sys.stderr)
         return 2
     except OSError as exc:  # the data directory cannot be made or written, most often
-        print(f"python -m server: error: {exc.strerror}: {exc.filename}", file=sys.stderr)
+        data = str(config.data_dir)
+        which = " (the data directory, --data-dir)" if str(exc.filename).startswith(data) else ""
+        print(f"python -m server: error: {exc.strerror}: {exc.filename}{which}", file=sys.stderr)
         return 2
     settle_collector()
     soft, hard = raise_descriptor_limit()

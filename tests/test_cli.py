@@ -8,6 +8,8 @@ import sys
 import urllib.error
 import urllib.request
 
+import pytest
+
 from client.harness import ROOT, served
 
 
@@ -60,6 +62,22 @@ def test_a_bad_experiment_is_named_on_the_command_line(tmp_path):
     assert weak.returncode == 2 and "--admin-token must be at least 16 characters" in weak.stderr
 
 
+@pytest.mark.parametrize(
+    "flag, value, wanted",
+    [
+        ("--screening-timeout", "nan", "a positive number"),  # nan passes every comparison: it excluded everyone
+        ("--grace", "inf", "a positive number"),
+        ("--rate-limit", "0", "a positive number"),
+        ("--port", "abc", "a port number from 0 to 65535 (0: any free port)"),
+        ("--max-sessions", "1.5", "a whole number of at least 1"),
+    ],
+)
+def test_a_flag_value_out_of_its_range_is_named(flag, value, wanted):
+    refused = run("-m", "server", flag, value)
+    assert refused.returncode == 2 and f"argument {flag}: must be {wanted}, got '{value}'" in refused.stderr
+    assert "Traceback" not in refused.stderr and "_positive" not in refused.stderr
+
+
 def test_a_port_or_data_directory_that_cannot_be_used_is_named(tmp_path):
     too_high = run("-m", "server", "--port", "99999")  # would wrap around to port 34463 if passed on
     assert too_high.returncode == 2 and "--port: must be a port number from 0 to 65535" in too_high.stderr
@@ -67,6 +85,7 @@ def test_a_port_or_data_directory_that_cannot_be_used_is_named(tmp_path):
     not_a_dir = run("-m", "server", "--port", "0", "--data-dir", str(tmp_path / "file"))
     assert not_a_dir.returncode == 2 and "Traceback" not in not_a_dir.stderr
     assert f"python -m server: error: Not a directory: {tmp_path / 'file'}" in not_a_dir.stderr
+    assert "(the data directory, --data-dir)" in not_a_dir.stderr
 
 
 def test_port_0_serves_on_a_free_port_and_prints_it(tmp_path):

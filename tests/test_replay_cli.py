@@ -140,7 +140,9 @@ def test_replay_names_bad_input(tmp_path):
     bad = run("-m", "client", "replay", str(tmp_path), "--fail-on", "p99 above 2")
     assert bad.returncode == 2 and "cannot read threshold" in bad.stderr and "Traceback" not in bad.stderr
     speed = run("-m", "client", "replay", str(tmp_path), "--speed", "-1")
-    assert speed.returncode == 2 and "non-negative" in speed.stderr
+    assert speed.returncode == 2 and "--speed: must be a number of 0 or more, got '-1'" in speed.stderr
+    nan = run("-m", "client", "replay", str(tmp_path), "--timeout", "nan")
+    assert nan.returncode == 2 and "--timeout: must be a number of 0 or more, got 'nan'" in nan.stderr
     (tmp_path / "notes.txt").write_text("# not a recording\n")
     text = run("-m", "client", "replay", str(tmp_path / "notes.txt"))
     assert text.returncode == 2 and "Traceback" not in text.stderr
