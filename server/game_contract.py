@@ -133,6 +133,13 @@ class Game:
             raise ContractError(f"{name}() raised {_last_line(exc)}") from exc
 
 
+def _payload(agent: Any) -> dict[str, Any]:
+    """An agent as the scene declares it (`Human(...)`, `Bot(...)`) or as its payload: a researcher replaying in
+    CPython passes the same `agents` they gave `GymScene`."""
+    payload = getattr(agent, "payload", None)
+    return dict(payload() if callable(payload) else agent)
+
+
 class Team:
     """A multi-agent environment (the PettingZoo parallel API's shape) with the Python side of its bots.
 
@@ -140,10 +147,10 @@ class Team:
     scores come from the page's onnxruntime and are turned into an action here, with the agent's seeded `rng`.
     """
 
-    def __init__(self, env: Any, agents: Mapping[str, Mapping[str, Any]], *, assets: Iterable[str] | None = None):
+    def __init__(self, env: Any, agents: Mapping[str, Any], *, assets: Iterable[str] | None = None):
         self.game = Game(env, assets=assets)
         self.env = env
-        self.agents = {str(a): dict(p) for a, p in agents.items()}
+        self.agents = {str(a): _payload(p) for a, p in agents.items()}
         self.policies: dict[str, Callable[..., Any]] = {}
         for agent_id, agent in self.agents.items():
             policy = agent.get("policy") or {}
@@ -313,7 +320,7 @@ def sample(scores: list[float], how: str, temperature: float, rng: random.Random
 def load_team(
     spec: str,
     kwargs: Mapping[str, Any] | None,
-    agents: Mapping[str, Mapping[str, Any]],
+    agents: Mapping[str, Any],
     *,
     assets: Iterable[str] | None = None,
 ) -> Team:
@@ -325,7 +332,7 @@ def load_team(
 def replay_team(
     spec: str,
     kwargs: Mapping[str, Any] | None,
-    agents: Mapping[str, Mapping[str, Any]],
+    agents: Mapping[str, Any],
     episodes: Sequence[tuple[int, Sequence[Mapping[str, Any]]]],
 ) -> list[list[dict[str, Any]]]:
     """Rerun recorded multi-agent episodes: per step, what each agent observed before it, and the actions the
@@ -353,7 +360,7 @@ def replay_team(
 def replay_match(
     spec: str,
     kwargs: Mapping[str, Any] | None,
-    agents: Mapping[str, Mapping[str, Any]],
+    agents: Mapping[str, Any],
     seeds: Sequence[int],
     frames: Iterable[Mapping[str, Any]],
     *,

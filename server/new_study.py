@@ -123,6 +123,6 @@ def main(argv: list[str]) -> int:
         return 2
     for path in written:
         print(f"wrote {path}")
-    study = args.folder / "study.py"
-    print(f"\nServe it:  python -m server --experiment {study}")
+    print("\nServe it from its folder, where its data/ is kept:")
+    print(f"  cd {args.folder} && python -m server --experiment study.py")
     return 0

@@ -105,6 +105,7 @@ def test_the_installed_wheel_serves_a_new_study_to_a_participant_to_completion(d
     assert version.stdout.strip() == f"Preflight {__version__}", version.stderr
     init = run([str(python), "-m", "server", "init", "my-study"], work, clean_env(work))
     assert init.returncode == 0, init.stderr
+    assert "cd my-study && python -m server --experiment study.py" in init.stdout  # run there: data/ stays in it
     site = run([str(python), "-c", "import server; print(server.__file__)"], work, clean_env(work)).stdout
     assert not Path(site.strip()).is_relative_to(ROOT)
 

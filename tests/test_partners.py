@@ -126,6 +126,8 @@ def test_the_same_seed_gives_the_same_python_and_random_bot_actions(monkeypatch)
 
     assert bots(11) == bots(11)
     assert bots(11) != bots(12)
+    as_declared = {"chef_0": Bot(RandomPolicy()), "chef_1": Bot(PythonPolicy("policies:greedy"))}  # as GymScene takes
+    assert [s["bot_actions"] for s in replay_team("coop_env:make", {}, as_declared, [(11, steps)])[0]] == bots(11)
     assert {a["chef_0"] for a in bots(11)} <= set(range(5)) and len({a["chef_0"] for a in bots(11)}) > 1
 
 
