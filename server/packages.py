@@ -16,6 +16,7 @@ read) or whose wheels are not pure Python is left to micropip in the page, as be
 
 from __future__ import annotations
 
+import ast
 import base64
 import hashlib
 import io
@@ -104,6 +105,60 @@ def find_local_modules(experiment: Experiment, experiment_file: Path) -> dict[st
                 )
             found[name] = path
     return found
+
+
+def top_level_names(path: Path) -> set[str] | None:
+    """What a module defines at its top level, or None when that cannot be told without running it."""
+    try:
+        tree = ast.parse(path.read_text(), str(path))
+    except (OSError, SyntaxError, UnicodeDecodeError, ValueError):
+        return None
+    names: set[str] = set()
+    for node in tree.body:
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            names.add(node.name)
+        elif isinstance(node, (ast.Import, ast.ImportFrom)):
+            if any(alias.name == "*" for alias in node.names):
+                return None
+            names.update((alias.asname or alias.name).split(".")[0] for alias in node.names)
+        elif isinstance(node, (ast.Assign, ast.AnnAssign, ast.AugAssign)):
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+            names.update(n.id for t in targets for n in ast.walk(t) if isinstance(n, ast.Name))
+        elif isinstance(node, (ast.If, ast.Try, ast.With, ast.For, ast.While)):
+            return None  # conditional definitions: leave them to the page
+    return None if "__getattr__" in names else names
+
+
+def check_local_sources(experiment: Experiment, modules: dict[str, Path]) -> None:
+    """What can be told of the study's own modules without running them: an environment factory the module does
+    not define stops start-up (`PackageError`); a syntax error is named with its line in the log at once (the
+    page's Python is newer than the server's, so the server's parser may refuse what the page accepts)."""
+    for source in modules.values():
+        for path in [source] if source.is_file() else sorted(source.rglob("*.py")):
+            try:
+                ast.parse(path.read_text(), str(path))
+            except SyntaxError as exc:
+                log.warning(
+                    "%s, line %s: %s: %s (checked with this server's Python; the game will fail in the page if "
+                    "its Python agrees)",
+                    path,
+                    exc.lineno,
+                    type(exc).__name__,
+                    exc.msg,
+                )
+            except (OSError, UnicodeDecodeError, ValueError):
+                continue
+    for scene in _games(experiment):
+        module, _, factory = scene.environment.partition(":")
+        factory = factory.split(".")[0]
+        file = modules.get(module)
+        if file is None or not file.is_file() or not factory:
+            continue
+        names = top_level_names(file)
+        if names is not None and factory not in names:
+            raise PackageError(
+                f"scene {scene.scene_id!r}: environment {scene.environment} not found: {file.name} defines no {factory}"
+            )
 
 
 def build_local_wheel(module: str, source: Path, cache: Path) -> Wheel:
@@ -207,6 +262,7 @@ def resolve_packages(experiment: Experiment, experiment_file: Path | None, runti
     """Pack the local modules, then check every scene's packages and environment module; `PackageError` if not."""
     local: dict[str, Wheel] = {}
     cache = None
+    modules: dict[str, Path] = {}
     if experiment_file is not None:
         modules = find_local_modules(experiment, experiment_file)
         cache = study_cache(experiment_file.parent) / CACHE if modules else None
@@ -223,6 +279,7 @@ def resolve_packages(experiment: Experiment, experiment_file: Path | None, runti
     resolver = _Resolver(runtime, local, experiment_file)
     for scene in _games(experiment):
         resolver.scene(scene)
+    check_local_sources(experiment, modules)
     wheels = {**resolver.wheels, **{w.filename: w for w in local.values()}}
     projects = [w.project for w in wheels.values()]
     direct = not resolver.unchecked and len(set(projects)) == len(projects) and all(map(_pure, wheels.values()))

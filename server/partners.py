@@ -8,7 +8,6 @@ server before anyone joins, like a missing package.
 
 from __future__ import annotations
 
-import ast
 import hashlib
 import math
 from dataclasses import dataclass, field
@@ -19,6 +18,7 @@ import tornado.web
 
 from .agents import Bot, OnnxPolicy, PythonPolicy
 from .experiment import Experiment, GymScene
+from .packages import top_level_names
 from .runtime import RuntimeSetupError
 
 MODEL_URL = "/models/"
@@ -131,34 +131,12 @@ def check_policy_functions(experiment: Experiment, experiment_file: Path | None)
                 path = experiment_file.parent / module.replace(".", "/") / "__init__.py"
             if not path.is_file():
                 continue  # from a package: the page's import finds it, or the game fails with a plain message
-            names = _top_level_names(path)
+            names = top_level_names(path)
             if names is not None and name not in names:
                 raise ModelError(
                     f"scene {scene.scene_id!r}, agent {agent_id!r}: policy {agent.policy.spec} not found: "
                     f"{path.name} defines no {name}"
                 )
-
-
-def _top_level_names(path: Path) -> set[str] | None:
-    """What a module defines at its top level, or None when that cannot be told without running it."""
-    try:
-        tree = ast.parse(path.read_text(), str(path))
-    except (OSError, SyntaxError, UnicodeDecodeError, ValueError):
-        return None
-    names: set[str] = set()
-    for node in tree.body:
-        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
-            names.add(node.name)
-        elif isinstance(node, (ast.Import, ast.ImportFrom)):
-            if any(alias.name == "*" for alias in node.names):
-                return None
-            names.update((alias.asname or alias.name).split(".")[0] for alias in node.names)
-        elif isinstance(node, (ast.Assign, ast.AnnAssign, ast.AugAssign)):
-            targets = node.targets if isinstance(node, ast.Assign) else [node.target]
-            names.update(n.id for t in targets for n in ast.walk(t) if isinstance(n, ast.Name))
-        elif isinstance(node, (ast.If, ast.Try, ast.With, ast.For, ast.While)):
-            return None  # conditional definitions: leave them to the page
-    return None if "__getattr__" in names else names
 
 
 def check_onnxruntime(models: dict[str, Model]) -> None:

@@ -12,6 +12,7 @@ import asyncio
 import base64
 import hashlib
 import json
+import logging
 import re
 import shutil
 import subprocess
@@ -24,10 +25,12 @@ import pytest
 
 from client.harness import ROOT, free_port, served
 from client.participant import ProtocolClient
+from server.experiment import EndScene, Experiment, GymScene, StartScene
 from server.loader import load_study
 from server.packages import (
     LOCAL_URL,
     build_local_wheel,
+    check_local_sources,
     resolve_packages,
     wheel_contents,
 )
@@ -373,6 +376,10 @@ def test_a_missing_requirement_of_a_wheel_is_named_with_the_wheel_that_needs_it(
         ),
         ("not a requirement", "packages_to_install entry 'foo bar!' is not a requirement: Expected semicolon"),
         ("a URL", "packages_to_install entry 'foo @ https://example.org/foo-1.0-py3-none-any.whl' names a URL"),
+        (
+            "a misspelt factory",
+            "scene 'catch': environment catch_env:make_dou not found: catch_env.py defines no make_dou",
+        ),
     ],
 )
 def test_each_start_up_problem_is_one_line_and_exit_code_2(tmp_path, case, expected):
@@ -387,7 +394,10 @@ def test_each_start_up_problem_is_one_line_and_exit_code_2(tmp_path, case, expec
         "a binary wheel": lambda: write_study(tmp_path, environment="native:make", packages=("native",)),
         "not a requirement": lambda: write_study(tmp_path, packages=("foo bar!",)),
         "a URL": lambda: write_study(tmp_path, packages=("foo @ https://example.org/foo-1.0-py3-none-any.whl",)),
+        "a misspelt factory": lambda: write_study(tmp_path, environment="catch_env:make_dou"),
     }[case]()
+    if case == "a misspelt factory":
+        (tmp_path / "catch_env.py").write_text(CATCH_ENV)
     binary = make_wheel(wheelhouse, "native", "1.0", {"native.py": ""})
     binary.rename(wheelhouse / "native-1.0-cp314-cp314-manylinux_2_17_x86_64.whl")
     run = start("--experiment", str(study), "--wheelhouse", str(wheelhouse))
@@ -395,6 +405,17 @@ def test_each_start_up_problem_is_one_line_and_exit_code_2(tmp_path, case, expec
     [line] = run.stderr.splitlines()
     assert line.startswith("python -m server: error: ")
     assert expected.format(wheelhouse=wheelhouse) in line
+
+
+def test_a_syntax_error_in_the_study_s_own_module_is_logged_with_its_line_at_start_up(tmp_path, caplog):
+    (tmp_path / "catch_env.py").write_text("def make():\n    return Catch(\n\nclass Catch:\n    pass\n")
+    scene = GymScene("catch", "catch_env:make")
+    with caplog.at_level(logging.WARNING, logger="preflight"):
+        check_local_sources(
+            Experiment("x", [StartScene(), scene, EndScene()]), {"catch_env": tmp_path / "catch_env.py"}
+        )
+    [warning] = [r.getMessage() for r in caplog.records]
+    assert warning.startswith(f"{tmp_path / 'catch_env.py'}, line 2: SyntaxError: ")
 
 
 # -- in the browser ----------------------------------------------------------------------------------------------
