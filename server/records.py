@@ -77,6 +77,11 @@ class GameOver:
     t: float | None
     wall: float | None
 
+    @property
+    def failed(self) -> bool:
+        """The game could not run to its end in the page (its environment, a partner or Python failed)."""
+        return self.summary.get("failed") is True
+
 
 @dataclass(frozen=True)
 class Closed:

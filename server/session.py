@@ -8,6 +8,7 @@ run on its `Timers`; it knows nothing about sockets or files.
 from __future__ import annotations
 
 import hashlib
+import logging
 import secrets
 import time
 from collections.abc import Callable, Mapping
@@ -25,6 +26,8 @@ from .matches import Lobby, Match
 from .multiplayer import Multiplayer
 from .outbox import Outbox
 from .protocol import Code, Refusal, Writer
+
+log = logging.getLogger("preflight")
 
 
 @dataclass(frozen=True)
@@ -394,7 +397,11 @@ class Session(RegionGuards):
         data = _data(event)
         reported = data.get("steps")
         check = {"reported_steps": reported, "received_steps": self.game_steps, "complete": reported == self.game_steps}
-        self.record("game_over", scene_id=self.plan[self.index].instance_id, data=data, check=check)
+        scene_id = self.plan[self.index].instance_id
+        self.record("game_over", scene_id=scene_id, data=data, check=check)
+        if data.get("failed") is True:  # the researcher's code failed in a participant's page: say so where they look
+            error = str(data.get("error"))[:300]
+            log.warning("game %r failed in the page of participant %r: %r", scene_id, self.participant_id, error)
         if self.match is not None:
             self.match.game_over(self, data.get("frames"))
             self.match = None

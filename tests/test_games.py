@@ -203,6 +203,8 @@ def test_an_environment_that_breaks_the_contract_ends_the_game_as_failed_never_s
         assert "failed: reset() returned an int; expected (observation, info)" in admin.inner_text("#games")
     [over] = [r for r in records_of(data, "unlucky") if r["kind"] == "game_over"]
     assert over["data"]["failed"] is True and "reset() returned an int" in over["data"]["error"]
+    [log] = tmp_path.glob("server-*.log")  # the researcher's terminal says so too, not only the admin view
+    assert "game 'broken' failed in the page of participant 'unlucky': 'reset() returned an int" in log.read_text()
 
 
 def test_a_time_limit_ends_a_game_that_waits_for_keys(context, tmp_path):

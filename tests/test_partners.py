@@ -296,6 +296,8 @@ def test_a_human_plays_with_onnx_python_and_random_partners_in_the_worker(tmp_pa
 
     # The export keeps one row per step, the agents in JSON map columns.
     export(data, "jsonl", tmp_path / "export")
+    [person] = [json.loads(line) for line in (tmp_path / "export" / "participants.jsonl").read_text().splitlines()]
+    assert person["failed_games"] == [{"scene_id": "broken", "error": reason}]
     rows = [json.loads(line) for line in (tmp_path / "export" / "steps.jsonl").read_text().splitlines()]
     first = next(r for r in rows if r["scene_id"] == "with_model")
     assert first["actions"] == played[0]["actions"] and first["by"] == {"chef_0": "default", "chef_1": "bot"}
