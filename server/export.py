@@ -27,6 +27,7 @@ from .store import read_records, torn_bytes
 EVENT_COLUMNS = ["session_id", "participant_id", "n", "kind", "t", "wall", "dir", "type", "scene_id", "data"]
 PARTICIPANT_COLUMNS = [
     "session_id",
+    "experiment",
     "participant_id",
     "params",
     "seed",
@@ -142,6 +143,7 @@ def participant(summary: SessionRecords, torn: int) -> dict[str, Any]:
     row: dict[str, Any] = dict.fromkeys(PARTICIPANT_COLUMNS)
     if (begin := summary.begin) is not None:
         row.update(
+            experiment=begin.experiment,
             participant_id=begin.participant_id,
             params=begin.params,
             seed=begin.seed,

@@ -29,6 +29,7 @@ class Begin:
     user_agent: str | None
     t: float | None
     wall: float | None
+    experiment: str | None = None  # its name; sessions recorded before 2026-12-07 do not say
 
 
 @dataclass(frozen=True)
@@ -196,7 +197,14 @@ def read_session(session_id: str, records: Iterable[dict[str, Any]]) -> SessionR
             out.decided = r.get("outcome")
         elif kind == "begin":
             out.begin = Begin(
-                r.get("participant_id"), r.get("params"), r.get("seed"), r.get("order"), r.get("user_agent"), t, wall
+                r.get("participant_id"),
+                r.get("params"),
+                r.get("seed"),
+                r.get("order"),
+                r.get("user_agent"),
+                t,
+                wall,
+                r.get("experiment"),
             )
         elif kind == "screening":
             out.screening = Screening(r.get("facts"), r.get("rtt_ms"), r.get("verdict"), t, wall)

@@ -206,6 +206,7 @@ class Session(RegionGuards):
         self.plan = self.experiment.plan(self.seed)
         self.record(
             "begin",
+            experiment=self.experiment.name,
             participant_id=self.participant_id,
             params=self.params,
             seed=self.seed,

@@ -377,6 +377,18 @@ class DataStore:
         # Only the descriptor tables: a finalizer holding the pool would keep its `on_failure` owner alive forever.
         weakref.finalize(self, _close_descriptors, self.pool._open, self.pool._kept)
 
+    def served_before(self) -> str | None:
+        """The name of the experiment this directory's last server start served, if any."""
+        last = None
+        try:
+            with open(self.root / "study.msgpack", "rb") as f:
+                for last in msgpack.Unpacker(f, raw=False, strict_map_key=False):  # noqa: B007
+                    pass
+        except (OSError, ValueError, msgpack.UnpackException):  # none yet, or a damaged one: nothing to compare
+            pass
+        experiment = last.get("experiment") if isinstance(last, dict) else None
+        return str(experiment.get("name")) if isinstance(experiment, dict) else None
+
     def describe_study(self, description: dict[str, Any]) -> None:
         """Append what was served, so every session in this directory can be traced to a definition."""
         with open(self.root / "study.msgpack", "ab", buffering=0) as f:

@@ -139,6 +139,15 @@ class Study:
         self.by_digest: dict[str, Session] = {}
         self.links: dict[str, Link] = {}  # session id -> the one connection driving it
         self.participants: dict[str, str] = {}  # participant id -> outcome ("" while in progress)
+        before = self.store.served_before()
+        if before is not None and before != config.experiment.name:
+            log.warning(
+                "%s holds the data of experiment %r; this server runs %r, whose data would be mixed with it there: "
+                "give each study its own --data-dir",
+                config.data_dir,
+                before,
+                config.experiment.name,
+            )
         self.store.describe_study(
             {
                 "wall": time.time(),

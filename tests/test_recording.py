@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import gc
+import json
+import logging
 import os
 import weakref
 
@@ -11,8 +14,11 @@ import msgpack
 import pytest
 
 from client.participant import walk
+from server.experiment import EndScene, Experiment, StartScene
+from server.export import export
 from server.session import Timeouts
 from server.store import FilePool, SessionLog, framed, read_records, torn_bytes
+from server.study import Study
 
 
 async def until_closed(path) -> list[dict]:
@@ -177,3 +183,22 @@ async def test_sessions_that_end_leave_nothing_behind(ws_url, app, connect):
     assert study.machine.attached == 0 and study.store.pool.open_files == 0
     gc.collect()
     assert len(ours) == 0
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_each_session_names_its_experiment_and_another_experiment_on_the_same_data_is_warned_of(
+    ws_url, config, tmp_path, caplog
+):
+    await walk(ws_url, participant_id="first")
+    other = dataclasses.replace(config, experiment=Experiment("other-study", [StartScene(), EndScene()]))
+    with caplog.at_level(logging.WARNING, logger="preflight"):
+        Study(other)  # the server started again on the same data directory, with another study
+    said = f"holds the data of experiment {config.experiment.name!r}; this server runs 'other-study'"
+    assert said in caplog.text and "give each study its own --data-dir" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="preflight"):
+        Study(other)  # and again with the same one: nothing to say
+    assert "holds the data of experiment" not in caplog.text
+    export(config.data_dir, "jsonl", tmp_path / "out")
+    [row] = [json.loads(line) for line in (tmp_path / "out" / "participants.jsonl").read_text().splitlines()]
+    assert row["participant_id"] == "first" and row["experiment"] == config.experiment.name
