@@ -14,6 +14,7 @@ Every timed reply is a `WS` request named after the message type; each session e
 from __future__ import annotations
 
 import itertools
+import logging
 import os
 import time
 
@@ -22,11 +23,12 @@ import websocket
 from gevent.event import Event
 from gevent.queue import Empty, Queue
 from locust import User, events, task
+from locust.exception import StopUser
 
 from client import schedule, stats
 from client.participant import DESKTOP_CHROMIUM
 from client.replay import ReplaySession, Send, decode
-from client.trace import Trace, groups, load
+from client.trace import Trace, TraceError, groups, load
 
 _traces: dict[str, list[Trace]] = {}
 _run = schedule.run_id()
@@ -66,6 +68,21 @@ def _arguments(parser) -> None:
     parser.add_argument(
         "--reply-timeout", type=float, default=10.0, help="seconds without an expected reply: a timeout"
     )
+
+
+@events.init.add_listener
+def _check_traces(environment, **_: object) -> None:
+    """Traces that cannot be replayed end the run at once, named, instead of a traceback from every user."""
+    options = environment.parsed_options
+    if options is None or options.traces in _traces:
+        return
+    try:
+        _traces[options.traces] = load(options.traces.split(","))
+    except TraceError as exc:
+        logging.getLogger("preflight.locust").error("--traces: %s", exc)
+        environment.process_exit_code = 2
+        if environment.runner is not None:
+            environment.runner.quit()
 
 
 def drive(session: ReplaySession, url: str, timeout: float) -> ReplaySession:
@@ -126,8 +143,8 @@ class ReplayUser(User):
 
     def on_start(self) -> None:
         options = self.environment.parsed_options
-        if options.traces not in _traces:
-            _traces[options.traces] = load(options.traces.split(","))
+        if options.traces not in _traces:  # refused at init: this user has nothing to replay
+            raise StopUser()
         self.traces = _traces[options.traces]
         self.speed = options.speed
         self.timeout = options.reply_timeout

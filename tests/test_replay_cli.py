@@ -149,6 +149,11 @@ def test_replay_names_bad_input(tmp_path):
     assert f"no recorded session in {tmp_path / 'notes.txt'}: none of its 1 file(s)" in text.stderr
     url = run("-m", "client", "replay", str(tmp_path / "notes.txt"), "--url", "http://127.0.0.1:8888/ws")
     assert url.returncode == 2 and "--url: must be a ws:// or wss:// URL" in url.stderr
+    locust = [str(ROOT / "client" / "locustfile.py"), "--traces", str(tmp_path / "empty"), "--headless"]
+    locust += ["--users", "2", "--run-time", "30s", "--host", "ws://127.0.0.1:9/ws", "--only-summary"]
+    swarm = run("-m", "locust", "-f", *locust)  # ends at once, not after its run time of users failing
+    assert swarm.returncode == 2 and "Traceback" not in swarm.stderr
+    assert f"--traces: no session files (*.msgpack) in {tmp_path / 'empty'}" in swarm.stderr
 
 
 def test_replay_names_files_it_leaves_out_or_finds_torn_and_counts_sessions_it_never_started(recorded, tmp_path):
