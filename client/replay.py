@@ -117,6 +117,12 @@ class ReplaySession:
         self._progress = now
         if message.get("type") == "experiment_config" and isinstance(message.get("session_token"), str):
             self.token = message["session_token"]
+            serving = message.get("experiment")
+            if self.trace.experiment and serving and serving != self.trace.experiment:
+                return self._diverge(
+                    "different_experiment",
+                    f"recorded with experiment {self.trace.experiment!r}; the server runs {serving!r}",
+                )
         got = Expect.of(message)
         self.seen.append(got)
         if message.get("type") == "state" and message.get("state") == "ready" and self.time_to_ready is None:

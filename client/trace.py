@@ -85,6 +85,7 @@ class Trace:
     steps: tuple[Step, ...]
     expected: tuple[Expect, ...]
     matches: tuple[MatchPart, ...] = ()
+    experiment: str | None = None  # the recorded session's experiment, where its `begin` names it
 
     @property
     def group(self) -> tuple[str, int] | None:
@@ -109,7 +110,8 @@ def from_records(records: Iterable[dict[str, Any]], source: str = "") -> Trace:
     start: float | None = None
     pending: list[tuple[float, dict[str, Any] | bytes | str, int]] = []
     games: list[dict[str, Any]] = []  # the matches played, as they were announced, with the inputs sent in them
-    for frame in read_session(source, records).frames:
+    session = read_session(source, records)
+    for frame in session.frames:
         if start is None:
             start = frame["t"]
         message = frame.get("message")
@@ -136,7 +138,8 @@ def from_records(records: Iterable[dict[str, Any]], source: str = "") -> Trace:
     for i, (offset, message, after) in enumerate(pending):
         until = pending[i + 1][2] if i + 1 < len(pending) else len(expected)
         steps.append(Step(offset, message, after, until - after))
-    return Trace(source, tuple(steps), tuple(expected), tuple(_match_part(g) for g in games))
+    experiment = session.begin.experiment if session.begin is not None else None
+    return Trace(source, tuple(steps), tuple(expected), tuple(_match_part(g) for g in games), experiment)
 
 
 def _match_part(game: dict[str, Any]) -> MatchPart:

@@ -453,6 +453,7 @@ def state(name: str, may_advance: bool, **detail: Any) -> dict[str, Any]:
 
 def experiment_config(
     *,
+    experiment: str,
     session_token: str,
     participant_id: str,
     entry_screening: dict[str, Any],
@@ -461,6 +462,7 @@ def experiment_config(
 ) -> dict[str, Any]:
     return {
         "type": "experiment_config",
+        "experiment": experiment,
         "session_token": session_token,
         "participant_id": participant_id,
         "entry_screening": entry_screening,

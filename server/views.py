@@ -53,6 +53,7 @@ class Session(Protocol):
 
 def config_message(session: Session) -> dict[str, Any]:
     return protocol.experiment_config(
+        experiment=session.experiment.name,
         session_token=session.token,
         participant_id=session.participant_id or "",
         entry_screening=session.experiment.screening_shown,

@@ -201,7 +201,8 @@ def test_a_different_experiment_shows_up_as_divergences(recorded, tmp_path):
             "errors>0",
         )
     assert out.returncode == 1 and "sessions: ok 0, diverged 3" in out.stdout
-    assert "divergences: different_state 3" in out.stdout or "divergences: different_scene 3" in out.stdout, out.stdout
+    assert "divergences: different_experiment 3" in out.stdout, out.stdout
+    assert "recorded with experiment 'gridworld-example'; the server runs 'plain'" in out.stdout
 
 
 def test_kill_9_during_a_replay_loses_nothing_a_participant_received(recorded, tmp_path):
