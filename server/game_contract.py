@@ -176,7 +176,10 @@ class Team:
     def step(self, actions: Mapping[str, Any]) -> dict[str, Any]:
         """Every agent's action at once; the episode ends when any agent is terminated or truncated."""
         actions = {str(a): v for a, v in dict(actions).items()}
-        result = self.game._call("step", lambda: self.env.step(actions))
+        try:
+            result = self.game._call("step", lambda: self.env.step(actions))
+        except ContractError as exc:  # which agent's action it choked on is the first thing a researcher asks
+            raise ContractError(f"{exc} (the actions: {_short(actions)})") from exc.__cause__
         if not isinstance(result, tuple) or len(result) != 5:
             raise ContractError(f"step() returned {_kind(result)}; expected {MULTI_STEP}")
         observations, rewards, terminations, truncations, infos = result

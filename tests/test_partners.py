@@ -154,6 +154,9 @@ def test_a_multi_agent_step_must_answer_for_every_agent(monkeypatch):
     team.reset(1)
     with pytest.raises(ContractError, match="step\\(\\) rewards has no entry for agent chef_1"):
         team.step({"chef_0": 4, "chef_1": 4})
+    with pytest.raises(ContractError) as raised:  # a policy's bad action: the message shows whose it was
+        team.step({"chef_0": 4, "chef_1": "left"})
+    assert str(raised.value).endswith("(the actions: {'chef_0': 4, 'chef_1': 'left'})")
 
 
 # -- start-up ------------------------------------------------------------------------------------------------------
