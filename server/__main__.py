@@ -88,7 +88,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--max-message-bytes",
-        type=int,
+        type=whole(1024),
         default=Config.max_message_bytes,
         help="larger frames are refused; frames over 4x this close the connection (default: %(default)s)",
     )
@@ -203,8 +203,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="token that opens /admin (at least 16 characters; default: a random one, printed at start-up)",
     )
     args = parser.parse_args(argv)
-    if args.max_message_bytes < 1024:
-        parser.error(f"--max-message-bytes must be at least 1024, got {args.max_message_bytes}")
     for origin in args.allow_origin:
         if not origin.startswith(("http://", "https://")) or origin.count("/") != 2:
             parser.error(f"--allow-origin takes an origin such as https://study.example.org, got {origin!r}")
