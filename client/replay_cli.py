@@ -8,6 +8,7 @@ import csv
 import json
 import os
 import sys
+import time
 import urllib.parse
 from pathlib import Path
 from typing import Any
@@ -145,6 +146,9 @@ def run_replay(args: argparse.Namespace) -> int:
             f"failed {c.statuses['failed']} · sent {c.sent}",
         )
 
+    collector = stats.Collector()
+    started = time.monotonic()
+    interrupted = False
     with progress:
         try:
             collector, duration = asyncio.run(
@@ -158,10 +162,11 @@ def run_replay(args: argparse.Namespace) -> int:
                     max_seconds=args.max_seconds,
                     timeout=args.timeout,
                     on_done=on_done,
+                    collector=collector,
                 )
             )
-        except KeyboardInterrupt:
-            return 130
+        except KeyboardInterrupt:  # Ctrl-C: the report of what ran so far, then the usual exit status for it
+            interrupted, duration = True, time.monotonic() - started
         except Exception as exc:  # a replayer bug must still end with a named error, not a traceback
             print(
                 f"python -m client replay: error: the replay itself failed: {type(exc).__name__}: {exc}",
@@ -178,6 +183,7 @@ def run_replay(args: argparse.Namespace) -> int:
         ramp=args.ramp,
     )
     report["sessions"]["not_started"] = sessions - collector.done
+    report["interrupted"] = interrupted
     crossed = stats.breaches(report, args.fail_on)
     report["thresholds"] = {"checked": [t.text for t in args.fail_on], "crossed": crossed}
     _print(report)
@@ -198,6 +204,9 @@ def run_replay(args: argparse.Namespace) -> int:
         print(f"report: {args.report} and {args.report.with_suffix('.csv')}")
     for line in crossed:
         print(f"threshold crossed: {line}", file=sys.stderr)
+    if interrupted:
+        print("python -m client replay: interrupted; the figures are of what ran until then", file=sys.stderr)
+        return 130
     return 1 if crossed else 0
 
 

@@ -109,10 +109,13 @@ async def replay(
     timeout: float = 10.0,
     run: str | None = None,
     on_done: Callable[[Collector, ReplaySession], None] = lambda c, s: None,
+    collector: Collector | None = None,
 ) -> tuple[Collector, float]:
-    """Replay `sessions` sessions (traces in turn) within `max_seconds`; returns the merged statistics and duration."""
+    """Replay `sessions` sessions (traces in turn) within `max_seconds`; returns the merged statistics and duration.
+    Given a `collector`, it holds what finished even when the run is interrupted (each session adds itself as it
+    ends, cancelled ones as unfinished)."""
     run = run or schedule.run_id()
-    collector = Collector()
+    collector = collector if collector is not None else Collector()
     grouped = trace_groups(traces)
     slots = asyncio.Semaphore(max(concurrency, *(len(g) for g in grouped)))  # a whole group fits at once
     admitting = asyncio.Lock()  # a group takes its slots at once, so that two groups never wait on each other

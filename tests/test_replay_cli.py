@@ -10,6 +10,7 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -176,6 +177,24 @@ def test_replay_names_files_it_leaves_out_or_finds_torn_and_counts_sessions_it_n
     assert nothing.returncode == 1 and "threshold crossed: errors" in nothing.stderr
     assert no_report.returncode == 2 and f"cannot write the report to {traces}: it is a directory" in no_report.stderr
     assert "sessions:" not in no_report.stdout  # refused before the run, not after it
+
+
+def test_ctrl_c_ends_a_replay_with_the_report_of_what_ran(recorded, tmp_path):
+    data = tmp_path / "data"
+    with served(data) as url:
+        command = [sys.executable, "-m", "client", "replay", str(recorded), "--url", ws(url), "--speed", "0.001"]
+        replaying = subprocess.Popen(
+            [*command, "--no-progress"], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+        )
+        for _ in range(300):  # until the first replayed participant has said hello (a recorded walk, 1000x slower)
+            if list((data / "sessions").glob("*.msgpack")):
+                break
+            time.sleep(0.1)
+        replaying.send_signal(signal.SIGINT)
+        out, err = (text.decode() for text in replaying.communicate(timeout=30))
+    assert replaying.returncode == 130 and "Traceback" not in err
+    assert "unfinished" in out and "of 3 in" in out and "latency_ms" in out
+    assert "interrupted; the figures are of what ran until then" in err
 
 
 def test_a_different_experiment_shows_up_as_divergences(recorded, tmp_path):
