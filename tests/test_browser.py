@@ -14,7 +14,7 @@ from urllib.parse import urlparse
 import pytest
 from playwright.sync_api import Route
 
-from client.harness import ROOT, records_of, served
+from client.harness import ROOT, records_of, served, sessions_by_participant
 from server.early_start import PRELOADS
 from server.export import export
 from server.game_contract import replay
@@ -340,6 +340,82 @@ def test_a_dropped_connection_and_a_reload_resume_the_session_where_it_was(serve
     other_tab.goto(server["url"] + "?PROLIFIC_PID=pw-resumer")
     other_tab.wait_for_function("!document.getElementById('notice').hidden", timeout=STEP_TIMEOUT_MS)
     assert "already taken part" in other_tab.inner_text("#notice")
+
+
+def test_a_reload_during_the_preload_or_the_game_neither_opens_the_gate_nor_skips_the_game(server, context):
+    held: list[Route] = []
+    context.route("**/local-wheels/preflight_local_gridworld_env*", lambda route: held.append(route))
+    page = context.new_page()
+    page.goto(server["url"] + "?PROLIFIC_PID=pw-reloader")
+    page.wait_for_function("window.__preflight?.state?.regions?.preloading === 'loading'", timeout=LOAD_TIMEOUT_MS)
+    for _ in range(200):  # the page is installing the game's package when it reloads
+        if held:
+            break
+        page.wait_for_timeout(50)
+    context.unroute("**/local-wheels/preflight_local_gridworld_env*")
+    page.reload()  # the old page's worker dies with it: that is not a failed preload
+    state_is(page, "ready", timeout=LOAD_TIMEOUT_MS, scene_id="start")
+    assert page.inner_text("#progress-text") == "Python is ready"
+    records = records_of(server["data"], "pw-reloader")
+    assert [status for status, _ in preload_statuses(records)].count("error") == 0
+    assert preload_statuses(records)[-1] == ("ready", None)
+
+    page.click("#advance")
+    state_is(page, "ready", scene_id="instructions")
+    page.click("#advance")
+    state_is(page, "in_game")
+    page.wait_for_function("window.__preflight.firstFrameAt !== null", timeout=LOAD_TIMEOUT_MS)
+    for key in ["ArrowRight"] * 2:
+        page.keyboard.press(key)
+    for _ in range(100):  # a turn's steps leave while the game waits for the next key
+        if played(records_of(server["data"], "pw-reloader")):
+            break
+        page.wait_for_timeout(50)
+    page.reload()  # mid-game: the game starts again from its first step, it is not skipped
+    state_is(page, "in_game", timeout=LOAD_TIMEOUT_MS)
+    assert page.is_disabled("#advance")
+    play_to_goal(page)
+    page.click("#advance")
+    state_is(page, "completed")
+
+    records = records_of(server["data"], "pw-reloader")
+    [over] = [r for r in records if r["kind"] == "game_over"]
+    assert over["data"]["restarted"] is True and "failed" not in over["data"]
+    steps = [(s["episode"], s["step"]) for s in played(records)]
+    first = steps.index((0, 1), 1)  # where the game began again
+    assert first >= 2 and steps[first:] == [(0, n) for n in range(1, 9)]
+    assert over["check"] == {"reported_steps": len(steps), "received_steps": len(steps), "complete": True}
+
+
+def test_a_session_that_ended_while_away_starts_afresh_and_its_old_game_sends_nothing_to_the_new_one(tmp_path, context):
+    data = tmp_path / "data"
+    with served(data, "--grace", "1") as url:
+        page = context.new_page()
+        page.goto(url + "?PROLIFIC_PID=pw-away")
+        state_is(page, "ready", timeout=LOAD_TIMEOUT_MS, scene_id="start")
+        page.click("#advance")
+        state_is(page, "ready", scene_id="instructions")
+        page.click("#advance")
+        state_is(page, "in_game")
+        page.wait_for_function("window.__preflight.firstFrameAt !== null", timeout=LOAD_TIMEOUT_MS)
+        context.set_offline(True)  # the participant is away longer than --grace, the game still on their page
+        page.evaluate("window.__preflight.socket.close()")
+        for _ in range(200):
+            [old] = sessions_by_participant(data)["pw-away"]
+            if any(r["kind"] == "outcome" for r in old):
+                break
+            page.wait_for_timeout(50)
+        page.keyboard.press("ArrowRight")  # played in the old session's game while it is gone
+        context.set_offline(False)
+        page.wait_for_function(
+            "document.getElementById('notice').textContent.includes('ended while you were away')",
+            timeout=LOAD_TIMEOUT_MS,
+        )
+        state_is(page, "ready", timeout=LOAD_TIMEOUT_MS, scene_id="start")
+        sessions = sessions_by_participant(data)["pw-away"]
+    old, new = sorted(sessions, key=lambda records: records[0]["t"])
+    assert [r["outcome"] for r in old if r["kind"] == "outcome"] == ["abandoned"]
+    assert played(new) == [] and not [r for r in new if r["kind"] == "game_over"]
 
 
 def test_the_connection_survives_a_main_thread_blocked_longer_than_the_ping_timeout(server, context):

@@ -13,9 +13,10 @@ const preflight = (window.__preflight = { states: [], errors: [], runtime: null,
                                           connections: 0, games: 0, steps: 0, frameTimes: [],
                                           match: null, hashes: [], partners: [], matchEnd: null });
 const params = Object.fromEntries(new URLSearchParams(location.search));
-// The page is going away (a reload, a closed tab): its worker is ended with it, which fails the game in play. A
-// multiplayer game is not over then (the server keeps the match for the player's return), so nothing is reported.
-// Registered before the runtime's own pagehide listener, so it is set before that failure is seen.
+// The page is going away (a reload, a closed tab): its worker is ended with it, which fails the preload or the game
+// in play. Neither is over then (the reloaded page loads Python again and plays the game again; the server keeps a
+// match for the player's return), so nothing is reported. Registered before the runtime's own pagehide listener,
+// so it is set before that failure is seen.
 let leaving = false;
 addEventListener("pagehide", () => (leaving = true));
 const TOKEN_KEY = `preflight.token:${location.pathname}${location.search}`;
@@ -23,6 +24,18 @@ const TOKEN_KEY = `preflight.token:${location.pathname}${location.search}`;
 let socket = null, lastSeq = 0, ackTimer = null, retries = 0, screeningSent = false;
 let runtime = null, scene = null, progressTimer = null;
 const played = new Set();  // scene instances whose game this page started: each plays once, however often told
+// Steps this tab sent of each single-player game, kept over a reload: a game the reload ended is played again from
+// its start, and its game_over counts every step sent for it and says it was restarted.
+const GAMES_KEY = `preflight.games:${location.pathname}${location.search}`;
+let gamesSent = (() => {
+  try { return JSON.parse(sessionStorage.getItem(GAMES_KEY)) || {}; } catch { return {}; }
+})();
+const keepGames = () => {
+  try { sessionStorage.setItem(GAMES_KEY, JSON.stringify(gamesSent)); } catch { /* full: a restart counts less */ }
+};
+let gameInPlay = false;
+// Said once on the page after it started afresh because the session had ended while the participant was away.
+const NOTICE_KEY = `preflight.notice:${location.pathname}${location.search}`;
 // Multiplayer (docs/multiplayer.md): the match this page plays, from the server's `match`. Its frames wait here
 // until the worker has the game, then go straight to it. What this tab already reported of a match (the last frame
 // whose steps left, whether game_over did) is kept in sessionStorage, so a reload's replay sends nothing twice.
@@ -121,12 +134,18 @@ if (rendered) {
 }
 
 connect();
+if (sessionStorage.getItem(NOTICE_KEY)) {
+  notice(sessionStorage.getItem(NOTICE_KEY));
+  sessionStorage.removeItem(NOTICE_KEY);
+}
 
 function onConfig(config) {
   preflight.config = config;
   if (sessionStorage.getItem(TOKEN_KEY) !== config.session_token) {  // a new session numbers its data afresh
     pending = freshPending();
     keepPending();
+    gamesSent = {};
+    keepGames();
   }
   sessionStorage.setItem(TOKEN_KEY, config.session_token);
   for (const report of earlyReports.splice(0)) sendPreload(report);
@@ -147,6 +166,7 @@ function screeningFacts() {
 }
 
 function reportPreload(report) {
+  if (leaving) return;  // the load this page's end stopped: the next page loads again
   if (preflight.config) sendPreload(report);
   else if (earlyReports.length < 100) earlyReports.push(report);
   showProgress(report);
@@ -310,25 +330,44 @@ function waitingText(message) {
 // A game that cannot run ends as failed with a plain message: the participant is never stuck in it.
 async function startGame(gameScene) {
   preflight.games += 1;
+  gameInPlay = true;
   $("advance").disabled = true;
   const before = preflight.steps;
+  const instance = `${gameScene.scene_id}@${gameScene.index}`;
+  const earlier = gameScene.multiplayer ? undefined : gamesSent[instance];  // sent before a reload ended it
+  const restart = earlier === undefined ? {} : { restarted: true };
+  if (!gameScene.multiplayer) {
+    gamesSent[instance] = earlier ?? 0;
+    keepGames();
+  }
+  const sendGame = (message) => {
+    send(message);
+    if (message.type === TYPE.steps) {
+      gamesSent[instance] += message.steps.length;
+      keepGames();
+    }
+  };
   const status = (text) => ($("hint").textContent = text);
   try {
     status(runtime?.status === STATUS.ready ? "" : "Preparing the game…");
-    // Back in a match after a reload, the game starts while this page's own load still runs: join that load rather
-    // than have the game restart it (which is for a preload the server stopped waiting for).
-    if (gameScene.multiplayer && runtime?.loading && !runtime.loading.fallback) await runtime.load().catch(() => {});
+    // Back in a game after a reload, it starts while this page's own load still runs: join that load rather than
+    // have the game restart it (which is for a preload the server stopped waiting for).
+    const back = gameScene.multiplayer || earlier !== undefined;
+    if (back && runtime?.loading && !runtime.loading.fallback) await runtime.load().catch(() => {});
     const python = await gameRuntime();
     $("progress").hidden = true;
     status("");
     if (gameScene.multiplayer) return await playMatch(python, gameScene, status);
-    const summary = await playGame(python, gameScene, $("game"), { send, status });
-    send({ type: TYPE.game_over, ...summary });
+    const summary = await playGame(python, gameScene, $("game"), { send: sendGame, status });
+    send({ type: TYPE.game_over, ...summary, steps: (earlier ?? 0) + summary.steps, ...restart });
   } catch (err) {
-    if (leaving && gameScene.multiplayer) return;
+    if (leaving) return;
     const text = String(err?.message || err).trim().split("\n").pop().slice(0, 500);
     notice(`The game could not run: ${text}`);
-    send({ type: TYPE.game_over, failed: true, error: text, steps: preflight.steps - before });
+    send({ type: TYPE.game_over, failed: true, error: text, steps: (earlier ?? 0) + preflight.steps - before,
+           ...restart });
+  } finally {
+    gameInPlay = false;
   }
 }
 
@@ -378,7 +417,14 @@ function onError(message) {
   preflight.errors.push(message);
   if (message.code === CODE.BAD_TOKEN) {  // the session ended while away: start afresh as the link says
     sessionStorage.removeItem(TOKEN_KEY);
+    const text = "Your earlier session ended while you were away, so the study starts again.";
+    if (gameInPlay) {  // its game still runs, with that session's seeds: a fresh page ends it and loads anew
+      sessionStorage.setItem(NOTICE_KEY, text);
+      return location.reload();
+    }
+    played.clear();
     lastSeq = 0;
+    notice(text);
     return send({ type: TYPE.hello, params });
   }
   if (message.code === CODE.ALREADY_PARTICIPATED) {

@@ -69,6 +69,7 @@ export async function playTeam(host, scene, { period, deadline, controls, flush,
       while (!over) {
         let action = scene.default_action, keys = [], pressed = false;
         if (scene.input === "turn") {
+          if (!controls.presses.length) flush();  // the steps so far leave now, not at the next key, however late
           const key = await host.nextPress(deadline);
           if (key === null) { reason = "time_limit"; break; }
           action = scene.keys[key];

@@ -195,6 +195,7 @@ export class PythonHost {
         while (!over) {
           let action = scene.default_action, keys = [];
           if (scene.input === "turn") {
+            if (!controls.presses.length) flush();  // the steps so far leave now, not at the next key, however late
             const key = await this.nextPress(deadline);
             if (key === null) { reason = "time_limit"; break; }
             action = scene.keys[key];
