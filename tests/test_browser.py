@@ -332,6 +332,11 @@ def test_a_dropped_connection_and_a_reload_resume_the_session_where_it_was(serve
     assert page.inner_text("#title") == "How to play"
     play_from_instructions_to_the_end(page)
 
+    page.reload()  # on the end page: the code again, and no button or Python loading under it
+    state_is(page, "completed", timeout=LOAD_TIMEOUT_MS)
+    assert page.inner_text("#completion-code") == "PREFLIGHT-EXAMPLE"
+    assert page.is_hidden("#advance") and page.is_hidden("#progress")
+
     records = records_of(server["data"], "pw-resumer")
     assert [r["last_seq"] for r in records if r["kind"] == "resumed"][1] == 0  # the reload asked for everything
     assert len([r for r in records if r["kind"] == "begin"]) == 1
@@ -416,6 +421,27 @@ def test_a_session_that_ended_while_away_starts_afresh_and_its_old_game_sends_no
     old, new = sorted(sessions, key=lambda records: records[0]["t"])
     assert [r["outcome"] for r in old if r["kind"] == "outcome"] == ["abandoned"]
     assert played(new) == [] and not [r for r in new if r["kind"] == "game_over"]
+
+
+def test_a_phone_is_excluded_with_the_message_and_nothing_to_press(server, browser):
+    phone = browser.new_context(
+        viewport={"width": 390, "height": 844},
+        screen={"width": 390, "height": 844},
+        is_mobile=True,
+        has_touch=True,
+        user_agent="Mozilla/5.0 (iPhone; CPU iPhone OS 17_0 like Mac OS X) AppleWebKit/605.1.15 (KHTML, like Gecko) "
+        "Version/17.0 Mobile/15E148 Safari/604.1",
+    )
+    try:
+        page = phone.new_page()
+        page.goto(server["url"] + "?PROLIFIC_PID=pw-phone")
+        excluded = state_is(page, "excluded", timeout=LOAD_TIMEOUT_MS)
+        assert set(excluded["reason"].split(",")) == {"mobile", "screen_too_small"}
+        page.wait_for_function("window.__preflight.runtime?.status === 'ready'", timeout=LOAD_TIMEOUT_MS)
+        assert "cannot run in your browser or on your device" in page.inner_text("body")
+        assert page.is_hidden("#advance") and page.is_hidden("#progress")  # and Python's load is not shown
+    finally:
+        phone.close()
 
 
 def test_the_connection_survives_a_main_thread_blocked_longer_than_the_ping_timeout(server, context):

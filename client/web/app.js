@@ -179,7 +179,7 @@ function sendPreload(report) {
 
 function showProgress(report) {
   const box = $("progress");
-  box.hidden = false;
+  box.hidden = FINAL_STATES.includes(preflight.state?.state);  // over (a reload on the end page): nothing to load for
   box.classList.toggle("problem", report.status === STATUS.error);
   clearInterval(progressTimer);
   const since = performance.now() - (report.elapsed_ms || 0);
@@ -241,6 +241,10 @@ function onState(message) {
     sendPreload(runtime.settled);
   }
   $("advance").disabled = !message.may_advance;
+  if (FINAL_STATES.includes(message.state)) {  // completed or excluded: no button, no loading to show
+    $("advance").hidden = $("progress").hidden = true;
+    clearInterval(progressTimer);
+  }
   $("hint").textContent = message.may_advance ? "" : waitingText(message);
   showWaitingRoom(message.waiting);
   const instance = `${scene?.scene_id}@${scene?.index}`;
