@@ -307,11 +307,14 @@ async def _serve(config: Config, generated_token: bool) -> int:
             config.port,
         )
     print(f"Preflight is serving {config.experiment.name!r}; data goes to {config.data_dir}/", flush=True)
-    print(f"Participant URL: http://{config.host}:{config.port}/", flush=True)
+    origin = config.public_origin or f"http://{config.host}:{config.port}"  # where participants reach it
+    if config.public_origin:
+        print(f"Listening on http://{config.host}:{config.port}/", flush=True)
+    print(f"Participant URL: {origin}/", flush=True)
     if generated_token:
-        print(f"Admin view: http://{config.host}:{config.port}/admin?token={config.admin_token}", flush=True)
+        print(f"Admin view: {origin}/admin?token={config.admin_token}", flush=True)
     else:
-        print(f"Admin view: http://{config.host}:{config.port}/admin (token from --admin-token)", flush=True)
+        print(f"Admin view: {origin}/admin (token from --admin-token)", flush=True)
     try:
         await asyncio.Event().wait()
     finally:  # stopped (Ctrl-C): what the last event recorded is written before the loop goes

@@ -102,6 +102,24 @@ def test_port_0_serves_on_a_free_port_and_prints_it(tmp_path):
             proc.terminate()
 
 
+def test_behind_a_proxy_the_printed_urls_are_the_public_origin(tmp_path):
+    argv = [sys.executable, "-m", "server", "--port", "0", "--data-dir", str(tmp_path / "data")]
+    argv += ["--public-origin", "https://study.example.org"]
+    with subprocess.Popen(argv, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True) as proc:
+        try:
+            assert proc.stdout is not None
+            lines = []
+            for line in proc.stdout:
+                lines.append(line)
+                if line.startswith("Admin view: "):
+                    break
+        finally:
+            proc.terminate()
+    assert "Participant URL: https://study.example.org/\n" in lines
+    assert any(line.startswith("Admin view: https://study.example.org/admin?token=") for line in lines)
+    assert any(line.startswith("Listening on http://127.0.0.1:") for line in lines)
+
+
 def test_walk_names_a_bad_url_and_a_server_that_is_not_there():
     bad = run("-m", "client", "walk", "--url", "notaurl")
     assert bad.returncode == 2 and "--url: must be a ws:// or wss:// URL, got notaurl" in bad.stderr
