@@ -285,6 +285,10 @@ def test_a_preload_the_server_stopped_waiting_for_is_ended_and_the_game_loads_py
                 break
             page.wait_for_timeout(50)
         assert held and page.evaluate("window.__preflight.runtime.status") == "loading"
+        page.wait_for_function(  # the participant may go on, and is told why Python still loads
+            "document.getElementById('progress-text').textContent.includes('taking longer than expected')",
+            timeout=STEP_TIMEOUT_MS,
+        )
 
         assert enter_the_game(page)[:2] == ["worker", 2]
         play_to_goal(page)

@@ -196,6 +196,7 @@ def test_an_environment_that_breaks_the_contract_ends_the_game_as_failed_never_s
         assert notice == "The game could not run: reset() returned an int; expected (observation, info)"
         page.click("#advance")
         state_is(page, "completed")
+        assert page.is_hidden("#notice")  # the failure was said on the game's scene, not on the end page
         [session] = (data / "sessions").glob("*.msgpack")
         admin = context.new_page()
         admin.set_extra_http_headers({"Authorization": "Bearer " + "t" * 20})

@@ -33,7 +33,7 @@ let gamesSent = (() => {
 const keepGames = () => {
   try { sessionStorage.setItem(GAMES_KEY, JSON.stringify(gamesSent)); } catch { /* full: a restart counts less */ }
 };
-let gameInPlay = false;
+let gameInPlay = false, gameFailed = false;
 // Said once on the page after it started afresh because the session had ended while the participant was away.
 const NOTICE_KEY = `preflight.notice:${location.pathname}${location.search}`;
 // Multiplayer (docs/multiplayer.md): the match this page plays, from the server's `match`. Its frames wait here
@@ -172,6 +172,10 @@ function reportPreload(report) {
   showProgress(report);
 }
 
+// The server stopped waiting for the preload (its timeout) and let the participant on while Python still loads.
+const SLOW = ": taking longer than expected. You can continue; the game loads Python again when it starts.";
+const slowNote = () => (preflight.state?.may_advance && runtime?.status === STATUS.loading ? SLOW : "");
+
 function sendPreload(report) {
   send({ type: TYPE.preload, ...report });
   if (report.status !== STATUS.loading) settledSentOn = preflight.connections;
@@ -188,8 +192,8 @@ function showProgress(report) {
     const { share, label } = STAGES[report.stage] || { share: 0, label: "Loading" };
     const k = report.total ? report.done / report.total : 0;
     $("progress-fill").style.width = `${Math.round(100 * (share + (report.stage === STAGE.packages ? 0.3 * k : 0)))}%`;
-    $("progress-text").textContent = report.stage === STAGE.packages
-      ? `${label} (${report.done + 1} of ${report.total}: ${report.package})` : label;
+    $("progress-text").textContent = (report.stage === STAGE.packages
+      ? `${label} (${report.done + 1} of ${report.total}: ${report.package})` : label) + slowNote();
     tick();
     progressTimer = setInterval(tick, 100);
   } else if (report.status === STATUS.ready) {
@@ -203,6 +207,8 @@ function showProgress(report) {
 }
 
 function onScene(message) {
+  if (gameFailed) notice("");  // the failed game's message stays with its scene, not on the next one
+  gameFailed = false;
   scene = message;
   $("title").textContent = message.title || "";
   $("content").innerHTML = message.html || "";
@@ -241,6 +247,9 @@ function onState(message) {
     sendPreload(runtime.settled);
   }
   $("advance").disabled = !message.may_advance;
+  if (message.may_advance && runtime?.status === STATUS.loading && !$("progress-text").textContent.endsWith(SLOW)) {
+    $("progress-text").textContent += SLOW;
+  }
   if (FINAL_STATES.includes(message.state)) {  // completed or excluded: no button, no loading to show
     $("advance").hidden = $("progress").hidden = true;
     clearInterval(progressTimer);
@@ -368,6 +377,7 @@ async function startGame(gameScene) {
     if (leaving) return;
     const text = String(err?.message || err).trim().split("\n").pop().slice(0, 500);
     notice(`The game could not run: ${text}`);
+    gameFailed = true;
     send({ type: TYPE.game_over, failed: true, error: text, steps: (earlier ?? 0) + preflight.steps - before,
            ...restart });
   } finally {
