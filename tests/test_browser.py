@@ -104,9 +104,26 @@ def offsite(requests: list[str]) -> list[str]:
     return [u for u in requests if urlparse(u).hostname not in ("127.0.0.1", None) and not u.startswith("data:")]
 
 
-def test_a_participant_walks_from_the_url_to_the_completion_code_offline(server, context):
+GAME_PACKAGE = "**/local-wheels/preflight_local_gridworld_env*"
+
+
+def hold_the_game_package(context) -> list[Route]:
+    """The page's requests for the game's package, held unanswered (its preload stays in `packages`) until continued."""
     held: list[Route] = []
-    context.route("**/local-wheels/preflight_local_gridworld_env*", lambda route: held.append(route))
+    context.route(GAME_PACKAGE, lambda route: held.append(route))
+    return held
+
+
+def until_held(page, held: list[Route]) -> None:
+    """Until the held request reaches us: it does while Playwright waits."""
+    for _ in range(200):
+        if held:
+            return
+        page.wait_for_timeout(50)
+
+
+def test_a_participant_walks_from_the_url_to_the_completion_code_offline(server, context):
+    held = hold_the_game_package(context)
     page = context.new_page()
     page.goto(server["url"] + "?PROLIFIC_PID=pw-walker&STUDY_ID=s1")
 
@@ -129,10 +146,7 @@ def test_a_participant_walks_from_the_url_to_the_completion_code_offline(server,
     }
     assert page.evaluate("window.__preflight.state.state") == "preflight"
 
-    for _ in range(200):  # the held request reaches us while Playwright waits
-        if held:
-            break
-        page.wait_for_timeout(50)
+    until_held(page, held)
     held[0].continue_()
     state_is(page, "ready", timeout=LOAD_TIMEOUT_MS, scene_id="start")
     assert page.is_enabled("#advance") and page.inner_text("#progress-text") == "Python is ready"
@@ -352,16 +366,12 @@ def test_a_dropped_connection_and_a_reload_resume_the_session_where_it_was(serve
 
 
 def test_a_reload_during_the_preload_or_the_game_neither_opens_the_gate_nor_skips_the_game(server, context):
-    held: list[Route] = []
-    context.route("**/local-wheels/preflight_local_gridworld_env*", lambda route: held.append(route))
+    held = hold_the_game_package(context)
     page = context.new_page()
     page.goto(server["url"] + "?PROLIFIC_PID=pw-reloader")
     page.wait_for_function("window.__preflight?.state?.regions?.preloading === 'loading'", timeout=LOAD_TIMEOUT_MS)
-    for _ in range(200):  # the page is installing the game's package when it reloads
-        if held:
-            break
-        page.wait_for_timeout(50)
-    context.unroute("**/local-wheels/preflight_local_gridworld_env*")
+    until_held(page, held)  # the page is installing the game's package when it reloads
+    context.unroute(GAME_PACKAGE)
     page.reload()  # the old page's worker dies with it: that is not a failed preload
     state_is(page, "ready", timeout=LOAD_TIMEOUT_MS, scene_id="start")
     assert page.inner_text("#progress-text") == "Python is ready"
@@ -369,10 +379,7 @@ def test_a_reload_during_the_preload_or_the_game_neither_opens_the_gate_nor_skip
     assert [status for status, _ in preload_statuses(records)].count("error") == 0
     assert preload_statuses(records)[-1] == ("ready", None)
 
-    page.click("#advance")
-    state_is(page, "ready", scene_id="instructions")
-    page.click("#advance")
-    state_is(page, "in_game")
+    enter_the_game(page)
     page.wait_for_function("window.__preflight.firstFrameAt !== null", timeout=LOAD_TIMEOUT_MS)
     for key in ["ArrowRight"] * 2:
         page.keyboard.press(key)
@@ -402,10 +409,7 @@ def test_a_session_that_ended_while_away_starts_afresh_and_its_old_game_sends_no
         page = context.new_page()
         page.goto(url + "?PROLIFIC_PID=pw-away")
         state_is(page, "ready", timeout=LOAD_TIMEOUT_MS, scene_id="start")
-        page.click("#advance")
-        state_is(page, "ready", scene_id="instructions")
-        page.click("#advance")
-        state_is(page, "in_game")
+        enter_the_game(page)
         page.wait_for_function("window.__preflight.firstFrameAt !== null", timeout=LOAD_TIMEOUT_MS)
         context.set_offline(True)  # the participant is away longer than --grace, the game still on their page
         page.evaluate("window.__preflight.socket.close()")
