@@ -384,7 +384,7 @@ def test_a_reload_during_the_preload_or_the_game_neither_opens_the_gate_nor_skip
     for key in ["ArrowRight"] * 2:
         page.keyboard.press(key)
     for _ in range(100):  # a turn's steps leave while the game waits for the next key
-        if played(records_of(server["data"], "pw-reloader")):
+        if len(played(records_of(server["data"], "pw-reloader"))) == 2:
             break
         page.wait_for_timeout(50)
     page.reload()  # mid-game: the game starts again from its first step, it is not skipped
