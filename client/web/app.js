@@ -22,7 +22,7 @@ addEventListener("pagehide", () => (leaving = true));
 const TOKEN_KEY = `preflight.token:${location.pathname}${location.search}`;
 
 let socket = null, lastSeq = 0, ackTimer = null, retries = 0, screeningSent = false;
-let runtime = null, scene = null, progressTimer = null;
+let runtime = null, scene = null, progressTimer = null, loadingText = "";
 const played = new Set();  // scene instances whose game this page started: each plays once, however often told
 // Steps this tab sent of each single-player game, kept over a reload: a game the reload ended is played again from
 // its start, and its game_over counts every step sent for it and says it was restarted.
@@ -192,8 +192,9 @@ function showProgress(report) {
     const { share, label } = STAGES[report.stage] || { share: 0, label: "Loading" };
     const k = report.total ? report.done / report.total : 0;
     $("progress-fill").style.width = `${Math.round(100 * (share + (report.stage === STAGE.packages ? 0.3 * k : 0)))}%`;
-    $("progress-text").textContent = (report.stage === STAGE.packages
-      ? `${label} (${report.done + 1} of ${report.total}: ${report.package})` : label) + slowNote();
+    loadingText = report.stage === STAGE.packages
+      ? `${label} (${report.done + 1} of ${report.total}: ${report.package})` : label;
+    $("progress-text").textContent = loadingText + slowNote();
     tick();
     progressTimer = setInterval(tick, 100);
   } else if (report.status === STATUS.ready) {
@@ -247,9 +248,7 @@ function onState(message) {
     sendPreload(runtime.settled);
   }
   $("advance").disabled = !message.may_advance;
-  if (message.may_advance && runtime?.status === STATUS.loading && !$("progress-text").textContent.endsWith(SLOW)) {
-    $("progress-text").textContent += SLOW;
-  }
+  if (runtime?.status === STATUS.loading && loadingText) $("progress-text").textContent = loadingText + slowNote();
   if (FINAL_STATES.includes(message.state)) {  // completed or excluded: no button, no loading to show
     $("advance").hidden = $("progress").hidden = true;
     clearInterval(progressTimer);
